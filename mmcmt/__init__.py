@@ -1,0 +1,8 @@
+"""mmcmt: CMT backbones for MMDetection and MMSegmentation."""
+from .models import CMT, CMTClassifier
+from .registry import register_models
+
+__version__ = '0.1.0'
+__all__ = ['CMT', 'CMTClassifier', '__version__']
+
+register_models(CMT, CMTClassifier)

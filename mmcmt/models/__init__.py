@@ -1,0 +1,4 @@
+from .backbones import CMT
+from .classifier import CMTClassifier
+
+__all__ = ['CMT', 'CMTClassifier']

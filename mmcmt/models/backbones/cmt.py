@@ -1,0 +1,591 @@
+"""CMT: Convolutional Neural Networks Meet Vision Transformers.
+
+A faithful, dense-prediction-ready implementation of the released CMT
+networks (Guo et al., CVPR 2022). The core depends only on torch and mmengine.
+
+Layout: inside a stage the feature map is kept as an NHWC tensor ``(B, H, W,
+C)``, which is at once the token sequence (LayerNorm and linear layers act on
+its last dimension) and, seen through ``permute(0, 3, 1, 2)``, a
+channels-last NCHW map for the depthwise convolutions and BatchNorms. No
+layout copies happen between tokens and maps.
+"""
+import math
+from collections import OrderedDict
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..utils.checkpoint import (convert_official_cmt, is_official_cmt,
+                                load_checked, read_checkpoint)
+from ..utils.relative_position import (infer_square_grid,
+                                       resize_relative_position_bias)
+
+#: Total stride of the backbone; inputs are padded to a multiple of it.
+MAX_STRIDE = 32
+
+
+def nchw(x: torch.Tensor) -> torch.Tensor:
+    """View an NHWC tensor as a (channels-last) NCHW one, without a copy."""
+    return x.permute(0, 3, 1, 2)
+
+
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    """View a channels-last NCHW tensor as an NHWC one, without a copy."""
+    return x.permute(0, 2, 3, 1)
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop whole samples of a residual branch."""
+    if rate == 0. or not training:
+        return x
+    keep = 1. - rate
+    mask = x.new_empty((x.shape[0], ) + (1, ) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class StemLayer(nn.Module):
+    """3x3 convolution, then GELU, then BatchNorm (activation before norm, as
+    released). ``(B, C_in, H, W) -> (B, C_out, H/stride, W/stride)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, 3, stride=stride, padding=1)
+        self.norm = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(F.gelu(self.conv(x)))
+
+
+class PatchAggregation(nn.Module):
+    """2x2 stride-2 convolution then LayerNorm over channels.
+
+    ``(B, C_in, H, W) -> (B, H/2, W/2, C)`` (NHWC tokens on their grid).
+    """
+
+    def __init__(self, in_channels: int, embed_dims: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, embed_dims, 2, stride=2)
+        self.norm = nn.LayerNorm(embed_dims, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(nhwc(self.proj(x)))
+
+
+class LightweightAttention(nn.Module):
+    """LMHSA: multi-head attention over spatially reduced keys and values,
+    with a relative position bias added to the scaled logits.
+
+    Args:
+        embed_dims (int): channels C.
+        num_heads (int): attention heads; head dim is C / heads.
+        sr_ratio (int): keys and values come from the map reduced by a
+            depthwise ``sr_ratio`` x ``sr_ratio`` stride-``sr_ratio``
+            convolution and BatchNorm (none when 1).
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int):
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
+                             f'num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.scale = (embed_dims // num_heads)**-0.5
+        self.q = nn.Linear(embed_dims, embed_dims)
+        self.kv = nn.Linear(embed_dims, 2 * embed_dims)  # k then v
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.sr_ratio = sr_ratio
+        if sr_ratio > 1:
+            self.sr = nn.Sequential(
+                OrderedDict(
+                    conv=nn.Conv2d(
+                        embed_dims,
+                        embed_dims,
+                        sr_ratio,
+                        stride=sr_ratio,
+                        groups=embed_dims),
+                    norm=nn.BatchNorm2d(embed_dims)))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x (Tensor): ``(B, H, W, C)`` normalised tokens.
+            bias (Tensor): ``(heads, H*W, h*w)`` relative position bias for
+                this grid, ``h, w = H // sr_ratio, W // sr_ratio``.
+
+        Returns:
+            Tensor: ``(B, H, W, C)``.
+        """
+        B, H, W, C = x.shape
+        heads = self.num_heads
+        q = self.q(x).reshape(B, H * W, heads, -1).transpose(1, 2)
+        if self.sr_ratio > 1:
+            x = nhwc(self.sr(nchw(x)))
+        k, v = self.kv(x).reshape(B, -1, 2, heads,
+                                  C // heads).permute(2, 0, 3, 1, 4)
+        # A 4-D mask keeps SDPA on its fused kernel (no attention matrix).
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.unsqueeze(0), scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
+
+
+class IRFFN(nn.Module):
+    """Inverted residual feed-forward network.
+
+    1x1 expansion, GELU, BN; depthwise 3x3 with a residual; GELU, BN; 1x1
+    projection, BN. The 1x1 convolutions run as linear layers on NHWC maps.
+    ``(B, H, W, C) -> (B, H, W, C)``.
+    """
+
+    def __init__(self, embed_dims: int, hidden_dims: int):
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dims, hidden_dims)
+        self.norm1 = nn.BatchNorm2d(hidden_dims)
+        self.dwconv = nn.Conv2d(
+            hidden_dims, hidden_dims, 3, padding=1, groups=hidden_dims)
+        self.norm2 = nn.BatchNorm2d(hidden_dims)
+        self.fc2 = nn.Linear(hidden_dims, embed_dims)
+        self.norm3 = nn.BatchNorm2d(embed_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nchw(F.gelu(self.fc1(x)))
+        x = self.norm1(x)
+        x = self.norm2(F.gelu(self.dwconv(x) + x))
+        return nhwc(self.norm3(nchw(self.fc2(nhwc(x)))))
+
+
+class CMTBlock(nn.Module):
+    """Local perception unit, then attention and IRFFN residual branches.
+
+    ``(B, H, W, C) -> (B, H, W, C)``.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 mlp_ratio: float,
+                 sr_ratio: int,
+                 drop_path_rate: float = 0.):
+        super().__init__()
+        self.lpu = nn.Conv2d(
+            embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
+        self.norm1 = nn.LayerNorm(embed_dims, eps=1e-6)
+        self.attn = LightweightAttention(embed_dims, num_heads, sr_ratio)
+        self.norm2 = nn.LayerNorm(embed_dims, eps=1e-6)
+        self.ffn = IRFFN(embed_dims, int(embed_dims * mlp_ratio))
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = nhwc(self.lpu(nchw(x))) + x
+        x = x + drop_path(
+            self.attn(self.norm1(x), bias), self.drop_path_rate,
+            self.training)
+        return x + drop_path(
+            self.ffn(self.norm2(x)), self.drop_path_rate, self.training)
+
+
+class CMTStage(nn.Module):
+    """Patch aggregation, then CMT blocks sharing one relative position bias.
+
+    The bias is stored at its pre-training grid and resized to the running
+    grid once per forward (cached per grid in eval mode).
+
+    Args:
+        in_channels (int): channels of the input map.
+        embed_dims (int): channels of the stage.
+        depth (int): number of blocks.
+        num_heads (int), mlp_ratio (float), sr_ratio (int): block settings.
+        pretrain_grid (tuple[int, int]): query grid of the stored bias.
+        drop_path_rates (Sequence[float], optional): one rate per block.
+        with_cp (bool): gradient checkpointing of each block.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 embed_dims: int,
+                 depth: int,
+                 num_heads: int,
+                 mlp_ratio: float,
+                 sr_ratio: int,
+                 pretrain_grid: Tuple[int, int],
+                 drop_path_rates: Optional[Sequence[float]] = None,
+                 with_cp: bool = False):
+        super().__init__()
+        self.downsample = PatchAggregation(in_channels, embed_dims)
+        self.blocks = nn.ModuleList(
+            CMTBlock(embed_dims, num_heads, mlp_ratio, sr_ratio, rate)
+            for rate in (drop_path_rates or [0.] * depth))
+        self.sr_ratio = sr_ratio
+        self.pretrain_grid = tuple(pretrain_grid)
+        self.relative_position_bias = nn.Parameter(
+            torch.randn(num_heads, math.prod(self.pretrain_grid),
+                        math.prod(self.key_grid(self.pretrain_grid))))
+        self.with_cp = with_cp
+        self._bias_cache = None  # (key, bias) of the last eval-mode grid
+        self.register_load_state_dict_pre_hook(self._resize_loaded_bias)
+
+    def key_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
+        return grid[0] // self.sr_ratio, grid[1] // self.sr_ratio
+
+    def bias_for(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """The relative position bias resized to a query grid,
+        ``(heads, H*W, h*w)``; the stored one at the pre-training grid."""
+        bias = self.relative_position_bias
+        if grid == self.pretrain_grid:
+            return bias
+        if self.training or torch.is_grad_enabled():
+            return self._resize(bias, grid)
+        # Eval: keyed on the parameter's version so updates invalidate it.
+        key = (grid, bias.device, bias.dtype, bias._version)
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            self._bias_cache = None  # free the old one before resizing
+            self._bias_cache = (key, self._resize(bias, grid))
+        return self._bias_cache[1]
+
+    def _resize(self, bias, grid):
+        return resize_relative_position_bias(
+            bias, self.pretrain_grid, self.key_grid(self.pretrain_grid), grid,
+            self.key_grid(grid))
+
+    def _resize_loaded_bias(self, module, state_dict, prefix, *args):
+        """Adapt a bias saved at another grid (say, by a detector fine-tuned
+        with another ``pretrain_img_size``) to this stage's stored grid."""
+        key = prefix + 'relative_position_bias'
+        saved = state_dict.get(key)
+        target = self.relative_position_bias
+        if saved is None or saved.shape == target.shape or \
+                saved.shape[0] != target.shape[0]:
+            return  # a head-count mismatch is reported by load_state_dict
+        state_dict[key] = resize_relative_position_bias(
+            saved.to(target.dtype), infer_square_grid(saved.shape[1]),
+            infer_square_grid(saved.shape[2]), self.pretrain_grid,
+            self.key_grid(self.pretrain_grid))
+        print_log(
+            f'resized {key} from {tuple(saved.shape)} to '
+            f'{tuple(target.shape)}', 'current')
+
+    def train(self, mode: bool = True):
+        self._bias_cache = None
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, H, W) -> (B, C, H/2, W/2)`` (channels-last memory)."""
+        x = self.downsample(x)
+        bias = self.bias_for(x.shape[1:3])
+        for block in self.blocks:
+            if self.with_cp and x.requires_grad:
+                x = cp.checkpoint(block, x, bias, use_reentrant=False)
+            else:
+                x = block(x, bias)
+        return nchw(x)
+
+
+class CMT(BaseModule):
+    """CMT backbone for dense prediction.
+
+    Returns the raw output of each stage (no extra norm), as the released
+    checkpoints compute it, at strides 4, 8, 16 and 32.
+
+    Any input of at least 32x32 works. Inputs whose sides are not multiples
+    of 32 are zero-padded at the bottom and right to the next multiple (as
+    mmdet's data preprocessor would) and each output is cropped to
+    ``ceil(H/s) x ceil(W/s)``: the result equals the padded input's.
+
+    Args:
+        arch (str | dict): ``'tiny'``/``'ti'``, ``'xs'``, ``'small'``/``'s'``,
+            ``'base'``/``'b'``, or a dict with keys ``embed_dims``,
+            ``depths``, ``num_heads``, ``mlp_ratios`` (list or one number),
+            ``sr_ratios`` and ``stem_channels``.
+        in_channels (int): input channels. Defaults to 3.
+        out_indices (Sequence[int]): stages to output. Defaults to all four.
+        pretrain_img_size (int | tuple[int, int], optional): the input size
+            the relative position bias was trained at (a multiple of 32).
+            Defaults to the arch's ImageNet resolution (160, 192, 224, 256).
+        drop_path_rate (float): stochastic depth rate, rising linearly over
+            the blocks. Defaults to 0.
+        frozen_stages (int): freeze the stem (0) and stages up to this one
+            (1-4), from construction on; -1 freezes nothing.
+        norm_eval (bool): keep BatchNorms in eval mode while training.
+        with_cp (bool): gradient checkpointing of each block.
+        pretrained (str, optional): deprecated, use ``init_cfg=dict(
+            type='Pretrained', checkpoint=...)``.
+        init_cfg (dict | list[dict], optional): a ``Pretrained`` entry loads
+            a released or mmcmt checkpoint (``prefix`` selects a sub-model of
+            a larger checkpoint, such as ``'backbone.'``).
+
+    Example:
+        >>> model = CMT('small').eval()
+        >>> [tuple(o.shape) for o in model(torch.rand(1, 3, 800, 1199))]
+        [(1, 64, 200, 300), (1, 128, 100, 150), (1, 256, 50, 75), (1, 512, 25, 38)]
+    """
+    arch_zoo = {
+        **dict.fromkeys(['ti', 'tiny'], dict(
+            embed_dims=[46, 92, 184, 368], depths=[2, 2, 10, 2],
+            num_heads=[1, 2, 4, 8], mlp_ratios=3.6, sr_ratios=[8, 4, 2, 1],
+            stem_channels=16, pretrain_img_size=160)),
+        **dict.fromkeys(['xs'], dict(
+            embed_dims=[52, 104, 208, 416], depths=[3, 3, 12, 3],
+            num_heads=[1, 2, 4, 8], mlp_ratios=3.77, sr_ratios=[8, 4, 2, 1],
+            stem_channels=16, pretrain_img_size=192)),
+        **dict.fromkeys(['s', 'small'], dict(
+            embed_dims=[64, 128, 256, 512], depths=[3, 3, 16, 3],
+            num_heads=[1, 2, 4, 8], mlp_ratios=4, sr_ratios=[8, 4, 2, 1],
+            stem_channels=32, pretrain_img_size=224)),
+        **dict.fromkeys(['b', 'base'], dict(
+            embed_dims=[76, 152, 304, 608], depths=[4, 4, 20, 4],
+            num_heads=[1, 2, 4, 8], mlp_ratios=4, sr_ratios=[8, 4, 2, 1],
+            stem_channels=38, pretrain_img_size=256)),
+    }  # yapf: disable
+    arch_keys = ('embed_dims', 'depths', 'num_heads', 'mlp_ratios',
+                 'sr_ratios', 'stem_channels')
+    num_stages = 4
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'small',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 pretrain_img_size: Union[int, Tuple[int, int], None] = None,
+                 drop_path_rate: float = 0.,
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 pretrained: Optional[str] = None,
+                 init_cfg: Union[dict, List[dict], None] = None):
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('pass either init_cfg or the deprecated '
+                                 'pretrained, not both')
+            print_log(
+                'CMT(pretrained=...) is deprecated, use init_cfg=dict('
+                "type='Pretrained', checkpoint=...)", 'current', level=30)
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+
+        self.arch = settings = self.parse_arch(arch)
+        self.in_channels = in_channels
+        self.out_indices = self._parse_out_indices(out_indices)
+        if not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'frozen_stages must be in -1..{self.num_stages}'
+                             f', got {frozen_stages}')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        if pretrain_img_size is None:
+            pretrain_img_size = settings.get('pretrain_img_size', 224)
+        self.pretrain_img_size = _pair(pretrain_img_size)
+        if any(s % MAX_STRIDE or s <= 0 for s in self.pretrain_img_size):
+            raise ValueError(f'pretrain_img_size must be a positive multiple '
+                             f'of {MAX_STRIDE}, got {pretrain_img_size}')
+        self.embed_dims = settings['embed_dims']
+
+        stem_channels = settings['stem_channels']
+        self.stem = nn.Sequential(
+            StemLayer(in_channels, stem_channels, stride=2),
+            StemLayer(stem_channels, stem_channels),
+            StemLayer(stem_channels, stem_channels))
+        rates = torch.linspace(0, drop_path_rate,
+                               sum(settings['depths'])).tolist()
+        self.stages = nn.ModuleList()
+        channels = stem_channels
+        for i in range(self.num_stages):
+            stride = 4 * 2**i
+            depth = settings['depths'][i]
+            self.stages.append(
+                CMTStage(
+                    channels,
+                    self.embed_dims[i],
+                    depth,
+                    settings['num_heads'][i],
+                    settings['mlp_ratios'][i],
+                    settings['sr_ratios'][i],
+                    pretrain_grid=(self.pretrain_img_size[0] // stride,
+                                   self.pretrain_img_size[1] // stride),
+                    drop_path_rates=rates[:depth],
+                    with_cp=with_cp))
+            rates = rates[depth:]
+            channels = self.embed_dims[i]
+        self.register_load_state_dict_pre_hook(_convert_official_backbone)
+        self._freeze_stages()
+
+    @classmethod
+    def parse_arch(cls, arch: Union[str, dict]) -> dict:
+        """Settings of an arch name or dict, with per-stage lists."""
+        if isinstance(arch, str):
+            name = arch.lower()
+            if name not in cls.arch_zoo:
+                raise ValueError(
+                    f'unknown CMT arch {arch!r}; choose one of '
+                    f'{sorted(cls.arch_zoo)} or pass a dict with keys '
+                    f'{list(cls.arch_keys)}')
+            settings = dict(cls.arch_zoo[name])
+        elif isinstance(arch, dict):
+            missing = [k for k in cls.arch_keys if k not in arch]
+            extra = [
+                k for k in arch
+                if k not in cls.arch_keys and k != 'pretrain_img_size'
+            ]
+            if missing or extra:
+                raise ValueError(
+                    f'a CMT arch dict needs exactly the keys '
+                    f'{list(cls.arch_keys)}; missing {missing}, unknown '
+                    f'{extra}')
+            settings = dict(arch)
+        else:
+            raise TypeError(
+                f'arch must be a name or a dict, got {type(arch).__name__}')
+        if isinstance(settings['mlp_ratios'], (int, float)):
+            settings['mlp_ratios'] = [settings['mlp_ratios']] * cls.num_stages
+        for key in ('embed_dims', 'depths', 'num_heads', 'mlp_ratios',
+                    'sr_ratios'):
+            value = settings[key]
+            if not isinstance(value, (list, tuple)) or \
+                    len(value) != cls.num_stages:
+                raise ValueError(
+                    f'CMT arch {key!r} must list {cls.num_stages} values (one '
+                    f'per stage), got {value!r}')
+            settings[key] = list(value)
+        for dims, heads in zip(settings['embed_dims'], settings['num_heads']):
+            if dims % heads:
+                raise ValueError(f'CMT arch: embed_dims {dims} is not '
+                                 f'divisible by num_heads {heads}')
+        for i, ratio in enumerate(settings['sr_ratios']):
+            if ratio < 1 or (MAX_STRIDE // (4 * 2**i)) % ratio:
+                raise ValueError(
+                    f'CMT arch: sr_ratios[{i}]={ratio} must divide '
+                    f'{MAX_STRIDE // (4 * 2**i)} (the stage grid of a '
+                    f'{MAX_STRIDE}-multiple input)')
+        return settings
+
+    def _parse_out_indices(self, out_indices):
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        parsed = []
+        for index in out_indices:
+            if not -self.num_stages <= index < self.num_stages:
+                raise ValueError(f'out_indices must be in 0..'
+                                 f'{self.num_stages - 1}, got {out_indices}')
+            parsed.append(index % self.num_stages)
+        return tuple(parsed)
+
+    def _freeze_stages(self):
+        frozen = [self.stem] if self.frozen_stages >= 0 else []
+        frozen += list(self.stages[:max(self.frozen_stages, 0)])
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def init_weights(self):
+        """Initialise as the released code does, then apply ``init_cfg``.
+
+        A ``Pretrained`` entry loads a released (official layout) or mmcmt
+        checkpoint through :func:`read_checkpoint`, converting key names and
+        dropping the classification head; missing keys are an error.
+        """
+        if self._is_init:
+            return super().init_weights()  # mmengine warns, changes nothing
+        configs = self.init_cfg or []
+        configs = [configs] if isinstance(configs, dict) else list(configs)
+        pretrained = [c for c in configs if c.get('type') == 'Pretrained']
+        self.apply(init_cmt_weights)
+        others = [c for c in configs if c.get('type') != 'Pretrained']
+        if others:
+            from mmengine.model import initialize
+            initialize(self, others)
+        for config in pretrained:
+            self.load_pretrained(config['checkpoint'], config.get('prefix'))
+        self._is_init = True
+
+    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None):
+        """Load a released or mmcmt checkpoint file (or URL) into the
+        backbone; see :func:`mmcmt.models.utils.read_checkpoint`."""
+        state_dict = read_checkpoint(checkpoint, prefix)
+        if not is_official_cmt(state_dict) and any(
+                k.startswith('backbone.') for k in state_dict):
+            # A classifier or detector checkpoint: take its backbone.
+            state_dict = {
+                k[len('backbone.'):]: v
+                for k, v in state_dict.items() if k.startswith('backbone.')
+            }
+        load_checked(self, state_dict, checkpoint)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """
+        Args:
+            x (Tensor): ``(B, in_channels, H, W)``, H and W at least 32.
+
+        Returns:
+            tuple[Tensor]: for each of ``out_indices`` a contiguous
+            ``(B, embed_dims[i], ceil(H/s), ceil(W/s))`` map, s = 4 * 2**i.
+        """
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'CMT expects a (B, {self.in_channels}, H, W) input '
+                f'(in_channels={self.in_channels}), got shape '
+                f'{tuple(x.shape)}; convert the images or set in_channels')
+        H, W = x.shape[-2:]
+        if H < MAX_STRIDE or W < MAX_STRIDE:
+            raise ValueError(
+                f'CMT needs inputs of at least {MAX_STRIDE}x{MAX_STRIDE} '
+                f'pixels (its coarsest stage has stride {MAX_STRIDE}), got '
+                f'{H}x{W}; resize or pad the images')
+        x = F.pad(x, (0, -W % MAX_STRIDE, 0, -H % MAX_STRIDE))
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                stride = 4 * 2**i
+                outs.append(x[..., :-(-H // stride), :-(-W // stride)]
+                            .contiguous())
+        return tuple(outs)
+
+
+def init_cmt_weights(module: nn.Module) -> None:
+    """The released code's initialisation (relative position biases keep
+    their standard normal draw)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=.02)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, _BatchNorm)):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = math.prod(module.kernel_size) * module.out_channels
+        nn.init.normal_(module.weight, 0, math.sqrt(2. / (fan_out //
+                                                         module.groups)))
+        nn.init.zeros_(module.bias)
+
+
+def _convert_official_backbone(module, state_dict, prefix, *args):
+    """Load-state-dict pre-hook: accept a released checkpoint's layout,
+    without its classification head."""
+    own = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
+    if not is_official_cmt(own):
+        return
+    converted = convert_official_cmt({k: state_dict.pop(full)
+                                      for k, full in own.items()})
+    for key, value in converted.items():
+        if key.startswith('backbone.'):
+            state_dict[prefix + key[len('backbone.'):]] = value
+        elif not key.startswith('head.'):
+            state_dict[prefix + key] = value  # not CMT's: reported
+
+
+def _pair(size) -> Tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)

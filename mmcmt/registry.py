@@ -1,0 +1,26 @@
+"""Registers mmcmt's models in the OpenMMLab registries that are installed.
+
+``type='CMT'`` then builds from mmdet and mmseg configs (with
+``custom_imports = dict(imports=['mmcmt'], allow_failed_imports=False)``).
+mmdet and mmseg are optional here: without them, mmcmt is plain PyTorch.
+"""
+import importlib
+
+from mmengine.registry import MODELS as MMENGINE_MODELS
+
+DOWNSTREAM = ('mmdet', 'mmseg')
+
+
+def register_models(*modules):
+    """Register ``modules`` in mmengine's root registry and in those of mmdet
+    and mmseg, when installed."""
+    registries = [MMENGINE_MODELS]
+    for library in DOWNSTREAM:
+        try:
+            registries.append(
+                importlib.import_module(f'{library}.registry').MODELS)
+        except ImportError:
+            continue
+    for registry in registries:
+        for module in modules:
+            registry.register_module(module=module, force=True)

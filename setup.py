@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+
+def read_requirements(path='requirements.txt'):
+    with open(path) as f:
+        return [line.strip() for line in f
+                if line.strip() and not line.startswith('#')]
+
+
+setup(
+    name='mmcmt',
+    version='0.1.0',
+    description='CMT (CNNs Meet Transformers) backbones for MMDetection and '
+    'MMSegmentation',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['mmcmt', 'mmcmt.*']),
+    python_requires='>=3.8',
+    install_requires=read_requirements(),
+    extras_require={
+        'export': ['onnx', 'onnxruntime'],
+        'tests': ['pytest'],
+    },
+    license='Apache-2.0',
+)

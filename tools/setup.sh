@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Sets up everything mmcmt needs in a virtual environment inside the checkout
+# (.venv): torch 2.13.0 (CPU), mmcv 2.1.0 built from source with its ops,
+# mmengine, mmdet 3.3.0, mmsegmentation 1.2.2, pycocotools and mmcmt itself
+# (editable). Safe to run again: what is already installed is kept, so a second
+# run takes seconds and never rebuilds mmcv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${MMCMT_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment $VENV"
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install --disable-pip-version-check -q)
+
+has() { "$PY" - "$@" <<'PY' 2>/dev/null
+import importlib.metadata as md, sys
+for spec in sys.argv[1:]:
+    name, _, version = spec.partition('==')
+    try:
+        got = md.version(name)
+    except md.PackageNotFoundError:
+        sys.exit(1)
+    if version and got.split('+')[0] != version:
+        sys.exit(1)
+PY
+}
+
+if ! has torch==2.13.0; then
+  echo "[setup] installing torch 2.13.0"
+  "${PIP[@]}" torch==2.13.0
+fi
+if ! has ninja mmengine; then
+  echo "[setup] installing build tools and mmengine"
+  "${PIP[@]}" 'setuptools>=77,<81' wheel ninja 'mmengine>=0.10,<1'
+fi
+if ! has mmcv==2.1.0 || ! "$PY" -c 'import mmcv.ops' 2>/dev/null; then
+  echo "[setup] building mmcv 2.1.0 with CPU ops from source (about 6 minutes on 2 cores)"
+  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation mmcv==2.1.0
+fi
+if ! has mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest; then
+  echo "[setup] installing mmdet, mmsegmentation, pycocotools and test tools"
+  "${PIP[@]}" mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest
+fi
+if ! has mmcmt; then
+  echo "[setup] installing mmcmt (editable)"
+  "${PIP[@]}" --no-build-isolation --no-deps -e .
+fi
+echo "[setup] ready: $("$PY" -c 'import torch, mmcv, mmdet, mmseg; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}")')"
