@@ -5,8 +5,6 @@ import os
 
 import torch
 
-REFERENCE_DIR = os.path.join(
-    os.path.dirname(__file__), os.pardir, os.pardir, 'shared', 'reference')
 SHAPES_FILE = os.path.join(os.path.dirname(__file__), 'data',
                            'official_cmt_shapes.json')
 ARCH_OF_VARIANT = {'cmt_ti': 'tiny', 'cmt_xs': 'xs', 'cmt_s': 'small',

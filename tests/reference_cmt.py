@@ -4,16 +4,20 @@ Written from ``shared/reference/cmt_architecture.md`` in the style of the
 released code: tokens ``(B, N, C)``, separate q/k/v, an explicit attention
 matrix, reshapes between tokens and maps. It reads an official-layout state
 dict directly (no mmcmt code), so comparing mmcmt against it checks the
-key mapping as well as the computation. Only eval-mode BatchNorm (running
-statistics) is modelled.
+key mapping as well as the computation. BatchNorm uses the running
+statistics, or the batch statistics with ``bn_training=True``.
 """
 import torch
 import torch.nn.functional as F
 
 STAGES = 'abcd'
+BN_TRAINING = [False]
 
 
 def _bn(x, sd, name):
+    if BN_TRAINING[0]:
+        return F.batch_norm(x, None, None, sd[f'{name}.weight'],
+                            sd[f'{name}.bias'], True, 0., 1e-5)
     return F.batch_norm(x, sd[f'{name}.running_mean'],
                         sd[f'{name}.running_var'], sd[f'{name}.weight'],
                         sd[f'{name}.bias'], False, 0., 1e-5)
@@ -66,9 +70,11 @@ def _block(x, sd, name, H, W, heads, sr, rel_pos):
     return x + m.flatten(2).transpose(1, 2)
 
 
-def reference_cmt(sd, x, depths, num_heads, sr_ratios=(8, 4, 2, 1)):
+def reference_cmt(sd, x, depths, num_heads, sr_ratios=(8, 4, 2, 1),
+                  bn_training=False):
     """Stage outputs ``[(B, C_i, H_i, W_i)] * 4`` and, when the state dict
     has the head, the logits ``(B, classes)`` (else None)."""
+    BN_TRAINING[0] = bn_training
     for i in (1, 2, 3):
         x = _conv(x, sd, f'stem_conv{i}', stride=2 if i == 1 else 1,
                   padding=1)

@@ -1,0 +1,285 @@
+"""Behaviour of the CMT backbone: shapes, arguments, errors, training
+switches and the relative position bias at any input size."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import relative_error
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmcmt.models import CMT
+from mmcmt.models.utils import resize_relative_position_bias
+
+TINY = dict(
+    embed_dims=[8, 16, 24, 32],
+    depths=[1, 1, 2, 1],
+    num_heads=[1, 2, 2, 4],
+    mlp_ratios=2,
+    sr_ratios=[8, 4, 2, 1],
+    stem_channels=8)
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'xs', 'small', 'base'])
+@pytest.mark.parametrize('size', [(224, 224), (800, 1199), (33, 47),
+                                  (64, 96)])
+def test_output_shapes(arch, size):
+    model = CMT(arch).eval()
+    H, W = size
+    with torch.no_grad():
+        outs = model(torch.rand(1, 3, H, W))
+    assert len(outs) == 4
+    for i, (out, dims) in enumerate(zip(outs, model.embed_dims)):
+        s = 4 * 2**i
+        assert out.shape == (1, dims, math.ceil(H / s), math.ceil(W / s))
+        assert out.is_contiguous()
+        assert torch.isfinite(out).all()
+
+
+def test_arch_aliases_and_settings():
+    assert CMT.parse_arch('ti') == CMT.parse_arch('tiny')
+    assert CMT.parse_arch('S') == CMT.parse_arch('small')
+    assert CMT.parse_arch('b')['embed_dims'] == [76, 152, 304, 608]
+    assert CMT('xs').pretrain_img_size == (192, 192)
+    assert CMT('tiny').stages[0].relative_position_bias.shape == (1, 1600, 25)
+    assert CMT('small', pretrain_img_size=256).stages[3] \
+        .relative_position_bias.shape == (8, 64, 64)
+    # one mlp ratio for all stages or a list
+    model = CMT(dict(TINY, mlp_ratios=[1, 2, 3, 4]))
+    assert [s.blocks[0].ffn.fc1.out_features for s in model.stages] == \
+        [8, 32, 72, 128]
+
+
+def test_out_indices():
+    model = CMT(TINY, out_indices=(1, 3), pretrain_img_size=64).eval()
+    outs = model(torch.rand(2, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [16, 32]
+    assert [o.shape[2] for o in outs] == [8, 2]
+    assert CMT(TINY, out_indices=(-1, )).out_indices == (3, )
+
+
+def test_padding_equals_padded_input():
+    """A size that is not a multiple of 32 gives what the zero-padded input
+    gives, cropped to ceil(H/s) x ceil(W/s)."""
+    model = CMT(TINY, pretrain_img_size=64).eval()
+    x = torch.randn(1, 3, 50, 77)
+    padded = F.pad(x, (0, 96 - 77, 0, 64 - 50))
+    with torch.no_grad():
+        outs, ref = model(x), model(padded)
+    for i, (out, full) in enumerate(zip(outs, ref)):
+        s = 4 * 2**i
+        h, w = -(-50 // s), -(-77 // s)
+        assert out.shape[-2:] == (h, w)
+        torch.testing.assert_close(out, full[..., :h, :w])
+
+
+@pytest.mark.parametrize(
+    'arch, message',
+    [('huge', "unknown CMT arch 'huge'; choose one of"),
+     (dict(TINY, depths=[1, 1, 1]), "'depths' must list 4 values"),
+     ({k: v for k, v in TINY.items() if k != 'sr_ratios'},
+      "missing ['sr_ratios']"),
+     (dict(TINY, window=7), "unknown ['window']"),
+     (dict(TINY, num_heads=[3, 2, 2, 4]), 'not divisible by num_heads'),
+     (dict(TINY, sr_ratios=[3, 4, 2, 1]), 'sr_ratios[0]=3 must divide 8'),
+     (7, 'arch must be a name or a dict')])
+def test_bad_arch_errors(arch, message):
+    with pytest.raises((ValueError, TypeError)) as err:
+        CMT(arch)
+    assert message in str(err.value)
+    if isinstance(arch, str):
+        for name in ('tiny', 'xs', 'small', 'base', 'ti', 's', 'b'):
+            assert repr(name) in str(err.value)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(out_indices=(4, )), 'out_indices must be in 0..3'),
+    (dict(frozen_stages=5), 'frozen_stages must be in -1..4'),
+    (dict(pretrain_img_size=200), 'multiple of 32'),
+])
+def test_bad_argument_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CMT(TINY, **kwargs)
+
+
+def test_input_errors():
+    model = CMT(TINY)
+    with pytest.raises(ValueError, match=r'\(B, 3, H, W\) input .* got shape '
+                       r'\(1, 1, 64, 64\)'):
+        model(torch.rand(1, 1, 64, 64))
+    with pytest.raises(ValueError, match='at least 32x32 .* got 31x64'):
+        model(torch.rand(1, 3, 31, 64))
+    with pytest.raises(ValueError, match='got shape'):
+        model(torch.rand(3, 64, 64))
+    gray = CMT(TINY, in_channels=1).eval()
+    assert gray(torch.rand(1, 1, 32, 32))[0].shape == (1, 8, 8, 8)
+
+
+@pytest.mark.parametrize('frozen_stages', [0, 1, 2, 4])
+def test_frozen_stages_frozen_from_construction(frozen_stages):
+    model = CMT(TINY, frozen_stages=frozen_stages, pretrain_img_size=64)
+    frozen = [model.stem] + list(model.stages[:frozen_stages])
+    trainable = list(model.stages[frozen_stages:])
+
+    def check():
+        for module in frozen:
+            assert all(not p.requires_grad for p in module.parameters())
+            assert all(not m.training for m in module.modules())
+        for module in trainable:
+            assert all(p.requires_grad for p in module.parameters())
+            assert all(m.training for m in module.modules())
+
+    check()  # before any train() call: what DDP sees at wrapping time
+    model.train()
+    check()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    outs = model(torch.rand(2, 3, 64, 64))
+    sum(o.sum() for o in outs[frozen_stages:]).backward() \
+        if frozen_stages < 4 else None
+    for module in frozen:
+        assert all(p.grad is None for p in module.parameters())
+    for name, value in model.state_dict().items():  # BN statistics too
+        in_frozen = name.startswith('stem.') or any(
+            name.startswith(f'stages.{i}.') for i in range(frozen_stages))
+        if in_frozen:
+            assert torch.equal(value, before[name]), name
+
+
+def test_norm_eval():
+    model = CMT(TINY, norm_eval=True, pretrain_img_size=64)
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(not bn.training for bn in bns)
+    assert model.stages[0].blocks[0].norm1.training  # LayerNorm unaffected
+    stats = bns[5].running_mean.clone()
+    model(torch.rand(2, 3, 64, 64))
+    assert torch.equal(stats, bns[5].running_mean)
+    model = CMT(TINY, norm_eval=False).train()
+    assert all(m.training for m in model.modules())
+
+
+def test_with_cp_same_outputs_and_gradients():
+    torch.manual_seed(1)
+    plain = CMT(TINY, drop_path_rate=0.2, pretrain_img_size=64)
+    plain.init_weights()
+    ckpt = CMT(TINY, drop_path_rate=0.2, pretrain_img_size=64, with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 96, 64)  # resized bias inside checkpointed blocks
+    results = []
+    for model in (plain, ckpt):
+        model.train()
+        torch.manual_seed(7)  # same drop-path draws
+        inp = x.clone().requires_grad_()
+        outs = model(inp)
+        loss = sum((o * torch.arange(o.numel()).view_as(o).sin()).sum()
+                   for o in outs)
+        loss.backward()
+        results.append((outs, inp.grad,
+                        [p.grad.clone() for p in model.parameters()]))
+    (o1, gx1, g1), (o2, gx2, g2) = results
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx1, gx2, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_drop_path_only_in_training():
+    model = CMT(TINY, drop_path_rate=0.5, pretrain_img_size=64)
+    model.init_weights()
+    rates = [b.drop_path_rate for s in model.stages for b in s.blocks]
+    assert rates[0] == 0 and rates[-1] == 0.5 and rates == sorted(rates)
+    x = torch.rand(4, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    model.train()
+    for m in model.modules():  # keep BN deterministic between the calls
+        if isinstance(m, _BatchNorm):
+            m.eval()
+    torch.manual_seed(0)
+    c = model(x)
+    torch.manual_seed(1)
+    d = model(x)
+    assert not torch.allclose(c[-1], d[-1])
+    model.drop_path_rate = 0
+
+
+def test_bias_used_unchanged_at_pretrain_size_and_resized_elsewhere():
+    model = CMT(TINY, pretrain_img_size=64).eval()
+    stage = model.stages[1]
+    assert stage.bias_for((8, 8)) is stage.relative_position_bias
+    with torch.no_grad():
+        resized = stage.bias_for((12, 8))
+        assert resized.shape == (2, 96, 6)
+        assert stage.bias_for((12, 8)) is resized  # eval cache hit
+        other = stage.bias_for((8, 12))
+        assert other.shape == (2, 96, 6) and stage.bias_for(
+            (8, 12)) is other
+        # an in-place update of the parameter invalidates the cache
+        stage.relative_position_bias.add_(1)
+        assert stage.bias_for((8, 12)) is not other
+    model.train()
+    assert stage._bias_cache is None
+    assert stage.bias_for((12, 8)).requires_grad
+
+
+def test_bias_resized_once_per_stage_per_forward(monkeypatch):
+    from mmcmt.models.backbones import cmt
+    calls = []
+    real = cmt.resize_relative_position_bias
+    monkeypatch.setattr(cmt, 'resize_relative_position_bias',
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = CMT(dict(TINY, depths=[2, 3, 2, 2]), pretrain_img_size=64)
+    model(torch.rand(1, 3, 96, 64))  # training: once per stage
+    assert len(calls) == 4
+    model.eval()
+    with torch.no_grad():
+        model(torch.rand(1, 3, 96, 64))
+        model(torch.rand(1, 3, 96, 64))  # cached
+    assert len(calls) == 8
+
+
+def test_load_state_dict_resizes_bias_saved_at_another_grid():
+    """A checkpoint saved with another pretrain_img_size (say, by a detector
+    trained at another resolution) loads through plain load_state_dict."""
+    src = CMT(TINY, pretrain_img_size=96)
+    dst = CMT(TINY, pretrain_img_size=64)
+    dst.load_state_dict(src.state_dict())
+    for i, (s, d) in enumerate(zip(src.stages, dst.stages)):
+        stride, sr = 4 * 2**i, TINY['sr_ratios'][i]
+        src_q, dst_q = (96 // stride, ) * 2, (64 // stride, ) * 2
+        expected = resize_relative_position_bias(
+            s.relative_position_bias.detach(), src_q,
+            (src_q[0] // sr, ) * 2, dst_q, (dst_q[0] // sr, ) * 2)
+        assert d.relative_position_bias.shape == expected.shape
+        torch.testing.assert_close(d.relative_position_bias.detach(),
+                                   expected)
+
+
+def test_pretrained_argument_is_not_dropped(tmp_path):
+    src = CMT(TINY, pretrain_img_size=64)
+    path = tmp_path / 'cmt.pth'
+    torch.save(src.state_dict(), path)
+    model = CMT(TINY, pretrain_img_size=64, pretrained=str(path))
+    assert model.init_cfg == dict(type='Pretrained', checkpoint=str(path))
+    model.init_weights()
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    with pytest.raises(ValueError, match='either init_cfg or'):
+        CMT(TINY, pretrained=str(path), init_cfg=dict(type='Pretrained'))
+
+
+def test_default_init_and_other_init_cfg():
+    model = CMT(TINY, init_cfg=dict(type='Constant', val=0.5, layer='Linear'))
+    model.init_weights()
+    assert torch.all(model.stages[0].blocks[0].attn.q.weight == 0.5)
+    model = CMT(TINY)
+    model.init_weights()
+    w = model.stages[3].blocks[0].attn.q.weight  # trunc normal, std .02
+    assert 0.017 < w.std() < 0.023 and abs(w.mean()) < 0.003
+    conv = model.stages[3].blocks[0].ffn.dwconv  # normal, fan-out scaled
+    assert 0.8 < conv.weight.std() / math.sqrt(2 / 9) < 1.2
+    assert torch.all(model.stages[0].downsample.norm.weight == 1)

@@ -1,0 +1,132 @@
+"""mmcmt computes what the released checkpoints compute.
+
+Compared against ``reference_cmt``, an independent re-derivation written
+from the architecture reference, with random weights in the official layout
+(random BN statistics included). Contract: relative error under 1e-5 in
+float32.
+"""
+import pytest
+import torch
+from helpers import (ARCH_OF_VARIANT, custom_arch_official_shapes,
+                     official_shapes, random_official_state_dict,
+                     relative_error)
+from reference_cmt import reference_cmt
+
+from mmcmt.models import CMT, CMTClassifier
+from mmcmt.models.utils import resize_relative_position_bias
+
+TOL = 1e-5
+SHAPES = official_shapes()
+SMALL_ARCH = dict(
+    embed_dims=[16, 32, 48, 64],
+    depths=[1, 2, 1, 1],
+    num_heads=[1, 2, 3, 4],
+    mlp_ratios=[2, 3.5, 4, 2.25],
+    sr_ratios=[4, 2, 2, 1],
+    stem_channels=8)
+
+
+def _compare(model, sd, x, arch):
+    settings = CMT.parse_arch(arch)
+    with torch.no_grad():
+        got = model(x)
+        ref_outs, ref_logits = reference_cmt(sd, x, settings['depths'],
+                                             settings['num_heads'],
+                                             settings['sr_ratios'])
+    return got, ref_outs, ref_logits
+
+
+@pytest.mark.parametrize('variant', list(ARCH_OF_VARIANT))
+def test_released_variants_match_reference(variant):
+    arch, info = ARCH_OF_VARIANT[variant], SHAPES[variant]
+    sd = random_official_state_dict(info['state_dict'], seed=1)
+    x = torch.randn(2, 3, info['img_size'], info['img_size'])
+
+    classifier = CMTClassifier(arch).eval()
+    classifier.load_state_dict(sd, strict=True)
+    logits, ref_outs, ref_logits = _compare(classifier, sd, x, arch)
+    assert logits.shape == (2, 1000)
+    assert relative_error(logits, ref_logits) < TOL
+
+    backbone = CMT(arch).eval()
+    backbone.load_state_dict(sd, strict=True)  # head dropped by the hook
+    outs = backbone(x)
+    for out, ref in zip(outs, ref_outs):
+        assert out.shape == ref.shape
+        assert relative_error(out, ref) < TOL
+
+
+def test_released_parameter_counts():
+    for variant, arch in ARCH_OF_VARIANT.items():
+        model = CMTClassifier(arch)
+        assert sum(p.numel() for p in model.parameters()) == \
+            SHAPES[variant]['params']
+
+
+def test_custom_arch_matches_reference():
+    shapes = custom_arch_official_shapes(CMT, SMALL_ARCH, img_size=64)
+    sd = random_official_state_dict(shapes, seed=2)
+    model = CMTClassifier(
+        SMALL_ARCH, num_classes=10, fc_dim=64, pretrain_img_size=64).eval()
+    model.load_state_dict(sd, strict=True)
+    x = torch.randn(3, 3, 64, 64)
+    logits, ref_outs, ref_logits = _compare(model, sd, x, SMALL_ARCH)
+    assert relative_error(logits, ref_logits) < TOL
+    outs = CMT(SMALL_ARCH, pretrain_img_size=64).eval()
+    outs.load_state_dict(sd)
+    for out, ref in zip(outs(x), ref_outs):
+        assert relative_error(out, ref) < TOL
+
+
+def test_other_size_matches_reference_with_resized_bias():
+    """Away from the pre-training size only the bias changes: the reference
+    given the same resized biases computes the same maps (non-square grid)."""
+    shapes = custom_arch_official_shapes(CMT, SMALL_ARCH, img_size=64)
+    sd = random_official_state_dict(shapes, seed=3)
+    model = CMT(SMALL_ARCH, pretrain_img_size=64).eval()
+    model.load_state_dict(sd)
+    H, W = 96, 160
+    ref_sd = dict(sd)
+    for i, (stage, sr) in enumerate(zip('abcd', SMALL_ARCH['sr_ratios'])):
+        s = 4 * 2**i
+        src, dst = (64 // s, 64 // s), (H // s, W // s)
+        ref_sd[f'relative_pos_{stage}'] = resize_relative_position_bias(
+            sd[f'relative_pos_{stage}'], src, (src[0] // sr, src[1] // sr),
+            dst, (dst[0] // sr, dst[1] // sr))
+    x = torch.randn(1, 3, H, W)
+    outs, ref_outs, _ = _compare(model, ref_sd, x, SMALL_ARCH)
+    for out, ref in zip(outs, ref_outs):
+        assert out.shape == ref.shape
+        assert relative_error(out, ref) < TOL
+
+
+def test_training_mode_outputs_and_gradients_match_reference():
+    """Training mode (batch statistics in BN): same maps, and the same
+    gradients for the input and for the relative position biases. In
+    float64, so that the comparison is not limited by round-off amplified
+    through the batch statistics (float32 gives about 1e-5 on gradients)."""
+    shapes = custom_arch_official_shapes(CMT, SMALL_ARCH, img_size=64)
+    sd = {k: v.double() if v.is_floating_point() else v
+          for k, v in random_official_state_dict(shapes, seed=4).items()}
+    model = CMT(SMALL_ARCH, pretrain_img_size=64).double().train()
+    model.load_state_dict(sd)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, requires_grad=True)
+    outs = model(x)
+    cotangents = [torch.randn_like(o) for o in outs]
+    biases = [stage.relative_position_bias for stage in model.stages]
+    grads = torch.autograd.grad(
+        sum((o * c).sum() for o, c in zip(outs, cotangents)), [x] + biases)
+
+    ref_sd = {k: v.clone().requires_grad_(k.startswith('relative_pos'))
+              for k, v in sd.items()}
+    ref_x = x.detach().clone().requires_grad_()
+    ref_outs, _ = reference_cmt(ref_sd, ref_x, SMALL_ARCH['depths'],
+                                SMALL_ARCH['num_heads'],
+                                SMALL_ARCH['sr_ratios'], bn_training=True)
+    ref_grads = torch.autograd.grad(
+        sum((o * c).sum() for o, c in zip(ref_outs, cotangents)),
+        [ref_x] + [ref_sd[f'relative_pos_{s}'] for s in 'abcd'])
+    for out, ref in zip(outs, ref_outs):
+        assert relative_error(out, ref) < 1e-10
+    for grad, ref in zip(grads, ref_grads):
+        assert relative_error(grad, ref) < 1e-10
