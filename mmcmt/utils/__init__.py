@@ -1,0 +1,3 @@
+from .complexity import count_flops, count_params
+
+__all__ = ['count_flops', 'count_params']

@@ -1,0 +1,84 @@
+"""Classify an image with a released CMT ImageNet checkpoint.
+
+    python tools/classify.py demo.jpg --arch small --checkpoint cmt_small.pth
+
+Prints the top-5 ImageNet classes: a quick check of a downloaded checkpoint.
+The image is resized (shorter side to 256/224 of the input size) and
+centre-cropped to the arch's ImageNet resolution, then normalised with the
+ImageNet mean and std, as the released models were evaluated.
+"""
+import argparse
+
+import cv2
+import numpy as np
+import torch
+
+from mmcmt.models import CMT, CMTClassifier
+
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def class_names(path=None, num_classes=1000):
+    """Class names from a text file (one per line), else mmpretrain's
+    ImageNet list when it is installed, else class indices."""
+    if path:
+        with open(path) as f:
+            names = [line.strip() for line in f if line.strip()]
+        if len(names) != num_classes:
+            raise ValueError(f'{path} lists {len(names)} classes, the model '
+                             f'has {num_classes}')
+        return names
+    try:
+        from mmpretrain.datasets.categories import IMAGENET_CATEGORIES
+        return list(IMAGENET_CATEGORIES)
+    except ImportError:
+        return [f'class {i}' for i in range(num_classes)]
+
+
+def preprocess(path, size):
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f'cannot read image {path!r}')
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    short = int(size * 256 / 224)
+    h, w = image.shape[:2]
+    scale = short / min(h, w)
+    image = cv2.resize(image, (round(w * scale), round(h * scale)),
+                       interpolation=cv2.INTER_CUBIC)
+    h, w = image.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    image = image[top:top + size, left:left + size].astype(np.float32) / 255
+    image = (image - MEAN) / STD
+    return torch.from_numpy(image.transpose(2, 0, 1)).unsqueeze(0)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('image')
+    parser.add_argument('--arch', default='small',
+                        help='tiny, xs, small or base')
+    parser.add_argument('--checkpoint', required=True,
+                        help='released checkpoint, e.g. cmt_small.pth')
+    parser.add_argument('--topk', type=int, default=5)
+    parser.add_argument(
+        '--classes',
+        help='text file with the 1000 ImageNet class names, one per line '
+        '(default: mmpretrain\'s list if installed, else indices)')
+    args = parser.parse_args(argv)
+
+    size = CMT.parse_arch(args.arch)['pretrain_img_size']
+    model = CMTClassifier(
+        args.arch,
+        init_cfg=dict(type='Pretrained', checkpoint=args.checkpoint))
+    model.init_weights()
+    model.eval()
+    with torch.no_grad():
+        probs = model(preprocess(args.image, size)).softmax(-1)[0]
+    classes = class_names(args.classes)
+    for p, i in zip(*probs.topk(args.topk)):
+        print(f'{p.item():7.2%}  {i.item():4d}  {classes[i]}')
+
+
+if __name__ == '__main__':
+    main()
