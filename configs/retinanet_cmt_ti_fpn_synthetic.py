@@ -1,0 +1,81 @@
+# RetinaNet + FPN with a CMT-Ti backbone trained from scratch on the small
+# synthetic shapes data set: an end-to-end check of training and COCO
+# evaluation that runs on a CPU in minutes, no download needed.
+#
+#   python tools/make_synthetic_coco.py data/synthetic_coco
+#   python tools/train.py configs/retinanet_cmt_ti_fpn_synthetic.py  # mmdet's
+#
+# It is the CMT-Ti COCO recipe (retinanet_cmt_ti_fpn_1x_coco.py) with: random
+# initialisation (no ImageNet weights), 4 classes, 320x320 images, batch 4,
+# AdamW at a higher learning rate and a short schedule.
+_base_ = './retinanet_cmt_ti_fpn_1x_coco.py'
+
+# The categories written by mmcmt.datasets.make_synthetic_coco (ids 1..4).
+classes = ('circle', 'square', 'triangle', 'cross')
+metainfo = dict(classes=classes)
+data_root = 'data/synthetic_coco/'
+img_scale = (320, 320)
+
+model = dict(
+    backbone=dict(drop_path_rate=0., init_cfg=None),
+    bbox_head=dict(num_classes=len(classes)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=2,
+    persistent_workers=True,
+    dataset=dict(
+        data_root=data_root, metainfo=metainfo, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=2,
+    persistent_workers=True,
+    dataset=dict(
+        data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(
+    type='CocoMetric',
+    ann_file=data_root + 'annotations/instances_val2017.json',
+    metric='bbox')
+test_evaluator = val_evaluator
+
+# Schedule.
+max_epochs = 6
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(
+        type='CosineAnnealingLR',
+        T_max=max_epochs,
+        eta_min_ratio=0.05,
+        begin=0,
+        end=max_epochs,
+        by_epoch=True,
+        convert_to_iter_based=True)
+]
+optim_wrapper = dict(
+    optimizer=dict(lr=1e-3, weight_decay=0.05),
+    clip_grad=dict(max_norm=10, norm_type=2))
+auto_scale_lr = dict(enable=False, base_batch_size=4)
+
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=10),
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2))
+log_processor = dict(window_size=10)
+randomness = dict(seed=0)
