@@ -1,0 +1,92 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: loading a config of
+either library, checking that its data is there, and letting torch 2.6+'s
+safe ``torch.load`` (``weights_only=True``) read mmengine checkpoints."""
+import os
+import os.path as osp
+from typing import Iterator, List, Optional
+
+from mmengine.config import Config
+
+LIBRARIES = {'mmdet': 'detection', 'mmseg': 'segmentation'}
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None,
+                work_dir: Optional[str] = None,
+                launcher: str = 'none') -> Config:
+    """Load a detection or segmentation config, apply ``--cfg-options`` and
+    set ``work_dir`` (CLI, else the config's, else
+    ``work_dirs/<config name>``) and the launcher."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file not found: {path!r}')
+    cfg = Config.fromfile(path)
+    if cfg.get('default_scope') not in LIBRARIES:
+        raise ValueError(
+            f'{path}: default_scope is {cfg.get("default_scope")!r}; mmcmt '
+            f'tools run mmdet (detection) and mmseg (segmentation) configs')
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('work_dirs',
+                                osp.splitext(osp.basename(path))[0])
+    return cfg
+
+
+def _datasets(cfg) -> Iterator[dict]:
+    """Leaf dataset configs under wrappers (RepeatDataset, ConcatDataset)."""
+    if 'dataset' in cfg:
+        yield from _datasets(cfg['dataset'])
+    elif 'datasets' in cfg:
+        for dataset in cfg['datasets']:
+            yield from _datasets(dataset)
+    else:
+        yield cfg
+
+
+def check_data(cfg: Config, dataloaders: List[str]) -> None:
+    """Fail early, naming the expected paths, when a dataset is missing."""
+    for name in dataloaders:
+        loader = cfg.get(name)
+        if not loader:
+            continue
+        for dataset in _datasets(loader['dataset']):
+            root = dataset.get('data_root') or ''
+            expected = []
+            if dataset.get('ann_file'):
+                expected.append(osp.join(root, dataset['ann_file']))
+            for prefix in (dataset.get('data_prefix') or {}).values():
+                expected.append(osp.join(root, prefix))
+            missing = [p for p in expected or [root] if not osp.exists(p)]
+            if missing:
+                raise FileNotFoundError(
+                    f'{name}: dataset not found, expected {missing} '
+                    f'(data_root={root!r}). Put the dataset there, or point '
+                    f'the config at it with --cfg-options '
+                    f'{name}.dataset.data_root=PATH')
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Allow-list what mmengine stores beside the weights (its message hub's
+    HistoryBuffers, numpy scalars and arrays) so that ``torch.load`` with
+    ``weights_only=True`` (torch 2.6+'s default) reads mmengine checkpoints
+    for testing and resuming, without turning the safety off."""
+    import numpy as np
+    import torch
+    from mmengine.logging import HistoryBuffer
+    if not hasattr(torch.serialization, 'add_safe_globals'):
+        return  # torch < 2.4: torch.load is unrestricted by default
+    multiarray = np.core.multiarray if np.__version__ < '2' else \
+        np._core.multiarray
+    torch.serialization.add_safe_globals([
+        HistoryBuffer, multiarray._reconstruct, multiarray.scalar,
+        np.ndarray, np.dtype
+    ] + [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64,
+                                      np.int32, np.bool_)])
+
+
+def check_file(path: str, what: str) -> None:
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'{what} not found: {path!r} (working directory {os.getcwd()})')

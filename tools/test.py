@@ -1,0 +1,72 @@
+"""Evaluate a checkpoint: COCO AP for detection, mIoU for segmentation.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR]
+        [--out FILE] [--cfg-options k=v ...] [--launcher pytorch]
+
+Detection prints COCO bbox AP, AP50, AP75, APs, APm, APl (and segm for
+Mask R-CNN); segmentation prints aAcc, mIoU and mAcc. ``--show-dir`` writes
+pictures of the predictions; ``--out`` dumps raw detection results (.pkl) or
+segmentation masks (a directory).
+"""
+import argparse
+import os
+
+from mmengine.config import DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from mmcmt.engine import (allow_mmengine_checkpoints, check_data, check_file,
+                          load_config)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test a CMT model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save logs and metrics')
+    parser.add_argument('--show-dir', help='write prediction pictures here')
+    parser.add_argument(
+        '--out', help='dump results: a .pkl file for detection, a directory '
+        'of masks for segmentation')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    allow_mmengine_checkpoints()
+    cfg = load_config(args.config, args.cfg_options, args.work_dir,
+                      args.launcher)
+    check_file(args.checkpoint, 'checkpoint')
+    check_data(cfg, ['test_dataloader'])
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        if 'visualization' not in cfg.default_hooks:
+            raise RuntimeError('--show-dir needs a visualization hook in '
+                               'default_hooks')
+        cfg.default_hooks.visualization.draw = True
+        cfg.default_hooks.visualization.interval = 1
+        cfg.visualizer.save_dir = os.path.abspath(args.show_dir)
+        cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
+    segmentation = cfg.default_scope == 'mmseg'
+    if args.out and segmentation:
+        cfg.test_evaluator['output_dir'] = args.out
+    runner = (Runner.from_cfg(cfg)
+              if 'runner_type' not in cfg else RUNNERS.build(cfg))
+    if args.out and not segmentation:
+        from mmdet.evaluation import DumpDetResults
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError('--out must be a .pkl file for detection')
+        runner.test_evaluator.metrics.append(
+            DumpDetResults(out_file_path=args.out))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
