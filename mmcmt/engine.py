@@ -3,6 +3,7 @@ either library, checking that its data is there, and letting torch 2.6+'s
 safe ``torch.load`` (``weights_only=True``) read mmengine checkpoints."""
 import os
 import os.path as osp
+import pickle
 from typing import Iterator, List, Optional
 
 from mmengine.config import Config
@@ -68,20 +69,35 @@ def check_data(cfg: Config, dataloaders: List[str]) -> None:
 
 
 def allow_mmengine_checkpoints() -> None:
-    """Allow-list what mmengine stores beside the weights (its message hub's
-    HistoryBuffers, numpy scalars and arrays) so that ``torch.load`` with
-    ``weights_only=True`` (torch 2.6+'s default) reads mmengine checkpoints
-    for testing and resuming, without turning the safety off."""
+    """Let ``torch.load(weights_only=True)`` (torch 2.6+'s default) read
+    mmengine checkpoints, for testing and resuming, with the safety on.
+
+    Besides tensors, mmengine stores its message hub: HistoryBuffers holding
+    numpy arrays and scalars, and references to HistoryBuffer's statistics
+    methods, pickled as ``getattr(HistoryBuffer, 'mean')``. These types are
+    allow-listed, and ``builtins.getattr`` is mapped to a function that
+    resolves only those methods (a general ``getattr`` would reopen the door
+    to arbitrary code).
+    """
     import numpy as np
     import torch
     from mmengine.logging import HistoryBuffer
     if not hasattr(torch.serialization, 'add_safe_globals'):
         return  # torch < 2.4: torch.load is unrestricted by default
+
+    def history_buffer_method(owner, name):
+        methods = {'min', 'max', 'current', 'mean'}
+        methods.update(HistoryBuffer._statistics_methods)  # registered ones
+        if owner is HistoryBuffer and name in methods:
+            return getattr(owner, name)
+        raise pickle.UnpicklingError(
+            f'refusing getattr({owner!r}, {name!r}) in a checkpoint')
+
     multiarray = np.core.multiarray if np.__version__ < '2' else \
         np._core.multiarray
     torch.serialization.add_safe_globals([
         HistoryBuffer, multiarray._reconstruct, multiarray.scalar,
-        np.ndarray, np.dtype
+        np.ndarray, np.dtype, (history_buffer_method, 'builtins.getattr')
     ] + [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64,
                                       np.int32, np.bool_)])
 

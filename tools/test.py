@@ -50,10 +50,12 @@ def main(argv=None):
         if 'visualization' not in cfg.default_hooks:
             raise RuntimeError('--show-dir needs a visualization hook in '
                                'default_hooks')
-        cfg.default_hooks.visualization.draw = True
-        cfg.default_hooks.visualization.interval = 1
+        hook = cfg.default_hooks.visualization
+        hook.draw, hook.interval = True, 1
+        # mmdet's hook writes pictures to test_out_dir (an absolute path
+        # stays as it is), mmseg's to the visualizer's save_dir.
+        hook.test_out_dir = os.path.abspath(args.show_dir)
         cfg.visualizer.save_dir = os.path.abspath(args.show_dir)
-        cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
     segmentation = cfg.default_scope == 'mmseg'
     if args.out and segmentation:
         cfg.test_evaluator['output_dir'] = args.out
