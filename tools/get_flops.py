@@ -1,0 +1,78 @@
+"""Parameters and FLOPs of a detector or segmentor config, no dataset needed.
+
+    python tools/get_flops.py CONFIG [--shape W H]
+
+Builds the model from the config (random weights: the backbone's
+``init_cfg`` is not loaded), runs a random ``1 x 3 x H x W`` input through
+it in tensor mode (backbone, neck and heads; no post-processing) and prints
+parameters and FLOPs of the whole model and of the backbone alone, in two
+conventions (see :mod:`mmcmt.utils.complexity`): ``macs`` (convolutions,
+linear layers and attention products, the CMT paper's) and ``mmengine``
+(mmengine's counter plus attention products), and ``macs`` without the
+attention products (the convention of the CMT paper's detection table).
+"""
+import argparse
+
+import torch
+import torch.nn as nn
+
+from mmcmt.engine import load_config
+from mmcmt.utils import count_flops, count_params
+
+
+class TensorMode(nn.Module):
+    """``model(x)`` in tensor mode, with the data samples that two-stage
+    detectors and segmentors need to run their heads."""
+
+    def __init__(self, model, data_samples):
+        super().__init__()
+        self.model, self.data_samples = model, data_samples
+
+    def forward(self, x):
+        return self.model(x, self.data_samples, mode='tensor')
+
+
+def data_samples_for(scope, H, W):
+    meta = dict(img_shape=(H, W), ori_shape=(H, W), pad_shape=(H, W),
+                batch_input_shape=(H, W), scale_factor=(1., 1.))
+    if scope == 'mmseg':
+        from mmseg.structures import SegDataSample
+        return [SegDataSample(metainfo=meta)]
+    from mmdet.structures import DetDataSample
+    return [DetDataSample(metainfo=meta)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config')
+    parser.add_argument('--shape', type=int, nargs=2, default=[1280, 800],
+                        metavar=('W', 'H'), help='input width and height')
+    args = parser.parse_args(argv)
+    W, H = args.shape
+
+    cfg = load_config(args.config)
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.default_scope)
+    from mmengine.registry import MODELS
+    cfg.model.backbone.pop('init_cfg', None)
+    cfg.model.pop('data_preprocessor', None)
+    model = MODELS.build(cfg.model).eval()
+    x = torch.rand(1, 3, H, W)
+    with torch.no_grad():
+        whole = count_flops(TensorMode(model, data_samples_for(
+            cfg.default_scope, H, W)), (x, ))
+        backbone = count_flops(model.backbone, (x, ))
+    print(f'input: 1 x 3 x {H} x {W} (W x H = {W} x {H})')
+    print('| part | params (M) | FLOPs macs (G) | FLOPs mmengine (G) | '
+          'macs without attention products (G) |')
+    print('|---|---|---|---|---|')
+    for name, module, flops in (('whole model', model, whole),
+                                ('backbone', model.backbone, backbone)):
+        attention = flops['by_operator']['scaled_dot_product_attention']
+        print(f'| {name} | {count_params(module) / 1e6:.2f} | '
+              f'{flops["macs"] / 1e9:.1f} | {flops["mmengine"] / 1e9:.1f} | '
+              f'{(flops["macs"] - attention) / 1e9:.1f} |')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,69 @@
+"""Draw a model's predictions on an image: boxes (and masks) for detection
+configs, the blended class mask for segmentation configs.
+
+    python tools/infer.py IMAGE CONFIG CHECKPOINT --out-dir DIR [--score-thr 0.3]
+
+Writes ``DIR/<image name>`` and prints what it found.
+"""
+import argparse
+import os
+import os.path as osp
+
+import mmcv
+
+from mmcmt.engine import allow_mmengine_checkpoints, check_file, load_config
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('image')
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--out-dir', required=True)
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detection score threshold for drawing')
+    parser.add_argument('--device', default='cpu')
+    args = parser.parse_args(argv)
+    check_file(args.image, 'image')
+    check_file(args.checkpoint, 'checkpoint')
+    allow_mmengine_checkpoints()
+    cfg = load_config(args.config)
+    cfg.model.backbone.init_cfg = None  # the checkpoint has the weights
+    os.makedirs(args.out_dir, exist_ok=True)
+    out_file = osp.join(args.out_dir, osp.basename(args.image))
+    image = mmcv.imread(args.image, channel_order='rgb')
+
+    if cfg.default_scope == 'mmseg':
+        from mmseg.apis import inference_model, init_model
+        from mmseg.visualization import SegLocalVisualizer
+        model = init_model(cfg, args.checkpoint, device=args.device)
+        result = inference_model(model, args.image)
+        visualizer = SegLocalVisualizer()
+        visualizer.dataset_meta = model.dataset_meta
+        visualizer.add_datasample('result', image, result, draw_gt=False,
+                                  out_file=out_file, with_labels=True)
+        labels = result.pred_sem_seg.data.unique().tolist()
+        names = [model.dataset_meta['classes'][i] for i in labels]
+        print(f'classes present: {", ".join(names)}')
+    else:
+        from mmdet.apis import inference_detector, init_detector
+        from mmdet.visualization import DetLocalVisualizer
+        model = init_detector(cfg, args.checkpoint, device=args.device)
+        result = inference_detector(model, args.image)
+        visualizer = DetLocalVisualizer()
+        visualizer.dataset_meta = model.dataset_meta
+        visualizer.add_datasample('result', image, result, draw_gt=False,
+                                  out_file=out_file,
+                                  pred_score_thr=args.score_thr)
+        pred = result.pred_instances
+        keep = pred.scores >= args.score_thr
+        classes = model.dataset_meta['classes']
+        for box, score, label in zip(pred.bboxes[keep], pred.scores[keep],
+                                     pred.labels[keep]):
+            print(f'{classes[label]:>12s} {score:.2f} '
+                  f'{[round(v) for v in box.tolist()]}')
+    print(f'wrote {out_file}')
+
+
+if __name__ == '__main__':
+    main()
