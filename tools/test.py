@@ -45,6 +45,7 @@ def main(argv=None):
                       args.launcher)
     check_file(args.checkpoint, 'checkpoint')
     check_data(cfg, ['test_dataloader'])
+    segmentation = cfg.default_scope == 'mmseg'
     cfg.load_from = args.checkpoint
     if args.show_dir:
         if 'visualization' not in cfg.default_hooks:
@@ -54,9 +55,10 @@ def main(argv=None):
         hook.draw, hook.interval = True, 1
         # mmdet's hook writes pictures to test_out_dir (an absolute path
         # stays as it is), mmseg's to the visualizer's save_dir.
-        hook.test_out_dir = os.path.abspath(args.show_dir)
-        cfg.visualizer.save_dir = os.path.abspath(args.show_dir)
-    segmentation = cfg.default_scope == 'mmseg'
+        if segmentation:
+            cfg.visualizer.save_dir = os.path.abspath(args.show_dir)
+        else:
+            hook.test_out_dir = os.path.abspath(args.show_dir)
     if args.out and segmentation:
         cfg.test_evaluator['output_dir'] = args.out
     runner = (Runner.from_cfg(cfg)

@@ -1,0 +1,233 @@
+"""Detection configs and tools, end to end on generated COCO-format data."""
+import glob
+import json
+import os
+import os.path as osp
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mmcmt.datasets import make_synthetic_coco
+from mmcmt.datasets.synthetic_coco import CLASSES
+from mmcmt.engine import allow_mmengine_checkpoints, load_config
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+COCO_CONFIGS = sorted(
+    glob.glob(osp.join(ROOT, 'configs', '*_coco.py')))
+SYNTHETIC = osp.join(ROOT, 'configs', 'retinanet_cmt_ti_fpn_synthetic.py')
+
+
+@pytest.fixture(scope='module')
+def coco_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('coco'))
+    make_synthetic_coco(root, num_train=4, num_val=2, img_size=(96, 96))
+    return root + '/'
+
+
+def data_options(root, workers=0):
+    """--cfg-options that point a COCO config at generated data."""
+    options = []
+    for split in ('train', 'val', 'test'):
+        loader = f'{split}_dataloader'
+        options += [f'{loader}.dataset.data_root={root}',
+                    f'{loader}.num_workers={workers}',
+                    f'{loader}.persistent_workers=False']
+    for split in ('val', 'test'):
+        options.append(f'{split}_evaluator.ann_file='
+                       f'{root}annotations/instances_val2017.json')
+    return options
+
+
+def small_config(path, root):
+    """A config pointed at generated data, images resized to 128x96 (no
+    ImageNet weights here)."""
+    from mmengine.config import DictAction
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--o', nargs='+', action=DictAction)
+    options = parser.parse_args(['--o'] + data_options(root)).o
+    cfg = load_config(path, options)
+    for split in ('train', 'val', 'test'):
+        dataset = cfg[f'{split}_dataloader'].dataset
+        dataset.metainfo = dict(classes=CLASSES)
+        for transform in dataset.pipeline:
+            if transform.type == 'Resize':
+                transform.scale = (128, 96)
+    cfg.model.backbone.init_cfg = None
+    return cfg
+
+
+@pytest.mark.parametrize('config', COCO_CONFIGS + [SYNTHETIC],
+                         ids=osp.basename)
+def test_config_trains_one_step_and_predicts(config, coco_root):
+    from mmengine.dataset import pseudo_collate
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DATASETS, MODELS, init_default_scope
+    cfg = small_config(config, coco_root)
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    data = pseudo_collate([dataset[0], dataset[1]])
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    # no weight decay on norms and relative position biases
+    decay = {id(p): g['weight_decay']
+             for g in optim_wrapper.optimizer.param_groups
+             for p in g['params']}
+    stage = model.backbone.stages[0]
+    assert decay[id(stage.relative_position_bias)] == 0
+    assert decay[id(stage.blocks[0].norm1.weight)] == 0
+    assert decay[id(stage.blocks[0].attn.q.weight)] == \
+        cfg.optim_wrapper.optimizer.weight_decay
+    before = stage.blocks[0].attn.q.weight.detach().clone()
+    model.train()
+    losses = model.train_step(data, optim_wrapper)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert not torch.equal(before, stage.blocks[0].attn.q.weight)
+
+    model.eval()
+    test_set = DATASETS.build(cfg.test_dataloader.dataset)
+    with torch.no_grad():
+        results = model.test_step(pseudo_collate([test_set[0]]))
+    assert len(results) == 1 and 'bboxes' in results[0].pred_instances
+    if 'mask_rcnn' in config:
+        assert 'masks' in results[0].pred_instances
+
+
+@pytest.mark.parametrize('config', COCO_CONFIGS, ids=osp.basename)
+def test_coco_config_settings(config):
+    cfg = load_config(config)
+    backbone = cfg.model.backbone
+    dims = {'tiny': [46, 92, 184, 368], 'xs': [52, 104, 208, 416],
+            'small': [64, 128, 256, 512], 'base': [76, 152, 304, 608]}
+    assert backbone.type == 'CMT'
+    assert cfg.model.neck.in_channels == dims[backbone.arch]
+    assert backbone.init_cfg.checkpoint == \
+        f'checkpoints/cmt_{backbone.arch}.pth'
+    assert cfg.train_cfg.max_epochs == 12
+    assert cfg.param_scheduler[-1].milestones == [8, 11]
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert 'momentum' not in cfg.optim_wrapper.optimizer
+    assert cfg.train_dataloader.batch_size * 8 == \
+        cfg.auto_scale_lr.base_batch_size == 16
+    assert 'depth' not in backbone and 'norm_cfg' not in backbone
+    assert cfg.train_dataloader.dataset.data_root == 'data/coco/'
+    assert cfg.custom_imports.imports == ['mmcmt']
+
+
+def run_tool(*args, check=True):
+    result = subprocess.run([sys.executable] + list(args), cwd=ROOT,
+                            capture_output=True, text=True)
+    if check and result.returncode:
+        raise AssertionError(f'{args} failed:\n{result.stderr[-3000:]}')
+    return result
+
+
+def scalars(work_dir):
+    """Logged training scalars, by iteration, of every run in work_dir."""
+    logs = {}
+    for path in glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')):
+        with open(path) as f:
+            for line in f:
+                entry = json.loads(line)
+                if 'lr' in entry:
+                    logs[entry['iter']] = entry
+    return logs
+
+
+def test_train_test_resume_cycle(coco_root, tmp_path):
+    allow_mmengine_checkpoints()
+    options = data_options(coco_root) + [
+        'train_dataloader.batch_size=2', 'train_cfg.max_epochs=2',
+        'train_cfg.val_interval=2', 'default_hooks.logger.interval=1',
+        'log_processor.window_size=1'
+    ]
+    full = str(tmp_path / 'full')
+    run_tool('tools/train.py', SYNTHETIC, '--work-dir', full,
+             '--cfg-options', *options)
+    assert osp.isfile(osp.join(full, 'epoch_2.pth'))
+
+    # test: COCO metrics printed, pictures written
+    show = str(tmp_path / 'show')
+    out = run_tool('tools/test.py', SYNTHETIC, osp.join(full, 'epoch_2.pth'),
+                   '--work-dir', str(tmp_path / 'test'), '--show-dir', show,
+                   '--out', str(tmp_path / 'results.pkl'), '--cfg-options',
+                   *data_options(coco_root)).stdout
+    assert re.search(r'coco/bbox_mAP: [\d.]+ +coco/bbox_mAP_50: [\d.]+ +'
+                     r'coco/bbox_mAP_75: [\d.]+', out), out[-2000:]
+    assert len(os.listdir(show)) == 2
+    assert osp.getsize(tmp_path / 'results.pkl') > 0
+
+    # a run stopped after epoch 1 resumes: same iteration, lr, optimizer
+    resumed = str(tmp_path / 'resumed')
+    os.makedirs(resumed)
+    shutil.copy(osp.join(full, 'epoch_1.pth'), resumed)
+    before = open(osp.join(resumed, 'epoch_1.pth'), 'rb').read()
+    out = run_tool('tools/train.py', SYNTHETIC, '--work-dir', resumed,
+                   '--resume', osp.join(resumed, 'epoch_1.pth'),
+                   '--cfg-options', *options).stdout
+    assert 'resumed epoch: 1, iter: 2' in out
+    assert open(osp.join(resumed, 'epoch_1.pth'), 'rb').read() == before
+    a, b = scalars(full), scalars(resumed)
+    assert sorted(b) == [3, 4]
+    for it in (3, 4):
+        assert a[it]['lr'] == pytest.approx(b[it]['lr'], rel=1e-9)
+    ck_a = torch.load(osp.join(full, 'epoch_2.pth'), weights_only=True)
+    ck_b = torch.load(osp.join(resumed, 'epoch_2.pth'), weights_only=True)
+    assert ck_a['meta']['iter'] == ck_b['meta']['iter'] == 4
+    steps = {int(s['step']) for s in ck_b['optimizer']['state'].values()}
+    assert steps == {4}
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    result = run_tool('tools/train.py', SYNTHETIC, '--work-dir',
+                      str(tmp_path), '--cfg-options',
+                      f'train_dataloader.dataset.data_root={tmp_path}/none/',
+                      check=False)
+    assert result.returncode != 0
+    assert 'train_dataloader: dataset not found, expected' in result.stderr
+    assert f'{tmp_path}/none/annotations/instances_train2017.json' in \
+        result.stderr
+
+
+def test_missing_checkpoint_is_a_clear_error(coco_root, tmp_path):
+    result = run_tool('tools/test.py', SYNTHETIC, str(tmp_path / 'no.pth'),
+                      '--cfg-options', *data_options(coco_root), check=False)
+    assert result.returncode != 0
+    assert f"checkpoint not found: '{tmp_path}/no.pth'" in result.stderr
+
+
+def test_get_flops_reports_figures():
+    out = run_tool('tools/get_flops.py', 'configs/retinanet_cmt_ti_fpn_1x_coco.py',
+                   '--shape', '320', '256').stdout
+    rows = dict(re.findall(r'^\| (whole model|backbone) \| ([\d.]+) \|', out,
+                           re.M))
+    from mmcmt.models import CMT
+    params = sum(p.numel() for p in CMT('tiny').parameters())
+    assert float(rows['backbone']) == pytest.approx(params / 1e6, abs=0.005)
+    assert float(rows['whole model']) > float(rows['backbone'])
+    macs = re.search(r'^\| backbone \| [\d.]+ \| ([\d.]+) \|', out, re.M)
+    assert float(macs[1]) > 1
+
+
+def test_distributed_training_two_processes(coco_root, tmp_path):
+    """torchrun, 2 CPU processes, gloo: mmengine's distributed runner."""
+    env = dict(os.environ, PYTHON=sys.executable, PORT='29517')
+    options = data_options(coco_root) + [
+        'train_dataloader.batch_size=1', 'train_cfg.max_epochs=1',
+        'train_cfg.val_interval=1', 'env_cfg.dist_cfg.backend=gloo',
+        # torch's SyncBatchNorm runs on GPUs only
+        'sync_bn=None'
+    ]
+    result = subprocess.run(
+        ['bash', 'tools/dist_train.sh', SYNTHETIC, '2', '--work-dir',
+         str(tmp_path)] + ['--cfg-options'] + options,
+        cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Distributed launcher: pytorch' in result.stdout + result.stderr
+    assert 'World size: 2' in result.stdout + result.stderr
+    assert osp.isfile(osp.join(tmp_path, 'epoch_1.pth'))
