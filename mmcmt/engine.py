@@ -106,3 +106,45 @@ def check_file(path: str, what: str) -> None:
     if not osp.isfile(path):
         raise FileNotFoundError(
             f'{what} not found: {path!r} (working directory {os.getcwd()})')
+
+
+def setup_cpu_distributed(cfg: Config) -> None:
+    """Make ``--launcher pytorch`` work on machines without CUDA (gloo).
+
+    mmengine's launcher assumes GPUs: it calls ``torch.cuda.set_device`` and
+    wraps the model in DDP with ``device_ids``. Without CUDA, the process
+    group is started here on gloo (so mmengine does not start its own), the
+    model is wrapped for CPU, and ``sync_bn`` is dropped with a warning
+    (torch's SyncBatchNorm runs on GPUs only).
+    """
+    import torch
+    import torch.distributed as dist
+    from mmengine.logging import print_log
+    if cfg.launcher == 'none' or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group('gloo')
+    cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel')
+    if cfg.get('sync_bn'):
+        print_log('sync_bn ignored: SyncBatchNorm needs GPUs; each CPU '
+                  'process normalises with its own batch', 'current',
+                  level=30)
+        cfg.sync_bn = None
+
+
+def _register_cpu_ddp():
+    from mmengine.model import MMDistributedDataParallel
+    from mmengine.registry import MODEL_WRAPPERS
+
+    @MODEL_WRAPPERS.register_module(force=True)
+    class CPUDistributedDataParallel(MMDistributedDataParallel):
+        """mmengine's DDP wrapper for a model on the CPU (no device ids)."""
+
+        def __init__(self, module, device_ids=None, **kwargs):
+            kwargs.setdefault('broadcast_buffers', False)
+            super().__init__(module=module, device_ids=None, **kwargs)
+
+    return CPUDistributedDataParallel
+
+
+CPUDistributedDataParallel = _register_cpu_ddp()

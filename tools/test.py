@@ -16,7 +16,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmcmt.engine import (allow_mmengine_checkpoints, check_data, check_file,
-                          load_config)
+                          load_config, setup_cpu_distributed)
 
 
 def parse_args(argv=None):
@@ -61,6 +61,7 @@ def main(argv=None):
             hook.test_out_dir = os.path.abspath(args.show_dir)
     if args.out and segmentation:
         cfg.test_evaluator['output_dir'] = args.out
+    setup_cpu_distributed(cfg)
     runner = (Runner.from_cfg(cfg)
               if 'runner_type' not in cfg else RUNNERS.build(cfg))
     if args.out and not segmentation:

@@ -13,7 +13,8 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmcmt.engine import allow_mmengine_checkpoints, check_data, load_config
+from mmcmt.engine import (allow_mmengine_checkpoints, check_data, load_config,
+                          setup_cpu_distributed)
 
 
 def parse_args(argv=None):
@@ -56,6 +57,7 @@ def main(argv=None):
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     check_data(cfg, ['train_dataloader', 'val_dataloader'])
+    setup_cpu_distributed(cfg)
     runner = (Runner.from_cfg(cfg)
               if 'runner_type' not in cfg else RUNNERS.build(cfg))
     runner.train()
