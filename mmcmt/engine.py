@@ -148,3 +148,31 @@ def _register_cpu_ddp():
 
 
 CPUDistributedDataParallel = _register_cpu_ddp()
+
+
+def add_runner_arguments(parser) -> None:
+    """The flags train.py and test.py share, as mmdet spells them."""
+    from mmengine.config import DictAction
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_runner_args(parser, argv=None):
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_runner(cfg: Config):
+    """mmengine's Runner (or the config's ``runner_type``), after making
+    distributed launches work without CUDA."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    setup_cpu_distributed(cfg)
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)

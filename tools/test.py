@@ -9,33 +9,24 @@ pictures of the predictions; ``--out`` dumps raw detection results (.pkl) or
 segmentation masks (a directory).
 """
 import argparse
+import sys
 import os
 
-from mmengine.config import DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from mmcmt.engine import (allow_mmengine_checkpoints, check_data, check_file,
-                          load_config, setup_cpu_distributed)
+from mmcmt.engine import (add_runner_arguments, allow_mmengine_checkpoints,
+                          build_runner, check_data, check_file, load_config,
+                          parse_runner_args)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test a CMT model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--show-dir', help='write prediction pictures here')
     parser.add_argument(
         '--out', help='dump results: a .pkl file for detection, a directory '
         'of masks for segmentation')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_runner_arguments(parser)
+    return parse_runner_args(parser, argv)
 
 
 def main(argv=None):
@@ -61,9 +52,7 @@ def main(argv=None):
             hook.test_out_dir = os.path.abspath(args.show_dir)
     if args.out and segmentation:
         cfg.test_evaluator['output_dir'] = args.out
-    setup_cpu_distributed(cfg)
-    runner = (Runner.from_cfg(cfg)
-              if 'runner_type' not in cfg else RUNNERS.build(cfg))
+    runner = build_runner(cfg)
     if args.out and not segmentation:
         from mmdet.evaluation import DumpDetResults
         if not args.out.endswith(('.pkl', '.pickle')):
@@ -74,4 +63,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except FileNotFoundError as error:  # a missing config, data, checkpoint
+        sys.exit(f'error: {error}')

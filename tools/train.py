@@ -7,20 +7,16 @@ The library is told by the config's ``default_scope``. Multi-GPU and
 multi-node runs go through ``tools/dist_train.sh`` (torchrun).
 """
 import argparse
-import os
+import sys
 
-from mmengine.config import DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from mmcmt.engine import (allow_mmengine_checkpoints, check_data, load_config,
-                          setup_cpu_distributed)
+from mmcmt.engine import (add_runner_arguments, allow_mmengine_checkpoints,
+                          build_runner, check_data, load_config,
+                          parse_runner_args)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a CMT model')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision training')
     parser.add_argument('--auto-scale-lr', action='store_true',
@@ -29,14 +25,8 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint, or without a path from the latest '
         'checkpoint in the work dir')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_runner_arguments(parser)
+    return parse_runner_args(parser, argv)
 
 
 def main(argv=None):
@@ -57,11 +47,11 @@ def main(argv=None):
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     check_data(cfg, ['train_dataloader', 'val_dataloader'])
-    setup_cpu_distributed(cfg)
-    runner = (Runner.from_cfg(cfg)
-              if 'runner_type' not in cfg else RUNNERS.build(cfg))
-    runner.train()
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except FileNotFoundError as error:  # a missing config, data, checkpoint
+        sys.exit(f'error: {error}')
