@@ -231,3 +231,23 @@ def test_distributed_training_two_processes(coco_root, tmp_path):
     assert osp.isfile(osp.join(tmp_path, 'epoch_1.pth'))
     assert 'sync_bn ignored: SyncBatchNorm needs GPUs' in result.stdout
     assert re.search(r'coco/bbox_mAP: [\d.]+', result.stdout)
+
+
+def test_readme_custom_config_example(tmp_path):
+    """The README's example of CMT in a config we do not ship builds and
+    detects."""
+    from mmengine.registry import MODELS, init_default_scope
+    readme = open(osp.join(ROOT, 'README.md')).read()
+    section = readme[readme.index('### CMT in your own config'):]
+    example = re.search(r'```python\n(.*?)```', section, re.S)[1]
+    path = tmp_path / 'fcos_cmt_s.py'
+    path.write_text(example)
+    cfg = load_config(str(path))
+    init_default_scope(cfg.default_scope)
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).eval()
+    assert type(model).__name__ == 'FCOS'
+    assert type(model.backbone).__name__ == 'CMT'
+    with torch.no_grad():
+        outs = model(torch.rand(1, 3, 96, 128), mode='tensor')
+    assert len(outs[0]) == 5  # P3-P7 classification maps
