@@ -6,8 +6,9 @@
 #   python tools/train.py configs/retinanet_cmt_ti_fpn_synthetic.py  # mmdet's
 #
 # It is the CMT-Ti COCO recipe (retinanet_cmt_ti_fpn_1x_coco.py) with: random
-# initialisation (no ImageNet weights), 4 classes, 320x320 images, batch 4,
-# AdamW at a higher learning rate and a short schedule.
+# initialisation (no ImageNet weights), 4 classes, 320x320 images, batch 2,
+# AdamW at a higher learning rate, a lighter head and a short schedule
+# (4 epochs of 200 iterations at batch 2).
 _base_ = './retinanet_cmt_ti_fpn_1x_coco.py'
 
 # The categories written by mmcmt.datasets.make_synthetic_coco (ids 1..4).
@@ -16,9 +17,18 @@ metainfo = dict(classes=classes)
 data_root = 'data/synthetic_coco/'
 img_scale = (320, 320)
 
+# A lighter neck and head (128 channels, two convs, GroupNorm) learn faster
+# from scratch on this small data set than COCO's 256-channel, four-conv head.
+gn = dict(type='GN', num_groups=32, requires_grad=True)
 model = dict(
     backbone=dict(drop_path_rate=0., init_cfg=None),
-    bbox_head=dict(num_classes=len(classes)))
+    neck=dict(out_channels=128, norm_cfg=gn),
+    bbox_head=dict(
+        num_classes=len(classes),
+        in_channels=128,
+        feat_channels=128,
+        stacked_convs=2,
+        norm_cfg=gn))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -37,7 +47,7 @@ test_pipeline = [
                    'scale_factor'))
 ]
 train_dataloader = dict(
-    batch_size=4,
+    batch_size=2,
     num_workers=2,
     persistent_workers=True,
     dataset=dict(
@@ -56,10 +66,10 @@ val_evaluator = dict(
 test_evaluator = val_evaluator
 
 # Schedule.
-max_epochs = 6
+max_epochs = 4
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
     dict(
         type='CosineAnnealingLR',
         T_max=max_epochs,
@@ -72,7 +82,7 @@ param_scheduler = [
 optim_wrapper = dict(
     optimizer=dict(lr=1e-3, weight_decay=0.05),
     clip_grad=dict(max_norm=10, norm_type=2))
-auto_scale_lr = dict(enable=False, base_batch_size=4)
+auto_scale_lr = dict(enable=False, base_batch_size=2)
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
