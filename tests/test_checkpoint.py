@@ -158,3 +158,35 @@ def test_every_released_layout_converts(variant):
     model = CMTClassifier(ARCH_OF_VARIANT[variant])
     result = model.load_state_dict(sd, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+
+
+def test_classify_tool_prints_top5(tmp_path, official_tiny):
+    """tools/classify.py: the released classifier's top-5 for an image, the
+    same as running CMTClassifier on the preprocessed image."""
+    import cv2
+    import numpy as np
+    path = tmp_path / 'cmt_tiny.pth'
+    torch.save({'model': official_tiny}, path)
+    image = (np.random.default_rng(0).random((200, 300, 3)) * 255).astype(
+        np.uint8)
+    cv2.imwrite(str(tmp_path / 'image.png'), image)
+    out = subprocess.run(
+        [sys.executable, 'tools/classify.py', str(tmp_path / 'image.png'),
+         '--arch', 'tiny', '--checkpoint', str(path)],
+        cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.strip().splitlines()[-5:]]
+    assert len(rows) == 5 and all(r[0].endswith('%') for r in rows)
+
+    sys.path.insert(0, f'{ROOT}/tools')
+    try:
+        from classify import preprocess
+    finally:
+        sys.path.pop(0)
+    model = CMTClassifier('tiny').eval()
+    model.load_state_dict(official_tiny)
+    with torch.no_grad():
+        probs = model(preprocess(str(tmp_path / 'image.png'), 160)).softmax(-1)
+    top = probs[0].topk(5)
+    assert [int(r[1]) for r in rows] == top.indices.tolist()
+    assert float(rows[0][0][:-1]) == pytest.approx(
+        100 * top.values[0].item(), abs=0.01)

@@ -162,6 +162,14 @@ def test_train_test_resume_cycle(coco_root, tmp_path):
     assert len(os.listdir(show)) == 2
     assert osp.getsize(tmp_path / 'results.pkl') > 0
 
+    # infer: one picture with its detections drawn
+    image = osp.join(coco_root, 'val2017', '000000000001.jpg')
+    out = run_tool('tools/infer.py', image, SYNTHETIC,
+                   osp.join(full, 'epoch_2.pth'), '--out-dir',
+                   str(tmp_path / 'infer'), '--score-thr', '0').stdout
+    assert osp.isfile(tmp_path / 'infer' / '000000000001.jpg')
+    assert 'wrote' in out
+
     # a run stopped after epoch 1 resumes: same iteration, lr, optimizer
     resumed = str(tmp_path / 'resumed')
     os.makedirs(resumed)
