@@ -9,20 +9,10 @@ writes ``data/synthetic_coco/{annotations,train2017,val2017}`` (the layout of
 mmdet's ``data/coco/``). The same arguments always give the same files.
 """
 import argparse
-import importlib.util
-import os.path as osp
 import sys
 
-
-def load_generator():
-    """Import mmcmt/datasets/synthetic_coco.py directly, so that neither
-    mmcmt nor torch has to be importable (only numpy and OpenCV)."""
-    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'mmcmt',
-                    'datasets', 'synthetic_coco.py')
-    spec = importlib.util.spec_from_file_location('synthetic_coco', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from mmcmt.datasets import make_synthetic_coco
+from mmcmt.datasets.synthetic_coco import CLASSES
 
 
 def parse_args(argv=None):
@@ -47,9 +37,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    generator = load_generator()
     try:
-        summary = generator.make_synthetic_coco(
+        summary = make_synthetic_coco(
             args.out_dir, num_train=args.num_train, num_val=args.num_val,
             img_size=tuple(args.size), seed=args.seed,
             overwrite=args.overwrite)
@@ -58,7 +47,7 @@ def main(argv=None):
     for split, counts in summary.items():
         print(f'{split}: {counts["images"]} images, {counts["objects"]} '
               f'objects')
-    print(f'classes: {", ".join(generator.CLASSES)}')
+    print(f'classes: {", ".join(CLASSES)}')
     print(f'written to {args.out_dir}')
 
 
