@@ -39,6 +39,9 @@ def data_options(root, workers=0):
     for split in ('val', 'test'):
         options.append(f'{split}_evaluator.ann_file='
                        f'{root}annotations/instances_val2017.json')
+    # a model trained for a few iterations may score every box under the
+    # default 0.05; keep them all so that COCO metrics are always computed
+    options.append('model.test_cfg.score_thr=0.0')
     return options
 
 
