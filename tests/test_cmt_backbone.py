@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import relative_error
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmcmt.models import CMT

@@ -1,5 +1,5 @@
 """CMT with the released ImageNet classification head."""
-from typing import List, Optional, Union
+from typing import List, Union
 
 import torch
 import torch.nn as nn
