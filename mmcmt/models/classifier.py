@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from .backbones.cmt import CMT, init_cmt_weights
-from .utils.checkpoint import (convert_official_cmt, is_official_cmt,
-                               load_checked, read_checkpoint)
+from .utils.checkpoint import (load_checked, pop_official_cmt,
+                               read_checkpoint)
 
 
 class CMTClsHead(nn.Module):
@@ -85,8 +85,6 @@ class CMTClassifier(BaseModule):
 
 
 def _convert_official_classifier(module, state_dict, prefix, *args):
-    own = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
-    if is_official_cmt(own):
-        converted = convert_official_cmt({k: state_dict.pop(full)
-                                          for k, full in own.items()})
+    converted = pop_official_cmt(state_dict, prefix)
+    if converted is not None:
         state_dict.update((prefix + k, v) for k, v in converted.items())

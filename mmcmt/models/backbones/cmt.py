@@ -21,8 +21,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..utils.checkpoint import (convert_official_cmt, is_official_cmt,
-                                load_checked, read_checkpoint)
+from ..utils.checkpoint import (is_official_cmt, load_checked,
+                                pop_official_cmt, read_checkpoint)
 from ..utils.relative_position import (infer_square_grid,
                                        resize_relative_position_bias)
 
@@ -575,12 +575,8 @@ def init_cmt_weights(module: nn.Module) -> None:
 def _convert_official_backbone(module, state_dict, prefix, *args):
     """Load-state-dict pre-hook: accept a released checkpoint's layout,
     without its classification head."""
-    own = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
-    if not is_official_cmt(own):
-        return
-    converted = convert_official_cmt({k: state_dict.pop(full)
-                                      for k, full in own.items()})
-    for key, value in converted.items():
+    converted = pop_official_cmt(state_dict, prefix)
+    for key, value in (converted or {}).items():
         if key.startswith('backbone.'):
             state_dict[prefix + key[len('backbone.'):]] = value
         elif not key.startswith('head.'):

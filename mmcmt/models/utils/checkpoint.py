@@ -81,6 +81,19 @@ def convert_official_cmt(state_dict: Dict[str, torch.Tensor]
     return out
 
 
+def pop_official_cmt(state_dict: Dict[str, torch.Tensor], prefix: str = ''
+                     ) -> Optional['OrderedDict[str, torch.Tensor]']:
+    """For load-state-dict pre-hooks: when the keys under ``prefix`` are in
+    the released layout, remove them from ``state_dict`` and return them
+    converted (:func:`convert_official_cmt`, without ``prefix``); else None.
+    """
+    own = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
+    if not is_official_cmt(own):
+        return None
+    return convert_official_cmt(
+        {k: state_dict.pop(full) for k, full in own.items()})
+
+
 def _convert_key(key: str) -> Optional[str]:
     m = re.match(r'^stem_(conv|norm)(\d)\.(.+)$', key)
     if m:
