@@ -1,0 +1,11 @@
+# UperNet with a CMT-Ti backbone on ADE20K, 512x512 crops, 160k iterations: the
+# CMT-S recipe (upernet_cmt_s_512x512_160k_ade20k.py) with another arch.
+_base_ = './upernet_cmt_s_512x512_160k_ade20k.py'
+
+model = dict(
+    backbone=dict(
+        arch='tiny',
+        init_cfg=dict(
+            type='Pretrained', checkpoint='checkpoints/cmt_tiny.pth')),
+    decode_head=dict(in_channels=[46, 92, 184, 368]),  # CMT-Ti embed dims
+    auxiliary_head=dict(in_channels=184))  # stage 3

@@ -1,0 +1,11 @@
+# UperNet with a CMT-XS backbone on ADE20K, 512x512 crops, 160k iterations: the
+# CMT-S recipe (upernet_cmt_s_512x512_160k_ade20k.py) with another arch.
+_base_ = './upernet_cmt_s_512x512_160k_ade20k.py'
+
+model = dict(
+    backbone=dict(
+        arch='xs',
+        init_cfg=dict(
+            type='Pretrained', checkpoint='checkpoints/cmt_xs.pth')),
+    decode_head=dict(in_channels=[52, 104, 208, 416]),  # CMT-XS embed dims
+    auxiliary_head=dict(in_channels=208))  # stage 3
