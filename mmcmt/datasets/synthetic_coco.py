@@ -68,17 +68,7 @@ def make_synthetic_coco(out_dir,
         raise ValueError(f'img_size must be at least (64, 64), got {img_size}')
     if num_train < 0 or num_val < 0:
         raise ValueError('num_train and num_val must not be negative')
-    if osp.isdir(out_dir) and os.listdir(out_dir):
-        if not overwrite:
-            raise FileExistsError(
-                f'{out_dir} exists and is not empty; pass overwrite=True '
-                '(--overwrite) to replace its synthetic data set')
-        for name in SPLITS + ('annotations', ):
-            path = osp.join(out_dir, name)
-            if osp.isdir(path):
-                shutil.rmtree(path)
-    elif osp.exists(out_dir) and not osp.isdir(out_dir):
-        raise FileExistsError(f'{out_dir} exists and is not a folder')
+    prepare_out_dir(out_dir, SPLITS + ('annotations', ), overwrite)
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
 
     summary = {}
@@ -91,7 +81,7 @@ def make_synthetic_coco(out_dir,
             image, objects = _draw_image(rng, width, height)
             image_id = index + 1
             file_name = f'{image_id:012d}.jpg'
-            _write_jpeg(osp.join(out_dir, split, file_name), image)
+            write_jpeg(osp.join(out_dir, split, file_name), image)
             images.append(
                 dict(id=image_id, file_name=file_name, width=width,
                      height=height))
@@ -118,7 +108,23 @@ def make_synthetic_coco(out_dir,
     return summary
 
 
-def _write_jpeg(path, image):
+def prepare_out_dir(out_dir, names, overwrite):
+    """Refuse a non-empty ``out_dir`` unless ``overwrite``, and then remove
+    only the sub-folders ``names`` of an earlier data set."""
+    if osp.isdir(out_dir) and os.listdir(out_dir):
+        if not overwrite:
+            raise FileExistsError(
+                f'{out_dir} exists and is not empty; pass overwrite=True '
+                '(--overwrite) to replace its synthetic data set')
+        for name in names:
+            path = osp.join(out_dir, name)
+            if osp.isdir(path):
+                shutil.rmtree(path)
+    elif osp.exists(out_dir) and not osp.isdir(out_dir):
+        raise FileExistsError(f'{out_dir} exists and is not a folder')
+
+
+def write_jpeg(path, image):
     ok, data = cv2.imencode('.jpg', image, [cv2.IMWRITE_JPEG_QUALITY, 95])
     if not ok:
         raise RuntimeError(f'could not encode {path}')
@@ -128,9 +134,32 @@ def _write_jpeg(path, image):
 
 def _draw_image(rng, width, height):
     """One BGR image and its objects' annotations (without ids)."""
+    image, shapes = draw_shapes(rng, width, height)
+    objects = []
+    for label, mask, polygon in shapes:
+        x0, y0, x1, y1 = _mask_box(mask)
+        objects.append(
+            dict(category_id=label + 1,
+                 bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                 area=float(mask.sum()),
+                 segmentation=[[round(float(v), 2) for v in polygon.ravel()]]))
+    return image, objects
+
+
+def draw_shapes(rng, width, height):
+    """One BGR image of 1-4 non-overlapping shapes on a random background.
+
+    Shared by the detection and the segmentation data sets.
+
+    Returns:
+        tuple: the ``(height, width, 3)`` uint8 image and, for each shape, a
+        tuple ``(label, mask, polygon)``: its index in :data:`CLASSES`, the
+        boolean ``(height, width)`` mask of the pixels drawn, and the
+        ``(N, 2)`` float polygon it was drawn from.
+    """
     image = _background(rng, width, height)
     occupied = np.zeros((height, width), bool)
-    objects = []
+    shapes = []
     for _ in range(int(rng.integers(1, 5))):
         for _attempt in range(20):  # find a place clear of earlier shapes
             label = int(rng.integers(len(CLASSES)))
@@ -147,12 +176,8 @@ def _draw_image(rng, width, height):
             continue
         occupied[y0:y1, x0:x1] = True
         image[mask] = _contrasting_colour(rng, image[mask].mean(0))
-        objects.append(
-            dict(category_id=label + 1,
-                 bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                 area=float(mask.sum()),
-                 segmentation=[[round(float(v), 2) for v in polygon.ravel()]]))
-    return image, objects
+        shapes.append((label, mask, polygon))
+    return image, shapes
 
 
 def _background(rng, width, height):
