@@ -21,6 +21,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..utils.fuse import fold_bn_into_consumer, fold_bn_into_producer
 from ..utils.checkpoint import (is_official_cmt, load_checked,
                                 pop_official_cmt, read_checkpoint)
 from ..utils.relative_position import (infer_square_grid,
@@ -38,6 +39,21 @@ def nchw(x: torch.Tensor) -> torch.Tensor:
 def nhwc(x: torch.Tensor) -> torch.Tensor:
     """View a channels-last NCHW tensor as an NHWC one, without a copy."""
     return x.permute(0, 2, 3, 1)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU, in place when no gradient will be needed (inference): a large
+    fresh allocation costs about as much as the activation itself."""
+    return F.gelu(x) if x.requires_grad else torch.ops.aten.gelu_(x)
+
+
+def conv_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x) + x`` for a depthwise convolution, as one convolution whose
+    kernel centre carries the identity: exact, since zero padding never
+    reaches the centre tap, and it saves a pass over the map."""
+    weight = conv.weight.clone()
+    weight[:, :, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] += 1
+    return conv._conv_forward(x, weight, conv.bias)
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -60,7 +76,7 @@ class StemLayer(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(F.gelu(self.conv(x)))
+        return self.norm(gelu(self.conv(x)))
 
 
 class PatchAggregation(nn.Module):
@@ -154,9 +170,8 @@ class IRFFN(nn.Module):
         self.norm3 = nn.BatchNorm2d(embed_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nchw(F.gelu(self.fc1(x)))
-        x = self.norm1(x)
-        x = self.norm2(F.gelu(self.dwconv(x) + x))
+        x = self.norm1(nchw(gelu(self.fc1(x))))
+        x = self.norm2(gelu(conv_plus_identity(self.dwconv, x)))
         return nhwc(self.norm3(nchw(self.fc2(nhwc(x)))))
 
 
@@ -182,12 +197,13 @@ class CMTBlock(nn.Module):
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = nhwc(self.lpu(nchw(x))) + x
-        x = x + drop_path(
-            self.attn(self.norm1(x), bias), self.drop_path_rate,
-            self.training)
-        return x + drop_path(
-            self.ffn(self.norm2(x)), self.drop_path_rate, self.training)
+        x = nhwc(conv_plus_identity(self.lpu, nchw(x)))
+        # The branches' outputs are fresh tensors that autograd does not
+        # keep: the residuals are added into them in place.
+        x = drop_path(self.attn(self.norm1(x), bias), self.drop_path_rate,
+                      self.training).add_(x)
+        return drop_path(self.ffn(self.norm2(x)), self.drop_path_rate,
+                         self.training).add_(x)
 
 
 class CMTStage(nn.Module):
@@ -410,6 +426,7 @@ class CMT(BaseModule):
                     with_cp=with_cp))
             rates = rates[depth:]
             channels = self.embed_dims[i]
+        self.fused = False
         self.register_load_state_dict_pre_hook(_convert_official_backbone)
         self._freeze_stages()
 
@@ -482,6 +499,11 @@ class CMT(BaseModule):
                 param.requires_grad = False
 
     def train(self, mode: bool = True):
+        if mode and self.fused:
+            raise RuntimeError(
+                'this CMT was fused for inference (fuse() folded its '
+                'BatchNorms away) and cannot be trained; build and load a '
+                'new one to train')
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
@@ -523,6 +545,37 @@ class CMT(BaseModule):
                 for k, v in state_dict.items() if k.startswith('backbone.')
             }
         load_checked(self, state_dict, checkpoint)
+
+    @torch.no_grad()
+    def fuse(self) -> 'CMT':
+        """Fold BatchNorms into neighbouring layers, for inference only.
+
+        Folds, where the algebra is exact (see :mod:`..utils.fuse`): the last
+        stem BatchNorm into the first patch aggregation, the key/value
+        reduction's BatchNorm into its convolution, and the IRFFN's second
+        and third BatchNorms into its projection ``fc2`` (a 1x1 convolution,
+        so no padding is involved). The others precede padded convolutions
+        and stay. Outputs equal the unfused network's up to float rounding.
+        Call it after loading the weights; it puts the model in eval mode
+        for good (``train()`` then raises). Returns the model.
+        """
+        if self.fused:
+            return self
+        self.eval()
+        stem_out = self.stem[-1]
+        fold_bn_into_consumer(stem_out.norm, self.stages[0].downsample.proj)
+        stem_out.norm = nn.Identity()
+        for stage in self.stages:
+            for block in stage.blocks:
+                attn, ffn = block.attn, block.ffn
+                if attn.sr_ratio > 1:
+                    fold_bn_into_producer(attn.sr.conv, attn.sr.norm)
+                    attn.sr.norm = nn.Identity()
+                fold_bn_into_producer(ffn.fc2, ffn.norm3)
+                fold_bn_into_consumer(ffn.norm2, ffn.fc2)
+                ffn.norm2, ffn.norm3 = nn.Identity(), nn.Identity()
+        self.fused = True
+        return self
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """

@@ -1,0 +1,75 @@
+"""Folding inference-mode BatchNorms into neighbouring linear maps.
+
+An eval-mode BatchNorm is the per-channel affine map ``y = s * x + t`` with
+``s = weight / sqrt(running_var + eps)`` and ``t = bias - running_mean * s``.
+It folds exactly into
+
+- the layer that *produces* its input (a Linear or a convolution of any
+  kind): scale the output channels' weights by ``s``, map the bias through
+  the affine;
+- the layer that *consumes* its output, when that layer sees no padding (a
+  Linear, or an unpadded dense convolution): scale the input channels'
+  weights by ``s`` and add ``W @ t`` to the bias. (Zero padding would meet
+  ``t`` inside the border but not outside it, so padded convolutions are
+  left alone.)
+
+The arithmetic runs in float64 and is cast back, so the folded network
+matches the unfused one to float32 rounding.
+"""
+from typing import Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+Layer = Union[nn.Linear, nn.Conv2d]
+
+
+def bn_affine(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(s, t)`` in float64 with ``bn(x) == s * x + t`` in eval mode."""
+    if not bn.track_running_stats or bn.running_var is None:
+        raise ValueError('only BatchNorms with running statistics fold')
+    scale = bn.running_var.double().add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    return scale, shift
+
+
+@torch.no_grad()
+def fold_bn_into_producer(layer: Layer, bn: _BatchNorm) -> None:
+    """Make ``layer`` compute ``bn(layer(x))``."""
+    scale, shift = bn_affine(bn)
+    weight = layer.weight.double()
+    bias = layer.bias.double() if layer.bias is not None else 0.
+    weight = weight * scale.view(-1, *[1] * (weight.dim() - 1))
+    _set(layer, weight, bias * scale + shift)
+
+
+@torch.no_grad()
+def fold_bn_into_consumer(bn: _BatchNorm, layer: Layer) -> None:
+    """Make ``layer`` compute ``layer(bn(x))``; ``layer`` must be a Linear
+    or an unpadded, ungrouped convolution."""
+    if isinstance(layer, nn.Conv2d) and (
+            layer.groups != 1 or any(layer.padding)
+            or layer.padding_mode != 'zeros'):
+        raise ValueError('a BatchNorm folds into a following convolution '
+                         'only when it is dense and unpadded')
+    scale, shift = bn_affine(bn)
+    weight = layer.weight.double()
+    bias = layer.bias.double() if layer.bias is not None else 0.
+    # W @ t: sum over input channels (and kernel taps) of W * t
+    bias = bias + (weight * shift.view(1, -1, *[1] * (weight.dim() - 2))
+                   ).flatten(1).sum(1)
+    weight = weight * scale.view(1, -1, *[1] * (weight.dim() - 2))
+    _set(layer, weight, bias)
+
+
+def _set(layer: Layer, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    dtype = layer.weight.dtype
+    layer.weight.copy_(weight.to(dtype))
+    if layer.bias is None:
+        layer.bias = nn.Parameter(weight.new_zeros(weight.shape[0]).to(dtype))
+    layer.bias.copy_(torch.as_tensor(bias).to(dtype))
