@@ -10,9 +10,9 @@ import torch
 from helpers import (ARCH_OF_VARIANT, custom_arch_official_shapes,
                      official_shapes, random_official_state_dict,
                      relative_error)
-from reference_cmt import reference_cmt
 
 from mmcmt.models import CMT, CMTClassifier
+from mmcmt.testing import reference_cmt
 from mmcmt.models.utils import resize_relative_position_bias
 
 TOL = 1e-5

@@ -6,8 +6,13 @@ matrix, reshapes between tokens and maps. It reads an official-layout state
 dict directly (no mmcmt code), so comparing mmcmt against it checks the
 key mapping as well as the computation. BatchNorm uses the running
 statistics, or the batch statistics with ``bn_training=True``.
+
+:class:`NaiveCMT` wraps it as a module for ``tools/benchmark.py``: the
+straightforward way to run the released code on detection inputs, kept as
+the baseline that mmcmt's CMT must beat.
 """
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 STAGES = 'abcd'
@@ -96,3 +101,52 @@ def reference_cmt(sd, x, depths, num_heads, sr_ratios=(8, 4, 2, 1),
         y = (y * torch.sigmoid(y)).mean((2, 3))
         logits = _linear(y, sd, 'head')
     return outs, logits
+
+
+class NaiveCMT(nn.Module):
+    """:func:`reference_cmt` as a backbone module, at any input size that is
+    a multiple of 32: each stage's relative position bias is resized to the
+    running grid by bicubic interpolation on every forward, and added to an
+    explicit attention matrix.
+
+    Args:
+        state_dict (dict): an official-layout state dict (without head).
+        settings (dict): ``depths``, ``num_heads``, ``sr_ratios`` of the arch
+            (``CMT.parse_arch(arch)``).
+    """
+
+    def __init__(self, state_dict, settings):
+        super().__init__()
+        self.settings = settings
+        self.weights = nn.ParameterDict()
+        for key, value in state_dict.items():
+            name = key.replace('.', '__')
+            if key.endswith(('running_mean', 'running_var',
+                             'num_batches_tracked')):
+                self.register_buffer(name, value.clone())
+            else:
+                self.weights[name] = nn.Parameter(value.clone())
+
+    def state(self):
+        sd = {k.replace('__', '.'): v for k, v in self.weights.items()}
+        sd.update((k.replace('__', '.'), v) for k, v in self.named_buffers())
+        return sd
+
+    def forward(self, x):
+        from mmcmt.models.utils.relative_position import (
+            infer_square_grid, resize_relative_position_bias)
+        sd = self.state()
+        H, W = x.shape[-2:]
+        for s, (stage, sr) in enumerate(zip(STAGES,
+                                            self.settings['sr_ratios'])):
+            bias = sd[f'relative_pos_{stage}']
+            src = infer_square_grid(bias.shape[1])
+            grid = (H // (4 << s), W // (4 << s))
+            sd[f'relative_pos_{stage}'] = resize_relative_position_bias(
+                bias, src, (src[0] // sr, src[1] // sr), grid,
+                (grid[0] // sr, grid[1] // sr))
+        outs, _ = reference_cmt(sd, x, self.settings['depths'],
+                                self.settings['num_heads'],
+                                self.settings['sr_ratios'], self.training)
+        return tuple(outs)
+
