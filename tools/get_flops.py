@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from mmcmt.engine import load_config
-from mmcmt.utils import count_flops, count_params
+from mmcmt.utils import count_flops, count_params, dummy_data_samples
 
 
 class TensorMode(nn.Module):
@@ -30,16 +30,6 @@ class TensorMode(nn.Module):
 
     def forward(self, x):
         return self.model(x, self.data_samples, mode='tensor')
-
-
-def data_samples_for(scope, H, W):
-    meta = dict(img_shape=(H, W), ori_shape=(H, W), pad_shape=(H, W),
-                batch_input_shape=(H, W), scale_factor=(1., 1.))
-    if scope == 'mmseg':
-        from mmseg.structures import SegDataSample
-        return [SegDataSample(metainfo=meta)]
-    from mmdet.structures import DetDataSample
-    return [DetDataSample(metainfo=meta)]
 
 
 def main(argv=None):
@@ -59,7 +49,7 @@ def main(argv=None):
     model = MODELS.build(cfg.model).eval()
     x = torch.rand(1, 3, H, W)
     with torch.no_grad():
-        whole = count_flops(TensorMode(model, data_samples_for(
+        whole = count_flops(TensorMode(model, dummy_data_samples(
             cfg.default_scope, H, W)), (x, ))
         backbone = count_flops(model.backbone, (x, ))
     print(f'input: 1 x 3 x {H} x {W} (W x H = {W} x {H})')

@@ -1,3 +1,4 @@
 from .complexity import count_flops, count_params
+from .data_samples import dummy_data_samples
 
-__all__ = ['count_flops', 'count_params']
+__all__ = ['count_flops', 'count_params', 'dummy_data_samples']
