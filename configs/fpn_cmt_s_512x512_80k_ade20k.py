@@ -51,8 +51,7 @@ optim_wrapper = dict(
         custom_keys={
             'norm': dict(decay_mult=0.),
             'relative_position_bias': dict(decay_mult=0.),
-        }),
-    clip_grad=None)
+        }))
 
 # Poly decay with power 0.9 to 0. (The base schedule's eta_min=1e-4, which
 # the Twins config inherits, would equal the learning rate and keep it

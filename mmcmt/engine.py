@@ -115,7 +115,9 @@ def setup_cpu_distributed(cfg: Config) -> None:
     wraps the model in DDP with ``device_ids``. Without CUDA, the process
     group is started here on gloo (so mmengine does not start its own), the
     model is wrapped for CPU, and ``sync_bn`` is dropped with a warning
-    (torch's SyncBatchNorm runs on GPUs only).
+    (torch's SyncBatchNorm runs on GPUs only); SyncBN layers that the config
+    builds itself (``norm_cfg=dict(type='SyncBN')`` in mmseg's heads) are
+    turned back into BatchNorms by the wrapper.
     """
     import torch
     import torch.distributed as dist
@@ -133,6 +135,7 @@ def setup_cpu_distributed(cfg: Config) -> None:
 
 
 def _register_cpu_ddp():
+    import torch
     from mmengine.model import MMDistributedDataParallel
     from mmengine.registry import MODEL_WRAPPERS
 
@@ -141,7 +144,14 @@ def _register_cpu_ddp():
         """mmengine's DDP wrapper for a model on the CPU (no device ids)."""
 
         def __init__(self, module, device_ids=None, **kwargs):
+            from mmengine.logging import print_log
+            from mmengine.model import revert_sync_batchnorm
             kwargs.setdefault('broadcast_buffers', False)
+            if any(isinstance(m, torch.nn.SyncBatchNorm)
+                   for m in module.modules()):
+                print_log('SyncBN layers of the model run as BatchNorm: '
+                          'SyncBatchNorm needs GPUs', 'current', level=30)
+                module = revert_sync_batchnorm(module)
             super().__init__(module=module, device_ids=None, **kwargs)
 
     return CPUDistributedDataParallel
