@@ -21,6 +21,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..utils.attention import biased_attention
 from ..utils.fuse import fold_bn_into_consumer, fold_bn_into_producer
 from ..utils.checkpoint import (is_official_cmt, load_checked,
                                 pop_official_cmt, read_checkpoint)
@@ -145,9 +146,7 @@ class LightweightAttention(nn.Module):
             x = nhwc(self.sr(nchw(x)))
         k, v = self.kv(x).reshape(B, -1, 2, heads,
                                   C // heads).permute(2, 0, 3, 1, 4)
-        # A 4-D mask keeps SDPA on its fused kernel (no attention matrix).
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.unsqueeze(0), scale=self.scale)
+        out = biased_attention(q, k, v, bias, self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
 
 

@@ -1,0 +1,79 @@
+"""Attention with a learnt additive bias: ``softmax(q kᵀ * scale + bias) v``.
+
+PyTorch's fused CPU kernel (flash attention) takes an additive mask but no
+gradient for it: when the mask requires grad, ``scaled_dot_product_attention``
+falls back to its unfused path, which keeps every attention matrix for the
+backward pass (gigabytes at detection sizes). :func:`biased_attention` keeps
+the fused forward in training too and gets the gradients, the bias's
+included, in a backward pass that recomputes the attention matrix a block of
+queries at a time. Elsewhere (inference, CUDA, whose memory-efficient kernel
+differentiates the mask itself) it is plain SDPA.
+"""
+import torch
+import torch.nn.functional as F
+
+#: Elements of one block of the recomputed attention matrix (64 MB in fp32).
+BLOCK_ELEMENTS = 1 << 24
+
+
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """
+    Args:
+        q (Tensor): ``(B, heads, N, d)``.
+        k, v (Tensor): ``(B, heads, Nk, d)``.
+        bias (Tensor): ``(heads, N, Nk)``, shared by the batch.
+        scale (float): logit scale.
+
+    Returns:
+        Tensor: ``(B, heads, N, d)``.
+    """
+    if (q.device.type == 'cpu' and bias.requires_grad
+            and torch.is_grad_enabled()):
+        return _CPUBiasedAttention.apply(q, k, v, bias, scale)
+    # A 4-D mask keeps SDPA on its fused kernels.
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias.to(q.dtype).unsqueeze(0), scale=scale)
+
+
+class _CPUBiasedAttention(torch.autograd.Function):
+    """Fused forward; blockwise backward (the flash-attention gradients,
+    ``dS = P * (dP - rowsum(dO * O))``, in float32)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, attn_mask=bias.to(q.dtype).unsqueeze(0), scale=scale)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        scale = ctx.scale
+        f32 = torch.float32
+        q32, k32, v32 = q.to(f32), k.to(f32), v.to(f32)
+        grad_out = grad_out.to(f32)
+        delta = (grad_out * out.to(f32)).sum(-1, keepdim=True)
+        dq = torch.empty_like(q32)
+        dk, dv = torch.zeros_like(k32), torch.zeros_like(v32)
+        dbias = torch.empty_like(bias, dtype=f32)
+        B, heads, N, _ = q.shape
+        step = max(1, BLOCK_ELEMENTS // (B * heads * k.shape[2]))
+        for i in range(0, N, step):
+            rows = slice(i, i + step)
+            q_i, do_i = q32[:, :, rows], grad_out[:, :, rows]
+            # P, recomputed from the saved log-sum-exp
+            p = torch.matmul(q_i, k32.transpose(-2, -1)).mul_(scale)
+            p.add_(bias[:, rows]).sub_(lse[:, :, rows, None]).exp_()
+            dv += torch.matmul(p.transpose(-2, -1), do_i)
+            ds = torch.matmul(do_i, v32.transpose(-2, -1))
+            ds.sub_(delta[:, :, rows]).mul_(p)
+            torch.sum(ds, 0, out=dbias[:, rows])
+            dq[:, :, rows] = torch.matmul(ds, k32)
+            dk += torch.matmul(ds.transpose(-2, -1), q_i)
+        dq.mul_(scale)
+        dk.mul_(scale)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
+                dbias.to(bias.dtype), None)
