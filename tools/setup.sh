@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything mmcmt needs in a virtual environment inside the checkout
 # (.venv): torch 2.13.0 (CPU), mmcv 2.1.0 built from source with its ops,
-# mmengine, mmdet 3.3.0, mmsegmentation 1.2.2, pycocotools and mmcmt itself
-# (editable). Safe to run again: what is already installed is kept, so a second
+# mmengine, mmdet 3.3.0, mmsegmentation 1.2.2, pycocotools, onnx and
+# onnxruntime (the optional export extras, which the tests cover) and mmcmt
+# itself (editable). Safe to run again: what is already installed is kept, so a second
 # run takes seconds and never rebuilds mmcv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,11 @@ fi
 if ! has mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest; then
   echo "[setup] installing mmdet, mmsegmentation, pycocotools and test tools"
   "${PIP[@]}" mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest
+fi
+if ! has onnx onnxruntime; then
+  # the optional `export` extras (tools/export_onnx.py), tested too
+  echo "[setup] installing onnx and onnxruntime (optional export extras)"
+  "${PIP[@]}" onnx onnxruntime
 fi
 if ! has mmcmt; then
   echo "[setup] installing mmcmt (editable)"

@@ -32,6 +32,12 @@ from ..utils.relative_position import (infer_square_grid,
 MAX_STRIDE = 32
 
 
+def ceil_div(size, divisor: int):
+    """``ceil(size / divisor)`` with non-negative operands only: exported to
+    ONNX, whose integer division truncates, it stays a ceiling."""
+    return (size + divisor - 1) // divisor
+
+
 def nchw(x: torch.Tensor) -> torch.Tensor:
     """View an NHWC tensor as a (channels-last) NCHW one, without a copy."""
     return x.permute(0, 3, 1, 2)
@@ -252,6 +258,10 @@ class CMTStage(nn.Module):
         """The relative position bias resized to a query grid,
         ``(heads, H*W, h*w)``; the stored one at the pre-training grid."""
         bias = self.relative_position_bias
+        if torch.jit.is_tracing():
+            # ONNX export: a resize that follows the traced input size (one
+            # to the same grid is exact), no cache
+            return self._resize(bias, grid, always=True)
         if grid == self.pretrain_grid:
             return bias
         if self.training or torch.is_grad_enabled():
@@ -263,10 +273,10 @@ class CMTStage(nn.Module):
             self._bias_cache = (key, self._resize(bias, grid))
         return self._bias_cache[1]
 
-    def _resize(self, bias, grid):
+    def _resize(self, bias, grid, always=False):
         return resize_relative_position_bias(
             bias, self.pretrain_grid, self.key_grid(self.pretrain_grid), grid,
-            self.key_grid(grid))
+            self.key_grid(grid), always=always)
 
     def _resize_loaded_bias(self, module, state_dict, prefix, *args):
         """Adapt a bias saved at another grid (say, by a detector fine-tuned
@@ -596,14 +606,19 @@ class CMT(BaseModule):
                 f'CMT needs inputs of at least {MAX_STRIDE}x{MAX_STRIDE} '
                 f'pixels (its coarsest stage has stride {MAX_STRIDE}), got '
                 f'{H}x{W}; resize or pad the images')
-        x = F.pad(x, (0, -W % MAX_STRIDE, 0, -H % MAX_STRIDE))
+        # Pad by the most that can be needed, then crop to the next multiple
+        # of 32: the same result as padding by just enough, and in a traced
+        # (ONNX) graph the amount follows the input size.
+        x = F.pad(x, (0, MAX_STRIDE - 1, 0, MAX_STRIDE - 1))
+        x = x[..., :ceil_div(H, MAX_STRIDE) * MAX_STRIDE,
+              :ceil_div(W, MAX_STRIDE) * MAX_STRIDE]
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
                 stride = 4 * 2**i
-                outs.append(x[..., :-(-H // stride), :-(-W // stride)]
+                outs.append(x[..., :ceil_div(H, stride), :ceil_div(W, stride)]
                             .contiguous())
         return tuple(outs)
 

@@ -13,7 +13,8 @@ def resize_relative_position_bias(bias: torch.Tensor,
                                   src_key: Grid,
                                   dst_query: Grid,
                                   dst_key: Grid,
-                                  mode: str = 'bicubic') -> torch.Tensor:
+                                  mode: str = 'bicubic',
+                                  always: bool = False) -> torch.Tensor:
     """Resize a CMT relative position bias to other query and key grids.
 
     CMT stores a free bias for every (query position, key position) pair. It
@@ -26,6 +27,8 @@ def resize_relative_position_bias(bias: torch.Tensor,
         src_query, src_key (tuple[int, int]): grids ``bias`` was made for.
         dst_query, dst_key (tuple[int, int]): grids to resize to.
         mode (str): interpolation mode of :func:`F.interpolate`.
+        always (bool): interpolate even to the same grid (an identity), so
+            that a traced graph resizes at any input size.
 
     Returns:
         Tensor: ``(heads, hq*wq, hk*wk)``. ``bias`` itself when the grids
@@ -40,13 +43,13 @@ def resize_relative_position_bias(bias: torch.Tensor,
     src_query, src_key = tuple(src_query), tuple(src_key)
     dst_query, dst_key = tuple(dst_query), tuple(dst_key)
     align = None if mode == 'nearest' else False
-    if dst_query != src_query:
+    if always or dst_query != src_query:
         # (heads, Nq, Nk) -> (heads, Nk, Hq, Wq): keys become channels.
         x = bias.transpose(1, 2).reshape(heads, num_keys, *src_query)
         x = F.interpolate(x, size=dst_query, mode=mode, align_corners=align)
         bias = x.flatten(2).transpose(1, 2)
         num_queries = dst_query[0] * dst_query[1]
-    if dst_key != src_key:
+    if always or dst_key != src_key:
         # (heads, Nq, Nk) -> (heads, Nq, Hk, Wk): queries become channels.
         x = bias.reshape(heads, num_queries, *src_key)
         x = F.interpolate(x, size=dst_key, mode=mode, align_corners=align)

@@ -1,0 +1,116 @@
+"""Export a CMT backbone to ONNX and check it against PyTorch.
+
+    python tools/export_onnx.py OUT.onnx [--arch small] [--checkpoint FILE]
+        [--shape H W] [--check-shape B H W] [--no-fuse] [--opset 17]
+
+The model takes ``input`` ``(batch, 3, height, width)``, all three dynamic
+(any size of at least 32x32: padding to a multiple of 32 and the resizing
+of the relative position biases are part of the graph), and returns
+``out0`` ... ``out3``, the stage maps at strides 4 to 32. BatchNorms are
+folded first (:meth:`CMT.fuse`) unless ``--no-fuse``. After exporting,
+onnxruntime runs the file at the traced shape and at ``--check-shape`` and
+the maximum absolute error against PyTorch is printed for each output.
+
+Needs the optional ``export`` extras: ``pip install -e .[export]``
+(onnx, onnxruntime).
+"""
+import argparse
+import os.path as osp
+import sys
+import warnings
+
+import torch
+
+from mmcmt.models import CMT
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('out', help='.onnx file to write (never overwritten)')
+    parser.add_argument('--arch', default='small', help='CMT arch name')
+    parser.add_argument('--checkpoint', help='released or mmcmt checkpoint '
+                        '(default: random weights)')
+    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1216],
+                        metavar=('H', 'W'), help='traced input size')
+    parser.add_argument('--check-shape', type=int, nargs=3,
+                        default=[2, 608, 1000], metavar=('B', 'H', 'W'),
+                        help='a second input to check the dynamic axes on')
+    parser.add_argument('--no-fuse', action='store_true',
+                        help='keep the BatchNorms')
+    parser.add_argument('--opset', type=int, default=17)
+    return parser.parse_args(argv)
+
+
+def export(model: CMT, out: str, shape, opset: int = 17) -> None:
+    """Export ``model`` (eval mode) traced at ``(1, C, *shape)``."""
+    x = torch.randn(1, model.in_channels, *shape)
+    names = [f'out{i}' for i in range(len(model.out_indices))]
+    dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    dynamic.update({name: {0: 'batch', 2: f'{name}_height',
+                           3: f'{name}_width'} for name in names})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # tracer and deprecation chatter
+        # The TorchScript-based exporter: it traces the size arithmetic
+        # (padding, bias resizing) into the graph. (The dynamo exporter
+        # cannot yet solve the floor divisions of dynamic sizes.)
+        torch.onnx.export(model, (x, ), out, input_names=['input'],
+                          output_names=names, dynamic_axes=dynamic,
+                          opset_version=opset, dynamo=False)
+
+
+def check(model: CMT, out: str, shapes):
+    """``[(shape, [max abs error of each output])]`` of onnxruntime
+    against PyTorch on random inputs."""
+    import onnxruntime
+    session = onnxruntime.InferenceSession(
+        out, providers=['CPUExecutionProvider'])
+    results = []
+    for shape in shapes:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = model(x)
+        got = session.run(None, {'input': x.numpy()})
+        results.append((tuple(shape), [
+            float((torch.from_numpy(g) - e).abs().max())
+            for g, e in zip(got, expected)
+        ]))
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        sys.exit('error: ONNX export needs onnx and onnxruntime: '
+                 'pip install -e .[export]')
+    if osp.exists(args.out):
+        sys.exit(f'error: {args.out} exists; choose another file name')
+    model = CMT(args.arch)
+    if args.checkpoint:
+        model.load_pretrained(args.checkpoint)
+    model.eval()
+    if not args.no_fuse:
+        model.fuse()
+    export(model, args.out, args.shape, args.opset)
+    print(f'wrote {args.out} (arch {args.arch}, traced at 1x3x'
+          f'{args.shape[0]}x{args.shape[1]}, '
+          f'{"BatchNorms kept" if args.no_fuse else "BatchNorms folded"})')
+    batch, height, width = args.check_shape
+    results = check(model, args.out, [(1, 3, *args.shape),
+                                      (batch, 3, height, width)])
+    print('onnxruntime vs PyTorch, max abs error per output:')
+    for shape, errors in results:
+        print(f'  input {"x".join(map(str, shape))}: ' +
+              ', '.join(f'{e:.2e}' for e in errors))
+    return results
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except FileNotFoundError as error:  # a missing checkpoint
+        sys.exit(f'error: {error}')
