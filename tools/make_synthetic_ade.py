@@ -23,8 +23,8 @@ def parse_args(argv=None):
         'cross).')
     parser.add_argument('out_dir', help='folder to write, e.g. '
                         'data/synthetic_ade')
-    parser.add_argument('--num-train', type=int, default=400,
-                        help='training images (default: 400)')
+    parser.add_argument('--num-train', type=int, default=2000,
+                        help='training images (default: 2000)')
     parser.add_argument('--num-val', type=int, default=100,
                         help='validation images (default: 100)')
     parser.add_argument('--size', type=int, nargs=2, default=(128, 128),

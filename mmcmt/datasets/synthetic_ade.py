@@ -51,7 +51,7 @@ UNLABELLED = 0
 
 
 def make_synthetic_ade(out_dir,
-                       num_train=400,
+                       num_train=2000,
                        num_val=100,
                        img_size=(128, 128),
                        seed=0,
@@ -60,7 +60,7 @@ def make_synthetic_ade(out_dir,
 
     Args:
         out_dir (str): folder to write (created if needed).
-        num_train (int): number of training images. Defaults to 400.
+        num_train (int): number of training images. Defaults to 2000.
         num_val (int): number of validation images. Defaults to 100.
         img_size (tuple[int, int]): image ``(width, height)``, each at least
             64. Defaults to (128, 128).
