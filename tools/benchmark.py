@@ -38,6 +38,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -250,7 +251,8 @@ def build_retinanet(name, variant):
 def count_macs(model, shape):
     """Multiply-adds (G) of one ``1 x 3 x H x W`` image, or None."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # the tracer's chatter
             flops = count_flops(model, (torch.rand(1, 3, *shape[1:]), ))
         return flops['macs'] / 1e9
     except Exception as error:  # a model the tracer cannot follow

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from .backbones.cmt import CMT, init_cmt_weights
+from .utils.fuse import fold_bn_into_producer
 from .utils.checkpoint import (load_checked, pop_official_cmt,
                                read_checkpoint)
 
@@ -78,6 +79,16 @@ class CMTClassifier(BaseModule):
                                     config.get('prefix')),
                     config['checkpoint'])
         self._is_init = True
+
+    @torch.no_grad()
+    def fuse(self) -> 'CMTClassifier':
+        """:meth:`CMT.fuse` the backbone and fold the head's BatchNorm into
+        its 1x1 convolution; for inference only. Returns the model."""
+        self.backbone.fuse()
+        if not isinstance(self.head.norm, nn.Identity):
+            fold_bn_into_producer(self.head.conv, self.head.norm)
+            self.head.norm = nn.Identity()
+        return self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W) -> (B, num_classes)`` logits."""

@@ -38,7 +38,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 class _CPUBiasedAttention(torch.autograd.Function):
     """Fused forward; blockwise backward (the flash-attention gradients,
-    ``dS = P * (dP - rowsum(dO * O))``, in float32)."""
+    ``dS = P * (dP - rowsum(dO * O))``, in float32 at least)."""
 
     @staticmethod
     def forward(ctx, q, k, v, bias, scale):
@@ -52,13 +52,13 @@ class _CPUBiasedAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, bias, out, lse = ctx.saved_tensors
         scale = ctx.scale
-        f32 = torch.float32
-        q32, k32, v32 = q.to(f32), k.to(f32), v.to(f32)
-        grad_out = grad_out.to(f32)
-        delta = (grad_out * out.to(f32)).sum(-1, keepdim=True)
+        acc = torch.promote_types(q.dtype, torch.float32)
+        q32, k32, v32 = q.to(acc), k.to(acc), v.to(acc)
+        grad_out = grad_out.to(acc)
+        delta = (grad_out * out.to(acc)).sum(-1, keepdim=True)
         dq = torch.empty_like(q32)
         dk, dv = torch.zeros_like(k32), torch.zeros_like(v32)
-        dbias = torch.empty_like(bias, dtype=f32)
+        dbias = torch.empty_like(bias, dtype=acc)
         B, heads, N, _ = q.shape
         step = max(1, BLOCK_ELEMENTS // (B * heads * k.shape[2]))
         for i in range(0, N, step):

@@ -1,0 +1,215 @@
+"""The speed work keeps the function: BatchNorm folding (``fuse``), the
+fused attention with a blockwise backward, ``torch.compile``, ONNX export,
+and the benchmark tool's figures."""
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+from helpers import relative_error
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmcmt.models import CMT, CMTClassifier
+from mmcmt.models.utils import attention
+from mmcmt.models.utils.fuse import (fold_bn_into_consumer,
+                                     fold_bn_into_producer)
+from mmcmt.testing import custom_arch_official_shapes, random_official_state_dict
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+
+SMALL_ARCH = dict(embed_dims=[16, 32, 48, 64], depths=[1, 2, 1, 1],
+                  num_heads=[1, 2, 3, 4], mlp_ratios=[2, 3.5, 4, 2.25],
+                  sr_ratios=[4, 2, 2, 1], stem_channels=8)
+
+
+def loaded_model(arch=SMALL_ARCH, img_size=64, seed=0):
+    """A backbone with random official-layout weights, BN statistics too."""
+    shapes = custom_arch_official_shapes(CMT, arch, img_size=img_size)
+    model = CMT(arch, pretrain_img_size=img_size)
+    model.load_state_dict(random_official_state_dict(shapes, seed=seed))
+    return model.eval()
+
+
+@pytest.mark.parametrize('arch,img_size', [(SMALL_ARCH, 64), ('tiny', 160),
+                                           ('small', 224)])
+def test_fuse_keeps_outputs(arch, img_size):
+    model = loaded_model(arch, img_size)
+    x = torch.randn(2, 3, 72, 100)  # not the pre-training size, not /32
+    with torch.no_grad():
+        expected = model(x)
+        bns = sum(isinstance(m, _BatchNorm) for m in model.modules())
+        assert model.fuse() is model
+        got = model(x)
+    left = sum(isinstance(m, _BatchNorm) for m in model.modules())
+    blocks = sum(len(stage.blocks) for stage in model.stages)
+    with_sr = sum(stage.sr_ratio > 1 for stage in model.stages
+                  for _ in stage.blocks)
+    # per block: IRFFN norm2, norm3 and the reduction's BN; and one stem BN
+    assert bns - left == 2 * blocks + with_sr + 1
+    for out, ref in zip(got, expected):
+        assert relative_error(out, ref) < 1e-5
+    assert model.fuse() is model  # a second call changes nothing
+    with pytest.raises(RuntimeError, match='fused for inference'):
+        model.train()
+
+
+def test_fold_bn_algebra_and_padded_conv_refused():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4).eval()
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 2)
+    bn.bias.data.uniform_(-1, 1)
+    conv = nn.Conv2d(4, 6, 2, stride=2)
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        expected = conv(bn(x))
+        fold_bn_into_consumer(bn, conv)
+        assert torch.allclose(conv(x), expected, atol=1e-5)
+        producer = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        expected = bn(producer(x))
+        fold_bn_into_producer(producer, bn)
+        assert torch.allclose(producer(x), expected, atol=1e-5)
+    with pytest.raises(ValueError, match='unpadded'):
+        fold_bn_into_consumer(bn, nn.Conv2d(4, 4, 3, padding=1))
+
+
+def test_classifier_fuse_keeps_logits():
+    shapes = custom_arch_official_shapes(CMT, SMALL_ARCH, img_size=64)
+    model = CMTClassifier(SMALL_ARCH, num_classes=10, fc_dim=64,
+                          pretrain_img_size=64)
+    model.load_state_dict(random_official_state_dict(shapes, seed=2))
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        got = model.fuse()(x)
+    assert relative_error(got, expected) < 1e-5
+    assert isinstance(model.head.norm, nn.Identity)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_blockwise_attention_backward_matches_autograd(dtype, monkeypatch):
+    monkeypatch.setattr(attention, 'BLOCK_ELEMENTS', 3000)  # many blocks
+    g = torch.Generator().manual_seed(0)
+    B, heads, N, Nk, d = 2, 3, 300, 40, 8
+    q = torch.randn(B, N, heads, d, generator=g, dtype=dtype).transpose(1, 2)
+    k, v = (torch.randn(B, heads, Nk, d, generator=g, dtype=dtype)
+            for _ in range(2))
+    bias = torch.randn(heads, N, Nk, generator=g, dtype=dtype)
+    inputs = [t.requires_grad_() for t in (q, k, v, bias)]
+    out = attention.biased_attention(q, k, v, bias, 0.3)
+    cotangent = torch.randn(out.shape, generator=g, dtype=dtype)
+    grads = torch.autograd.grad(out, inputs, cotangent)
+    ref = torch.softmax(q @ k.transpose(-2, -1) * 0.3 + bias, -1) @ v
+    ref_grads = torch.autograd.grad(ref, inputs, cotangent)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert relative_error(out, ref) < tol
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert grad.shape == ref_grad.shape
+        assert relative_error(grad, ref_grad) < tol
+
+
+def test_training_keeps_attention_matrices_out_of_autograd():
+    """In training, no saved tensor has the size of an attention matrix."""
+    model = CMT(SMALL_ARCH, pretrain_img_size=64).train()
+    x = torch.randn(2, 3, 128, 128)
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        outs = model(x)
+    # stage 1: 2 images x 1 head x (32*32 queries) x (8*8 keys); the largest
+    # other saved tensor is the input, 2 x 3 x 128 x 128
+    attention_matrix = 2 * 1 * 32 * 32 * 8 * 8
+    assert max(sizes) == 2 * 3 * 128 * 128 < attention_matrix
+    sum(o.mean() for o in outs).backward()
+    assert all(s.relative_position_bias.grad.abs().sum() > 0
+               for s in model.stages)
+
+
+def test_export_onnx_dynamic_axes(tmp_path):
+    import export_onnx
+    out = str(tmp_path / 'cmt.onnx')
+    results = export_onnx.main([out, '--arch', 'tiny', '--shape', '96', '160',
+                                '--check-shape', '2', '100', '75'])
+    assert osp.getsize(out) > 1e6
+    assert [shape for shape, _ in results] == [(1, 3, 96, 160),
+                                               (2, 3, 100, 75)]
+    for _, errors in results:
+        assert len(errors) == 4 and max(errors) < 1e-3
+    with pytest.raises(SystemExit, match='exists'):
+        export_onnx.main([out, '--arch', 'tiny'])
+
+
+def test_benchmark_figures(tmp_path):
+    import benchmark
+    from mmcmt.utils import count_flops
+    out = str(tmp_path / 'bench.md')
+    results, goals = benchmark.main([
+        '--models', 'CMT-Ti', 'CMT-S', 'CMT-S fused', 'CMT-S naive',
+        '--det-shape', '1', '64', '96', '--cls-shape', '2', '32', '32',
+        '--train-shape', '2', '64', '64', '--repeats', '1', '--warmup', '0',
+        '--out', out])
+    assert list(results) == ['ResNet-50', 'CMT-Ti', 'CMT-S', 'CMT-S fused',
+                             'CMT-S naive']
+    ti = results['CMT-Ti']
+    model = CMT('tiny').eval()
+    with torch.no_grad():
+        macs = count_flops(model, (torch.rand(1, 3, 64, 96), ))['macs']
+    assert ti['det_macs'] == pytest.approx(macs / 1e9)
+    assert ti['params'] == pytest.approx(
+        sum(p.numel() for p in model.parameters()) / 1e6)
+    for key in ('det', 'cls', 'train', 'train_cp', 'retinanet'):
+        assert ti[key] > 0
+    assert ti['train_mem'] > 0 and ti['train_cp_mem'] > 0
+    assert results['CMT-S naive']['check'] < 1e-5
+    assert 'train' not in results['CMT-S fused']  # inference only
+    text = open(out).read()
+    assert '| ResNet-50 |' in text and '(1.00x)' in text
+    assert 'CMT-S naive computes what CMT-S computes' in text
+    r50, s = results['ResNet-50'], results['CMT-S']
+    assert {goal: value for goal, value, _ in goals} == {
+        'CMT-S det time <= 1.8x ResNet-50': s['det'] / r50['det'],
+        'CMT-S naive det time >= 1.5x CMT-S':
+        results['CMT-S naive']['det'] / s['det'],
+        'CMT-S cls time <= 1.15x ResNet-50': s['cls'] / r50['cls'],
+        'CMT-S with_cp peak memory <= 0.5x without':
+        s['train_cp_mem'] / s['train_mem'],
+    }
+    assert all(passed == (value <= 1.8) for goal, value, passed in goals
+               if goal.endswith('1.8x ResNet-50'))
+    with pytest.raises(SystemExit):
+        benchmark.main(['--out', out])  # never overwritten
+
+
+COMPILE_CHECK = """
+import torch
+from test_speed import loaded_model
+from helpers import relative_error
+model = loaded_model()
+x = torch.randn(1, 3, 64, 96)
+with torch.no_grad():
+    expected = model(x)
+    got = torch.compile(model)(x)
+print('max relative error', max(relative_error(a, b)
+                                for a, b in zip(got, expected)))
+"""
+
+
+def test_torch_compile_matches_eager():
+    """Inductor compiles the backbone and computes the same maps. In a
+    subprocess: inductor's worker pool and caches stay out of the other
+    tests' timings."""
+    result = subprocess.run(
+        [sys.executable, '-c', COMPILE_CHECK], capture_output=True,
+        text=True, cwd=osp.dirname(osp.abspath(__file__)), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    error = float(result.stdout.split('max relative error')[-1])
+    assert error < 1e-5
