@@ -7,7 +7,10 @@
 #
 # It is the Semantic FPN recipe (fpn_cmt_s_512x512_80k_ade20k.py) with CMT-Ti,
 # random initialisation (no ImageNet weights), 5 classes, 128x128 images, a
-# lighter neck and head, AdamW at a higher learning rate and a short schedule.
+# lighter neck and head with GroupNorm, online hard example mining, AdamW at
+# a higher learning rate and a short schedule (600 iterations at batch 8). On
+# 2 CPU cores `bash tools/demo_seg.sh` trains it in about 8 minutes to mIoU
+# 0.511, mAcc 0.618, aAcc 0.966 on the 100 validation images.
 _base_ = './fpn_cmt_s_512x512_80k_ade20k.py'
 
 # The classes written by mmcmt.datasets.make_synthetic_ade (label PNG values
@@ -28,8 +31,10 @@ crop_size = (128, 128)
 # 16: the unnormalised LPU residual grows the variance block after block in
 # the ten-block third stage). Through the norm-free lateral convolutions of
 # the COCO-style FPN, the stride-16 map then swamps the finer levels in the
-# top-down sum and the small shapes are lost; GroupNorm on the laterals (and
-# in the head, independent of the batch size) keeps every level in play.
+# top-down sum; GroupNorm on the laterals (and in the head, independent of
+# the batch size) keeps every level in play. (400 iterations on 400 images:
+# mIoU 29.2 with it, 26.5 without: both learnt the background and hardly the
+# shapes; online hard example mining, below, did most of the rest.)
 gn = dict(type='GN', num_groups=16, requires_grad=True)
 model = dict(
     data_preprocessor=dict(size=crop_size),
