@@ -13,7 +13,9 @@ Tasks (sizes are options):
 - ``cls``: backbone inference at 8x3x224x224;
 - ``train``: one training step of the backbone (forward, then backward of
   the mean of its outputs) at 2x3x800x1216, and its peak memory (CPU: growth
-  of the peak resident set; CUDA: ``torch.cuda.max_memory_allocated``);
+  of the peak resident set, measured in a forked copy of the process with
+  glibc returning freed memory at once; CUDA:
+  ``torch.cuda.max_memory_allocated``);
 - ``train_cp``: the same with ``with_cp=True`` (gradient checkpointing);
 - ``retinanet``: the whole RetinaNet (backbone, FPN, head, post-processing)
   of each backbone's mmdet/mmcmt COCO config, inference at 800x1216.
@@ -36,7 +38,6 @@ import os.path as osp
 import platform
 import statistics
 import sys
-import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -93,6 +94,10 @@ def parse_args(argv=None):
                         help='add torch.compile rows (compile time is '
                         'reported, not timed)')
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--train-repeats', type=int,
+                        help='repeats of the training tasks (default: '
+                        '--repeats; a step at 800x1216 takes tens of seconds '
+                        'on a CPU)')
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--det-shape', type=int, nargs=3,
                         default=[1, 800, 1216], metavar=('B', 'H', 'W'))
@@ -141,50 +146,67 @@ def median_time(fn, device, warmup, repeats):
     return statistics.median(times)
 
 
-class PeakMemory:
-    """Peak memory growth over a ``with`` block, in bytes: CUDA's allocator
-    peak, or on CPU the peak resident set size (VmHWM, reset through
-    ``/proc/self/clear_refs``; else sampled every millisecond) above the
-    resident size at entry, after freeing what can be freed."""
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
-    def __init__(self, device):
-        self.device = device
-        self.peak = None
 
-    def __enter__(self):
-        gc.collect()
-        if self.device.type == 'cuda':
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return self
-        _malloc_trim()
-        self.base = _status_kib('VmRSS') * 1024
-        self._sampler = None
-        try:
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')  # reset VmHWM to the current RSS
-        except OSError:
-            self._sampled, self._stop = self.base, threading.Event()
-            self._sampler = threading.Thread(target=self._sample, daemon=True)
-            self._sampler.start()
-        return self
+def cuda_peak_memory(fn, device):
+    """The caching allocator's peak (bytes) during ``fn()`` above what was
+    allocated before."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
 
-    def _sample(self):
-        while not self._stop.wait(0.001):
-            self._sampled = max(self._sampled, _status_kib('VmRSS') * 1024)
 
-    def __exit__(self, *exc):
-        if self.device.type == 'cuda':
-            synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        elif self._sampler is None:
-            peak = _status_kib('VmHWM') * 1024
-        else:
-            self._stop.set()
-            self._sampler.join()
-            peak = self._sampled
-        self.peak = peak - self.base
+def cpu_peak_memory(args, base, variant, with_cp):
+    """Peak memory (bytes) of one CPU training step, or None (not Linux).
+
+    Measured in a fresh process, which builds the same model and inputs: the
+    growth of its peak resident set (VmHWM) over the step, with glibc
+    serving every allocation of 64 KiB or more by its own mapping and
+    unmapping it on free, so that the figure counts live memory, not what
+    the allocator keeps cached from other rows.
+    """
+    if not osp.exists('/proc/self/clear_refs'):
+        return None
+    gc.collect()
+    ctypes.CDLL('libc.so.6').malloc_trim(0)  # room for the child
+    import multiprocessing
+    context = multiprocessing.get_context('spawn')
+    queue = context.SimpleQueue()
+    child = context.Process(target=_child_train_memory,
+                            args=(args, base, variant, with_cp, queue))
+    child.start()
+    child.join()
+    if child.exitcode != 0 or queue.empty():
+        raise RuntimeError(f'memory measurement of {base} failed '
+                           f'(exit code {child.exitcode})')
+    return queue.get()
+
+
+def _child_train_memory(args, base, variant, with_cp, queue):
+    ctypes.CDLL('libc.so.6').mallopt(M_MMAP_THRESHOLD, 64 << 10)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import mmcmt  # noqa: F401  (registers CMT in mmdet)
+    from mmengine.logging import MMLogger
+    from mmengine.registry import init_default_scope
+    MMLogger.get_instance('benchmark', log_level='WARNING')
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    model = build_backbone(base, variant, with_cp=with_cp)
+    model.train()
+    x = make_inputs(args, torch.device('cpu'))['train']
+    gc.collect()
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+    start = _status_kib('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset VmHWM to the current RSS
+    train_step(model, x, args.amp)
+    queue.put((_status_kib('VmHWM') - start) * 1024)
 
 
 def _status_kib(field):
@@ -193,13 +215,6 @@ def _status_kib(field):
             if line.startswith(field + ':'):
                 return int(line.split()[1])
     raise RuntimeError(f'{field} not in /proc/self/status')
-
-
-def _malloc_trim():
-    try:
-        ctypes.CDLL('libc.so.6').malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 # ------------------------------------------------------------------- models
@@ -266,24 +281,14 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.device = torch.device(args.device)
-        generator = torch.Generator().manual_seed(0)
-        self.inputs = {
-            task: torch.randn(*_nchw(shape), generator=generator).to(
-                self.device)
-            for task, shape in (('det', args.det_shape),
-                                ('cls', args.cls_shape),
-                                ('train', args.train_shape))
-        }
+        self.inputs = make_inputs(args, self.device)
 
     def autocast(self):
-        if not self.args.amp:
-            return torch.autocast(self.device.type, enabled=False)
-        dtype = dict(bf16=torch.bfloat16, fp16=torch.float16)[self.args.amp]
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.device, self.args.amp)
 
-    def time(self, fn):
+    def time(self, fn, repeats=None):
         return median_time(fn, self.device, self.args.warmup,
-                           self.args.repeats)
+                           repeats or self.args.repeats)
 
     def infer(self, model, x):
         def run():
@@ -291,22 +296,20 @@ class Bench:
                 model(x)
         return self.time(run)
 
-    def train_step(self, model, x):
+    def train_step(self, model, base, variant, with_cp=False):
+        """Median time and peak memory of a training step."""
         model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
+        x = self.inputs['train']
 
         def step():
-            with self.autocast():
-                outs = model(x)
-                loss = sum(out.float().mean() for out in outs)
-            loss.backward()
-            for p in params:
-                p.grad = None
+            train_step(model, x, self.args.amp)
 
-        seconds = self.time(step)
-        with PeakMemory(self.device) as memory:
-            step()
-        return seconds, memory.peak
+        if self.device.type == 'cuda':
+            return (self.time(step, self.args.train_repeats),
+                    cuda_peak_memory(step, self.device))
+        # memory first, while this process holds little
+        memory = cpu_peak_memory(self.args, base, variant, with_cp)
+        return self.time(step, self.args.train_repeats), memory
 
     def retinanet(self, model):
         x = self.inputs['det']
@@ -319,9 +322,31 @@ class Bench:
         return self.time(run)
 
 
-def _nchw(shape):
-    batch, height, width = shape
-    return batch, 3, height, width
+def make_inputs(args, device):
+    """The random inputs of the tasks, the same in every process."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = {}
+    for task in ('det', 'cls', 'train'):
+        batch, height, width = getattr(args, f'{task}_shape')
+        inputs[task] = torch.randn(batch, 3, height, width,
+                                   generator=generator).to(device)
+    return inputs
+
+
+def autocast(device, amp):
+    if not amp:
+        return torch.autocast(device.type, enabled=False)
+    dtype = dict(bf16=torch.bfloat16, fp16=torch.float16)[amp]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def train_step(model, x, amp):
+    """Forward, backward of the mean of the outputs, gradients dropped."""
+    with autocast(x.device, amp):
+        loss = sum(out.float().mean() for out in model(x))
+    loss.backward()
+    for p in model.parameters():
+        p.grad = None
 
 
 def measure_row(bench, name, base, variant, tasks):
@@ -338,8 +363,8 @@ def measure_row(bench, name, base, variant, tasks):
     if variant == 'naive':
         row['check'] = naive_matches_cmt(model, bench)
     if 'train' in tasks and variant in ('', 'naive'):
-        row['train'], row['train_mem'] = bench.train_step(
-            model, bench.inputs['train'])
+        row['train'], row['train_mem'] = bench.train_step(model, base,
+                                                           variant)
     model = inference_model(model, variant)
     start = time.perf_counter()
     for task in ('det', 'cls'):
@@ -352,7 +377,7 @@ def measure_row(bench, name, base, variant, tasks):
     if 'train_cp' in tasks and variant == '' and base not in NO_CP:
         model = build_backbone(base, variant, with_cp=True).to(device)
         row['train_cp'], row['train_cp_mem'] = bench.train_step(
-            model, bench.inputs['train'])
+            model, base, variant, with_cp=True)
         del model
     if 'retinanet' in tasks and variant != 'naive':
         row['retinanet'] = bench.retinanet(
@@ -486,9 +511,10 @@ def main(argv=None):
     header = (f'Measured {stamp:%Y-%m-%d %H:%M} on {machine(device)}; '
               f'torch {torch.__version__}, '
               f'{"autocast " + args.amp if args.amp else "float32"}; median '
-              f'of {args.repeats} runs after {args.warmup} warm-up; ratios '
-              f'to {BASELINE} in parentheses; memory: '
-              f'{"max_memory_allocated" if device.type == "cuda" else "peak RSS growth"}.')
+              f'of {args.repeats} runs (training: '
+              f'{args.train_repeats or args.repeats}) after {args.warmup} '
+              f'warm-up; ratios to {BASELINE} in parentheses; memory: '
+              f'{"max_memory_allocated" if device.type == "cuda" else "peak RSS growth of a training step in a fresh process"}.')
     goals = check_goals(results)
     text = '\n'.join(
         [header, '', format_table(results, args), ''] +

@@ -337,7 +337,8 @@ class CMT(BaseModule):
         frozen_stages (int): freeze the stem (0) and stages up to this one
             (1-4), from construction on; -1 freezes nothing.
         norm_eval (bool): keep BatchNorms in eval mode while training.
-        with_cp (bool): gradient checkpointing of each block.
+        with_cp (bool): gradient checkpointing of each block and stem
+            layer: activations are recomputed in the backward pass.
         pretrained (str, optional): deprecated, use ``init_cfg=dict(
             type='Pretrained', checkpoint=...)``.
         init_cfg (dict | list[dict], optional): a ``Pretrained`` entry loads
@@ -612,7 +613,14 @@ class CMT(BaseModule):
         x = F.pad(x, (0, MAX_STRIDE - 1, 0, MAX_STRIDE - 1))
         x = x[..., :ceil_div(H, MAX_STRIDE) * MAX_STRIDE,
               :ceil_div(W, MAX_STRIDE) * MAX_STRIDE]
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
+        for layer in self.stem:
+            # At stride 2 the stem's maps are the largest of the network.
+            if self.with_cp and torch.is_grad_enabled() and any(
+                    p.requires_grad for p in layer.parameters()):
+                x = cp.checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x)
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
