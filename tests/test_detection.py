@@ -1,15 +1,14 @@
 """Detection configs and tools, end to end on generated COCO-format data."""
 import glob
-import json
 import os
 import os.path as osp
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import check_resume, run_tool
 
 from mmcmt.datasets import make_synthetic_coco
 from mmcmt.datasets.synthetic_coco import CLASSES
@@ -122,26 +121,6 @@ def test_coco_config_settings(config):
     assert cfg.custom_imports.imports == ['mmcmt']
 
 
-def run_tool(*args, check=True):
-    result = subprocess.run([sys.executable] + list(args), cwd=ROOT,
-                            capture_output=True, text=True)
-    if check and result.returncode:
-        raise AssertionError(f'{args} failed:\n{result.stderr[-3000:]}')
-    return result
-
-
-def scalars(work_dir):
-    """Logged training scalars, by iteration, of every run in work_dir."""
-    logs = {}
-    for path in glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')):
-        with open(path) as f:
-            for line in f:
-                entry = json.loads(line)
-                if 'lr' in entry:
-                    logs[entry['iter']] = entry
-    return logs
-
-
 def test_train_test_resume_cycle(coco_root, tmp_path):
     allow_mmengine_checkpoints()
     options = data_options(coco_root) + [
@@ -174,24 +153,8 @@ def test_train_test_resume_cycle(coco_root, tmp_path):
     assert 'wrote' in out
 
     # a run stopped after epoch 1 resumes: same iteration, lr, optimizer
-    resumed = str(tmp_path / 'resumed')
-    os.makedirs(resumed)
-    shutil.copy(osp.join(full, 'epoch_1.pth'), resumed)
-    before = open(osp.join(resumed, 'epoch_1.pth'), 'rb').read()
-    out = run_tool('tools/train.py', SYNTHETIC, '--work-dir', resumed,
-                   '--resume', osp.join(resumed, 'epoch_1.pth'),
-                   '--cfg-options', *options).stdout
-    assert 'resumed epoch: 1, iter: 2' in out
-    assert open(osp.join(resumed, 'epoch_1.pth'), 'rb').read() == before
-    a, b = scalars(full), scalars(resumed)
-    assert sorted(b) == [3, 4]
-    for it in (3, 4):
-        assert a[it]['lr'] == pytest.approx(b[it]['lr'], rel=1e-9)
-    ck_a = torch.load(osp.join(full, 'epoch_2.pth'), weights_only=True)
-    ck_b = torch.load(osp.join(resumed, 'epoch_2.pth'), weights_only=True)
-    assert ck_a['meta']['iter'] == ck_b['meta']['iter'] == 4
-    steps = {int(s['step']) for s in ck_b['optimizer']['state'].values()}
-    assert steps == {4}
+    check_resume(SYNTHETIC, options, full, 'epoch_1.pth', 'epoch_2.pth',
+                 str(tmp_path / 'resumed'), 'resumed epoch: 1, iter: 2')
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):

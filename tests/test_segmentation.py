@@ -5,7 +5,6 @@ import hashlib
 import os
 import os.path as osp
 import re
-import shutil
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import check_resume, run_tool
 
 from mmcmt.datasets import make_synthetic_ade
 from mmcmt.datasets.synthetic_ade import CLASSES
@@ -251,27 +251,6 @@ def test_whole_image_inference_at_odd_size(synthetic_model):
     assert torch.isfinite(logits).all()
 
 
-def run_tool(*args, check=True, env=None):
-    result = subprocess.run([sys.executable] + list(args), cwd=ROOT,
-                            capture_output=True, text=True, env=env)
-    if check and result.returncode:
-        raise AssertionError(f'{args} failed:\n{result.stderr[-3000:]}')
-    return result
-
-
-def scalars(work_dir):
-    """Logged training scalars, by iteration, of every run in work_dir."""
-    import json
-    logs = {}
-    for path in glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')):
-        with open(path) as f:
-            for line in f:
-                entry = json.loads(line)
-                if 'lr' in entry:
-                    logs[entry['iter']] = entry
-    return logs
-
-
 def test_train_test_infer_resume_cycle(ade_root, tmp_path):
     allow_mmengine_checkpoints()
     options = data_options(ade_root) + [
@@ -323,24 +302,8 @@ def test_train_test_infer_resume_cycle(ade_root, tmp_path):
     assert re.search(r'classes present: \w+', out) and 'wrote' in out
 
     # a run stopped after iteration 2 resumes: same iteration, lr, optimizer
-    resumed = str(tmp_path / 'resumed')
-    os.makedirs(resumed)
-    shutil.copy(osp.join(full, 'iter_2.pth'), resumed)
-    before = open(osp.join(resumed, 'iter_2.pth'), 'rb').read()
-    out = run_tool('tools/train.py', SYNTHETIC, '--work-dir', resumed,
-                   '--resume', osp.join(resumed, 'iter_2.pth'),
-                   '--cfg-options', *options).stdout
-    assert 'resumed epoch: 0, iter: 2' in out
-    assert open(osp.join(resumed, 'iter_2.pth'), 'rb').read() == before
-    a, b = scalars(full), scalars(resumed)
-    assert sorted(b) == [3, 4]
-    for it in (3, 4):
-        assert a[it]['lr'] == pytest.approx(b[it]['lr'], rel=1e-9)
-    ck_a = torch.load(osp.join(full, 'iter_4.pth'), weights_only=True)
-    ck_b = torch.load(osp.join(resumed, 'iter_4.pth'), weights_only=True)
-    assert ck_a['meta']['iter'] == ck_b['meta']['iter'] == 4
-    steps = {int(s['step']) for s in ck_b['optimizer']['state'].values()}
-    assert steps == {4}
+    check_resume(SYNTHETIC, options, full, 'iter_2.pth', 'iter_4.pth',
+                 str(tmp_path / 'resumed'), 'resumed epoch: 0, iter: 2')
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
