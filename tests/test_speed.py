@@ -113,6 +113,18 @@ def test_blockwise_attention_backward_matches_autograd(dtype, monkeypatch):
         assert relative_error(grad, ref_grad) < tol
 
 
+def test_small_and_fused_inference_attention_agree(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 96, 3, 16, generator=g).transpose(1, 2)
+    k, v = (torch.randn(2, 3, 24, 16, generator=g) for _ in range(2))
+    bias = torch.randn(3, 96, 24, generator=g)
+    with torch.no_grad():
+        explicit = attention.biased_attention(q, k, v, bias, 0.25)
+        monkeypatch.setattr(attention, 'SMALL_ATTENTION', 0)
+        fused = attention.biased_attention(q, k, v, bias, 0.25)
+    assert relative_error(fused, explicit) < 1e-6
+
+
 def test_training_keeps_attention_matrices_out_of_autograd():
     """In training, no saved tensor has the size of an attention matrix."""
     model = CMT(SMALL_ARCH, pretrain_img_size=64).train()
