@@ -191,12 +191,7 @@ def _child_train_memory(args, base, variant, with_cp, queue):
     ctypes.CDLL('libc.so.6').mallopt(M_MMAP_THRESHOLD, 64 << 10)
     if args.threads:
         torch.set_num_threads(args.threads)
-    import mmcmt  # noqa: F401  (registers CMT in mmdet)
-    from mmengine.logging import MMLogger
-    from mmengine.registry import init_default_scope
-    MMLogger.get_instance('benchmark', log_level='WARNING')
-    init_default_scope('mmdet')
-    torch.manual_seed(0)
+    setup_process()
     model = build_backbone(base, variant, with_cp=with_cp)
     model.train()
     x = make_inputs(args, torch.device('cpu'))['train']
@@ -207,6 +202,17 @@ def _child_train_memory(args, base, variant, with_cp, queue):
         f.write('5')  # reset VmHWM to the current RSS
     train_step(model, x, args.amp)
     queue.put((_status_kib('VmHWM') - start) * 1024)
+
+
+def setup_process():
+    """Registries, a quiet logger (init_weights logs every parameter at
+    INFO) and the seed, in the main process and in memory-measuring ones."""
+    import mmcmt  # noqa: F401  (registers CMT in mmdet)
+    from mmengine.logging import MMLogger
+    from mmengine.registry import init_default_scope
+    MMLogger.get_instance('benchmark', log_level='WARNING')
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
 
 
 def _status_kib(field):
@@ -495,13 +501,7 @@ def main(argv=None):
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         sys.exit('error: --device cuda but torch sees no CUDA device')
-    import mmcmt  # noqa: F401  (registers CMT in mmdet)
-    from mmengine.logging import MMLogger
-    from mmengine.registry import init_default_scope
-    # quiet: init_weights logs every parameter at INFO
-    MMLogger.get_instance('benchmark', log_level='WARNING')
-    init_default_scope('mmdet')
-    torch.manual_seed(0)
+    setup_process()
     bench = Bench(args)
     results = OrderedDict()
     for name, (base, variant) in args.rows.items():
