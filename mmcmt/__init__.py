@@ -1,8 +1,10 @@
 """mmcmt: CMT backbones for MMDetection and MMSegmentation."""
+from . import safe_load
 from .models import CMT, CMTClassifier
 from .registry import register_models
 
 __version__ = '0.1.0'
 __all__ = ['CMT', 'CMTClassifier', '__version__']
 
+safe_load.install()
 register_models(CMT, CMTClassifier)

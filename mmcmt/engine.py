@@ -1,14 +1,32 @@
-"""What ``tools/train.py`` and ``tools/test.py`` share: loading a config of
-either library, checking that its data is there, and letting torch 2.6+'s
-safe ``torch.load`` (``weights_only=True``) read mmengine checkpoints."""
+"""What mmcmt's tools share: loading a config of either library, checking
+that its data is there, building the runner (CPU distributed runs included)
+and reporting a user's mistakes as one line."""
 import os
 import os.path as osp
-import pickle
-from typing import Iterator, List, Optional
+import sys
+from typing import Callable, Iterator, List, Optional
 
 from mmengine.config import Config
 
+from .safe_load import CheckpointError
+
 LIBRARIES = {'mmdet': 'detection', 'mmseg': 'segmentation'}
+
+
+class UsageError(Exception):
+    """A mistake in a tool's arguments: reported as one line, exit code 2."""
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a tool's ``main()``. The user's mistakes (bad arguments, a
+    missing file, an untrusted or corrupt checkpoint) end the tool with one
+    line on stderr and exit code 2, as argparse's errors do; anything else
+    keeps its traceback."""
+    try:
+        main()
+    except (UsageError, FileNotFoundError, CheckpointError) as error:
+        print(f'{osp.basename(sys.argv[0])}: error: {error}', file=sys.stderr)
+        sys.exit(2)
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None,
@@ -21,7 +39,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None,
         raise FileNotFoundError(f'config file not found: {path!r}')
     cfg = Config.fromfile(path)
     if cfg.get('default_scope') not in LIBRARIES:
-        raise ValueError(
+        raise UsageError(
             f'{path}: default_scope is {cfg.get("default_scope")!r}; mmcmt '
             f'tools run mmdet (detection) and mmseg (segmentation) configs')
     if cfg_options:
@@ -66,40 +84,6 @@ def check_data(cfg: Config, dataloaders: List[str]) -> None:
                     f'(data_root={root!r}). Put the dataset there, or point '
                     f'the config at it with --cfg-options '
                     f'{name}.dataset.data_root=PATH')
-
-
-def allow_mmengine_checkpoints() -> None:
-    """Let ``torch.load(weights_only=True)`` (torch 2.6+'s default) read
-    mmengine checkpoints, for testing and resuming, with the safety on.
-
-    Besides tensors, mmengine stores its message hub: HistoryBuffers holding
-    numpy arrays and scalars, and references to HistoryBuffer's statistics
-    methods, pickled as ``getattr(HistoryBuffer, 'mean')``. These types are
-    allow-listed, and ``builtins.getattr`` is mapped to a function that
-    resolves only those methods (a general ``getattr`` would reopen the door
-    to arbitrary code).
-    """
-    import numpy as np
-    import torch
-    from mmengine.logging import HistoryBuffer
-    if not hasattr(torch.serialization, 'add_safe_globals'):
-        return  # torch < 2.4: torch.load is unrestricted by default
-
-    def history_buffer_method(owner, name):
-        methods = {'min', 'max', 'current', 'mean'}
-        methods.update(HistoryBuffer._statistics_methods)  # registered ones
-        if owner is HistoryBuffer and name in methods:
-            return getattr(owner, name)
-        raise pickle.UnpicklingError(
-            f'refusing getattr({owner!r}, {name!r}) in a checkpoint')
-
-    multiarray = np.core.multiarray if np.__version__ < '2' else \
-        np._core.multiarray
-    torch.serialization.add_safe_globals([
-        HistoryBuffer, multiarray._reconstruct, multiarray.scalar,
-        np.ndarray, np.dtype, (history_buffer_method, 'builtins.getattr')
-    ] + [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64,
-                                      np.int32, np.bool_)])
 
 
 def check_file(path: str, what: str) -> None:

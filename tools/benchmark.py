@@ -29,6 +29,7 @@ linear layers and attention products) so that time per multiply-add can be
 compared. The table is printed, written to ``--out`` (markdown) and
 followed by the README's goals, each checked.
 """
+import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
 import ctypes
 import datetime

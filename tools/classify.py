@@ -7,12 +7,14 @@ The image is resized (shorter side to 256/224 of the input size) and
 centre-cropped to the arch's ImageNet resolution, then normalised with the
 ImageNet mean and std, as the released models were evaluated.
 """
+import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
 
 import cv2
 import numpy as np
 import torch
 
+from mmcmt.engine import UsageError, check_file, run_main
 from mmcmt.models import CMT, CMTClassifier
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -26,7 +28,7 @@ def class_names(path=None, num_classes=1000):
         with open(path) as f:
             names = [line.strip() for line in f if line.strip()]
         if len(names) != num_classes:
-            raise ValueError(f'{path} lists {len(names)} classes, the model '
+            raise UsageError(f'{path} lists {len(names)} classes, the model '
                              f'has {num_classes}')
         return names
     try:
@@ -37,9 +39,10 @@ def class_names(path=None, num_classes=1000):
 
 
 def preprocess(path, size):
+    check_file(path, 'image')
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
-        raise FileNotFoundError(f'cannot read image {path!r}')
+        raise UsageError(f'cannot read image {path!r}: not an image file')
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     short = int(size * 256 / 224)
     h, w = image.shape[:2]
@@ -66,8 +69,12 @@ def main(argv=None):
         help='text file with the 1000 ImageNet class names, one per line '
         '(default: mmpretrain\'s list if installed, else indices)')
     args = parser.parse_args(argv)
-
-    size = CMT.parse_arch(args.arch)['pretrain_img_size']
+    classes = class_names(args.classes)
+    check_file(args.image, 'image')
+    try:
+        size = CMT.parse_arch(args.arch)['pretrain_img_size']
+    except ValueError as error:
+        raise UsageError(error) from None
     model = CMTClassifier(
         args.arch,
         init_cfg=dict(type='Pretrained', checkpoint=args.checkpoint))
@@ -75,10 +82,9 @@ def main(argv=None):
     model.eval()
     with torch.no_grad():
         probs = model(preprocess(args.image, size)).softmax(-1)[0]
-    classes = class_names(args.classes)
     for p, i in zip(*probs.topk(args.topk)):
         print(f'{p.item():7.2%}  {i.item():4d}  {classes[i]}')
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -8,6 +8,7 @@ Two FLOP conventions (see :mod:`mmcmt.utils.complexity`): ``macs`` (convs,
 linear layers and attention products: the paper's) and ``mmengine``
 (mmengine's counter with attention products, which adds norms).
 """
+import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
 import platform
 

@@ -8,12 +8,13 @@ type='Pretrained', checkpoint=...)`` or ``load_state_dict``. mmcmt also
 loads the released files directly; convert when you prefer converted files.
 An existing output file is never overwritten.
 """
+import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
 import os
-import sys
 
 import torch
 
+from mmcmt.engine import UsageError, run_main
 from mmcmt.models.utils import (convert_official_cmt, is_official_cmt,
                                 read_checkpoint)
 
@@ -24,12 +25,12 @@ def main(argv=None):
     parser.add_argument('dst', help='mmcmt checkpoint to write')
     args = parser.parse_args(argv)
     if os.path.exists(args.dst):
-        sys.exit(f'error: {args.dst} exists; choose another output path or '
-                 f'remove it first (it is never overwritten)')
+        raise UsageError(f'{args.dst} exists; choose another output path '
+                         f'or remove it first (it is never overwritten)')
     state_dict = read_checkpoint(args.src)
     if not is_official_cmt(state_dict):
-        sys.exit(f'error: {args.src} is not in the layout of the released '
-                 f'CMT checkpoints (stem_conv1, blocks_a.0 ...)')
+        raise UsageError(f'{args.src} is not in the layout of the released '
+                         f'CMT checkpoints (stem_conv1, blocks_a.0 ...)')
     backbone = {
         k[len('backbone.'):]: v
         for k, v in convert_official_cmt(state_dict).items()
@@ -43,4 +44,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -2,7 +2,8 @@
 # The main job on a fresh machine, no download needed: generate the
 # synthetic COCO-format shapes data set, train RetinaNet with a CMT-Ti
 # backbone on it (tools/train.py), evaluate it (tools/test.py: the COCO AP
-# table) and draw its detections (work_dirs/demo/show/).
+# table, per class too), draw its detections (work_dirs/demo/show/) and plot
+# the training curves (work_dirs/demo/training_curves.png).
 # Run after tools/setup.sh (the README's one-liner does both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,5 +26,8 @@ echo "evaluating $CKPT (log: $WORK/test.log)"
   --show-dir "$WORK/show" > "$WORK/test.log" 2>&1 || {
   tail -30 "$WORK/test.log"; exit 1; }
 grep -E "Average (Precision|Recall)|bbox_mAP" "$WORK/test.log"
+# mmdet's per-class AP table (classwise=True)
+grep -E "^[|+]" "$WORK/test.log"
 echo "pictures of the detections: $WORK/show/ ($(ls "$WORK/show" | wc -l) images)"
+"$PY" tools/plot_curves.py "$WORK"
 echo "checkpoint: $CKPT"

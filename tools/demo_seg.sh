@@ -2,7 +2,8 @@
 # Segmentation on a fresh machine, no download needed: generate the
 # synthetic ADE20K-format shapes data set, train Semantic FPN with a CMT-Ti
 # backbone on it (tools/train.py), evaluate it (tools/test.py: mmseg's mIoU
-# table) and draw its predictions (work_dirs/demo_seg/show/).
+# table), draw its predictions (work_dirs/demo_seg/show/) and plot the
+# training curves (work_dirs/demo_seg/training_curves.png).
 # Run after tools/setup.sh (the README's one-liner does both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,4 +32,5 @@ awk '/per class results/ {on = 1; next}
 grep -oE "aAcc: [0-9.]+ +mIoU: [0-9.]+ +mAcc: [0-9.]+" "$WORK/test.log" | tail -1
 PICTURES="$WORK/show/vis_data/vis_image"
 echo "pictures (ground truth | prediction): $PICTURES/ ($(ls "$PICTURES" | wc -l) images)"
+"$PY" tools/plot_curves.py "$WORK"
 echo "checkpoint: $CKPT"

@@ -14,6 +14,7 @@ the maximum absolute error against PyTorch is printed for each output.
 Needs the optional ``export`` extras: ``pip install -e .[export]``
 (onnx, onnxruntime).
 """
+import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
 import os.path as osp
 import sys
@@ -21,6 +22,7 @@ import warnings
 
 import torch
 
+from mmcmt.engine import run_main
 from mmcmt.models import CMT
 
 
@@ -110,7 +112,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except FileNotFoundError as error:  # a missing checkpoint
-        sys.exit(f'error: {error}')
+    run_main(main)

@@ -11,12 +11,13 @@ linear layers and attention products, the CMT paper's) and ``mmengine``
 (mmengine's counter plus attention products), and ``macs`` without the
 attention products (the convention of the CMT paper's detection table).
 """
+import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
 
 import torch
 import torch.nn as nn
 
-from mmcmt.engine import load_config
+from mmcmt.engine import load_config, run_main
 from mmcmt.utils import count_flops, count_params, dummy_data_samples
 
 
@@ -65,4 +66,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -5,13 +5,14 @@ configs, the blended class mask for segmentation configs.
 
 Writes ``DIR/<image name>`` and prints what it found.
 """
+import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
 import os
 import os.path as osp
 
 import mmcv
 
-from mmcmt.engine import allow_mmengine_checkpoints, check_file, load_config
+from mmcmt.engine import check_file, load_config, run_main
 
 
 def main(argv=None):
@@ -26,7 +27,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_file(args.image, 'image')
     check_file(args.checkpoint, 'checkpoint')
-    allow_mmengine_checkpoints()
     cfg = load_config(args.config)
     cfg.model.backbone.init_cfg = None  # the checkpoint has the weights
     os.makedirs(args.out_dir, exist_ok=True)
@@ -66,4 +66,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -9,6 +9,7 @@ writes ``data/synthetic_ade/{images,annotations}/{training,validation}`` (the
 layout of mmseg's ``data/ade/ADEChallengeData2016``). The same arguments
 always give the same files.
 """
+import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
 import sys
 

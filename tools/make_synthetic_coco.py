@@ -8,6 +8,7 @@ Example::
 writes ``data/synthetic_coco/{annotations,train2017,val2017}`` (the layout of
 mmdet's ``data/coco/``). The same arguments always give the same files.
 """
+import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
 import sys
 

@@ -38,8 +38,15 @@ if ! has ninja mmengine; then
   "${PIP[@]}" 'setuptools>=77,<81' wheel ninja 'mmengine>=0.10,<1'
 fi
 if ! has mmcv==2.1.0 || ! "$PY" -c 'import mmcv.ops' 2>/dev/null; then
-  echo "[setup] building mmcv 2.1.0 with CPU ops from source (about 6 minutes on 2 cores)"
+  echo "[setup] building mmcv 2.1.0 with CPU ops from source: about 15 minutes on 2 cores the first time (pip caches the wheel for later set-ups)"
+  # pip is quiet while it compiles: say every minute that the build is alive
+  ( start=$SECONDS; while sleep 60; do
+      echo "[setup]   still building mmcv: $(( (SECONDS - start) / 60 )) min so far"
+    done ) &
+  heartbeat=$!
+  trap 'kill $heartbeat 2>/dev/null || true' EXIT
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation mmcv==2.1.0
+  kill $heartbeat 2>/dev/null || true
 fi
 if ! has mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest; then
   echo "[setup] installing mmdet, mmsegmentation, pycocotools and test tools"

@@ -8,13 +8,13 @@ Mask R-CNN); segmentation prints aAcc, mIoU and mAcc. ``--show-dir`` writes
 pictures of the predictions; ``--out`` dumps raw detection results (.pkl) or
 segmentation masks (a directory).
 """
+import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
-import sys
 import os
 
-from mmcmt.engine import (add_runner_arguments, allow_mmengine_checkpoints,
-                          build_runner, check_data, check_file, load_config,
-                          parse_runner_args)
+from mmcmt.engine import (UsageError, add_runner_arguments, build_runner,
+                          check_data, check_file, load_config,
+                          parse_runner_args, run_main)
 
 
 def parse_args(argv=None):
@@ -31,17 +31,20 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    allow_mmengine_checkpoints()
     cfg = load_config(args.config, args.cfg_options, args.work_dir,
                       args.launcher)
+    segmentation = cfg.default_scope == 'mmseg'
+    if args.out and not segmentation and \
+            not args.out.endswith(('.pkl', '.pickle')):
+        raise UsageError(f'--out {args.out}: detection results are dumped '
+                         f'to a .pkl file')
+    if args.show_dir and 'visualization' not in cfg.default_hooks:
+        raise UsageError('--show-dir needs a visualization hook in the '
+                         "config's default_hooks")
     check_file(args.checkpoint, 'checkpoint')
     check_data(cfg, ['test_dataloader'])
-    segmentation = cfg.default_scope == 'mmseg'
     cfg.load_from = args.checkpoint
     if args.show_dir:
-        if 'visualization' not in cfg.default_hooks:
-            raise RuntimeError('--show-dir needs a visualization hook in '
-                               'default_hooks')
         hook = cfg.default_hooks.visualization
         hook.draw, hook.interval = True, 1
         # mmdet's hook writes pictures to test_out_dir (an absolute path
@@ -55,15 +58,10 @@ def main(argv=None):
     runner = build_runner(cfg)
     if args.out and not segmentation:
         from mmdet.evaluation import DumpDetResults
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise ValueError('--out must be a .pkl file for detection')
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
     runner.test()
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except FileNotFoundError as error:  # a missing config, data, checkpoint
-        sys.exit(f'error: {error}')
+    run_main(main)

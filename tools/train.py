@@ -6,12 +6,12 @@
 The library is told by the config's ``default_scope``. Multi-GPU and
 multi-node runs go through ``tools/dist_train.sh`` (torchrun).
 """
+import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
-import sys
 
-from mmcmt.engine import (add_runner_arguments, allow_mmengine_checkpoints,
-                          build_runner, check_data, load_config,
-                          parse_runner_args)
+from mmcmt.engine import (UsageError, add_runner_arguments, build_runner,
+                          check_data, load_config, parse_runner_args,
+                          run_main)
 
 
 def parse_args(argv=None):
@@ -31,7 +31,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    allow_mmengine_checkpoints()
     cfg = load_config(args.config, args.cfg_options, args.work_dir,
                       args.launcher)
     if args.amp:
@@ -39,8 +38,8 @@ def main(argv=None):
         cfg.optim_wrapper.loss_scale = 'dynamic'
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise RuntimeError('--auto-scale-lr needs auto_scale_lr='
-                               'dict(base_batch_size=...) in the config')
+            raise UsageError('--auto-scale-lr needs auto_scale_lr='
+                             'dict(base_batch_size=...) in the config')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
@@ -51,7 +50,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except FileNotFoundError as error:  # a missing config, data, checkpoint
-        sys.exit(f'error: {error}')
+    run_main(main)

@@ -18,6 +18,8 @@ from typing import Dict, Iterable, Optional
 import torch
 from mmengine.logging import print_log
 
+from ...safe_load import load_file
+
 WEIGHTS_URL = ('https://github.com/huawei-noah/Efficient-AI-Backbones/'
                'releases (CMT)')
 STAGE_NAMES = 'abcd'
@@ -130,8 +132,10 @@ def read_checkpoint(path: str, prefix: Optional[str] = None
     Accepts the state dict at the top level or under ``model`` or
     ``state_dict``, strips a ``module.`` prefix (DDP) and, when given,
     keeps only the keys under ``prefix`` (for example ``backbone.`` of a
-    detector checkpoint) with that prefix removed. Files are read with
-    ``torch.load(weights_only=True)``; http(s) URLs are downloaded by torch.
+    detector checkpoint) with that prefix removed. Files are read by
+    :func:`mmcmt.safe_load.load_file` (``torch.load(weights_only=True)``,
+    one-line errors for untrusted or corrupt files); http(s) URLs are
+    downloaded by torch.
     """
     if path.startswith(('http://', 'https://')):
         checkpoint = torch.hub.load_state_dict_from_url(
@@ -145,7 +149,7 @@ def read_checkpoint(path: str, prefix: Optional[str] = None
                 f'that path (configs expect checkpoints/cmt_small.pth etc. '
                 f'under the directory you run from), or set init_cfg=None '
                 f'to start from random weights.')
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        checkpoint = load_file(path)
     state_dict = checkpoint
     for wrapper in ('model', 'state_dict'):
         if isinstance(state_dict, dict) and isinstance(
