@@ -1,11 +1,12 @@
 """Loading released (official-layout) and mmcmt checkpoints."""
-import subprocess
+import logging
+import re
 import sys
 
 import pytest
 import torch
 from helpers import (ARCH_OF_VARIANT, official_shapes,
-                     random_official_state_dict)
+                     random_official_state_dict, run_tool)
 
 from mmcmt.models import CMT, CMTClassifier
 from mmcmt.models.utils import convert_official_cmt, read_checkpoint
@@ -25,6 +26,163 @@ def _assert_loaded(model, official):
     for key, value in converted.items():
         if key.startswith('backbone.'):
             assert torch.equal(own[key[len('backbone.'):]], value), key
+
+
+# Released key -> CMTClassifier key, written out by hand from
+# shared/reference/cmt_architecture.md (not derived from the loader's own
+# mapping): every kind of tensor, spread over stages and blocks of CMT-Ti
+# (depths 2, 2, 10, 2). 1x1 convolutions that mmcmt runs as Linear layers
+# (IRFFN conv1.0 and conv2.0) are compared flattened.
+KEY_TABLE = [
+    # stem: conv -> GELU -> BN, three times
+    ('stem_conv1.weight', 'backbone.stem.0.conv.weight'),
+    ('stem_conv1.bias', 'backbone.stem.0.conv.bias'),
+    ('stem_norm1.weight', 'backbone.stem.0.norm.weight'),
+    ('stem_norm1.bias', 'backbone.stem.0.norm.bias'),
+    ('stem_norm1.running_mean', 'backbone.stem.0.norm.running_mean'),
+    ('stem_norm1.running_var', 'backbone.stem.0.norm.running_var'),
+    ('stem_conv2.weight', 'backbone.stem.1.conv.weight'),
+    ('stem_conv2.bias', 'backbone.stem.1.conv.bias'),
+    ('stem_norm2.weight', 'backbone.stem.1.norm.weight'),
+    ('stem_norm2.bias', 'backbone.stem.1.norm.bias'),
+    ('stem_norm2.running_mean', 'backbone.stem.1.norm.running_mean'),
+    ('stem_norm2.running_var', 'backbone.stem.1.norm.running_var'),
+    ('stem_conv3.weight', 'backbone.stem.2.conv.weight'),
+    ('stem_conv3.bias', 'backbone.stem.2.conv.bias'),
+    ('stem_norm3.weight', 'backbone.stem.2.norm.weight'),
+    ('stem_norm3.bias', 'backbone.stem.2.norm.bias'),
+    ('stem_norm3.running_mean', 'backbone.stem.2.norm.running_mean'),
+    ('stem_norm3.running_var', 'backbone.stem.2.norm.running_var'),
+    # patch aggregation: 2x2 conv, LayerNorm
+    ('patch_embed_a.proj.weight', 'backbone.stages.0.downsample.proj.weight'),
+    ('patch_embed_b.proj.bias', 'backbone.stages.1.downsample.proj.bias'),
+    ('patch_embed_c.norm.weight', 'backbone.stages.2.downsample.norm.weight'),
+    ('patch_embed_d.norm.bias', 'backbone.stages.3.downsample.norm.bias'),
+    # relative position biases, one per stage
+    ('relative_pos_a', 'backbone.stages.0.relative_position_bias'),
+    ('relative_pos_b', 'backbone.stages.1.relative_position_bias'),
+    ('relative_pos_c', 'backbone.stages.2.relative_position_bias'),
+    ('relative_pos_d', 'backbone.stages.3.relative_position_bias'),
+    # LPU (the block's own depthwise conv 'proj')
+    ('blocks_a.0.proj.weight', 'backbone.stages.0.blocks.0.lpu.weight'),
+    ('blocks_c.7.proj.bias', 'backbone.stages.2.blocks.7.lpu.bias'),
+    # the two LayerNorms
+    ('blocks_a.1.norm1.weight', 'backbone.stages.0.blocks.1.norm1.weight'),
+    ('blocks_d.0.norm1.bias', 'backbone.stages.3.blocks.0.norm1.bias'),
+    ('blocks_b.0.norm2.weight', 'backbone.stages.1.blocks.0.norm2.weight'),
+    ('blocks_c.9.norm2.bias', 'backbone.stages.2.blocks.9.norm2.bias'),
+    # attention: q, output projection, key/value reduction (dwconv, BN)
+    ('blocks_b.1.attn.q.weight', 'backbone.stages.1.blocks.1.attn.q.weight'),
+    ('blocks_c.4.attn.q.bias', 'backbone.stages.2.blocks.4.attn.q.bias'),
+    ('blocks_d.1.attn.proj.weight',
+     'backbone.stages.3.blocks.1.attn.proj.weight'),
+    ('blocks_a.0.attn.proj.bias', 'backbone.stages.0.blocks.0.attn.proj.bias'),
+    ('blocks_a.1.attn.sr.0.weight',
+     'backbone.stages.0.blocks.1.attn.sr.conv.weight'),
+    ('blocks_c.2.attn.sr.0.bias',
+     'backbone.stages.2.blocks.2.attn.sr.conv.bias'),
+    ('blocks_b.0.attn.sr.1.weight',
+     'backbone.stages.1.blocks.0.attn.sr.norm.weight'),
+    ('blocks_b.1.attn.sr.1.bias',
+     'backbone.stages.1.blocks.1.attn.sr.norm.bias'),
+    ('blocks_c.5.attn.sr.1.running_mean',
+     'backbone.stages.2.blocks.5.attn.sr.norm.running_mean'),
+    ('blocks_a.0.attn.sr.1.running_var',
+     'backbone.stages.0.blocks.0.attn.sr.norm.running_var'),
+    # IRFFN: conv1 = (1x1 conv, GELU, BN), proj = dwconv, proj_bn,
+    # conv2 = (1x1 conv, BN)
+    ('blocks_a.0.mlp.conv1.0.weight',
+     'backbone.stages.0.blocks.0.ffn.fc1.weight'),
+    ('blocks_d.1.mlp.conv1.0.bias', 'backbone.stages.3.blocks.1.ffn.fc1.bias'),
+    ('blocks_b.1.mlp.conv1.2.weight',
+     'backbone.stages.1.blocks.1.ffn.norm1.weight'),
+    ('blocks_c.1.mlp.conv1.2.bias',
+     'backbone.stages.2.blocks.1.ffn.norm1.bias'),
+    ('blocks_c.6.mlp.conv1.2.running_mean',
+     'backbone.stages.2.blocks.6.ffn.norm1.running_mean'),
+    ('blocks_a.1.mlp.conv1.2.running_var',
+     'backbone.stages.0.blocks.1.ffn.norm1.running_var'),
+    ('blocks_c.0.mlp.proj.weight',
+     'backbone.stages.2.blocks.0.ffn.dwconv.weight'),
+    ('blocks_d.0.mlp.proj.bias', 'backbone.stages.3.blocks.0.ffn.dwconv.bias'),
+    ('blocks_a.1.mlp.proj_bn.weight',
+     'backbone.stages.0.blocks.1.ffn.norm2.weight'),
+    ('blocks_b.0.mlp.proj_bn.bias',
+     'backbone.stages.1.blocks.0.ffn.norm2.bias'),
+    ('blocks_c.3.mlp.proj_bn.running_mean',
+     'backbone.stages.2.blocks.3.ffn.norm2.running_mean'),
+    ('blocks_d.1.mlp.proj_bn.running_var',
+     'backbone.stages.3.blocks.1.ffn.norm2.running_var'),
+    ('blocks_b.0.mlp.conv2.0.weight',
+     'backbone.stages.1.blocks.0.ffn.fc2.weight'),
+    ('blocks_c.8.mlp.conv2.0.bias', 'backbone.stages.2.blocks.8.ffn.fc2.bias'),
+    ('blocks_d.0.mlp.conv2.1.weight',
+     'backbone.stages.3.blocks.0.ffn.norm3.weight'),
+    ('blocks_a.0.mlp.conv2.1.bias',
+     'backbone.stages.0.blocks.0.ffn.norm3.bias'),
+    ('blocks_b.1.mlp.conv2.1.running_mean',
+     'backbone.stages.1.blocks.1.ffn.norm3.running_mean'),
+    ('blocks_c.9.mlp.conv2.1.running_var',
+     'backbone.stages.2.blocks.9.ffn.norm3.running_var'),
+    # classification head: _fc (1x1 conv), _bn, head (Linear)
+    ('_fc.weight', 'head.conv.weight'),
+    ('_fc.bias', 'head.conv.bias'),
+    ('_bn.weight', 'head.norm.weight'),
+    ('_bn.bias', 'head.norm.bias'),
+    ('_bn.running_mean', 'head.norm.running_mean'),
+    ('_bn.running_var', 'head.norm.running_var'),
+    ('head.weight', 'head.fc.weight'),
+    ('head.bias', 'head.fc.bias'),
+]
+# k and v, concatenated in mmcmt's kv layer (k first): (stage, block)
+KV_BLOCKS = [('a', 0), ('a', 1), ('b', 1), ('c', 0), ('c', 9), ('d', 1)]
+
+
+def _kind(key):
+    """A model key with its stage and block indices generalised."""
+    return re.sub(r'(stages|blocks)\.\d+', r'\1.N', key)
+
+
+def test_key_mapping_against_hand_written_table():
+    """Each released tensor lands in the module the architecture says it
+    belongs to (so swapping, say, k and v, norm1 and norm2 or two stem
+    layers fails here), checked by value against a hand-written table."""
+    shapes = SHAPES['cmt_ti']['state_dict']
+    official = random_official_state_dict(shapes, seed=11)
+    model = CMTClassifier('tiny')
+    model.load_state_dict(official, strict=True)
+    own = model.state_dict()
+
+    for src, dst in KEY_TABLE:
+        assert src in shapes, src  # a real key of the released files
+        expected = official[src]
+        if dst.endswith(('ffn.fc1.weight', 'ffn.fc2.weight')):
+            assert expected.shape[2:] == (1, 1), src
+            expected = expected.flatten(1)  # 1x1 conv -> Linear
+        assert own[dst].shape == expected.shape, (src, dst)
+        assert torch.equal(own[dst], expected), (src, dst)
+    # the random tensors differ from each other (else a swap could pass)
+    values = [official[src] for src, _ in KEY_TABLE]
+    for i, a in enumerate(values):
+        for b in values[i + 1:]:
+            assert a.shape != b.shape or not torch.equal(a, b)
+
+    for stage, block in KV_BLOCKS:
+        i = 'abcd'.index(stage)
+        attn = model.backbone.stages[i].blocks[block].attn
+        C = attn.q.in_features
+        name = f'blocks_{stage}.{block}.attn'
+        assert attn.kv.weight.shape == (2 * C, C)
+        assert torch.equal(attn.kv.weight[:C], official[f'{name}.k.weight'])
+        assert torch.equal(attn.kv.weight[C:], official[f'{name}.v.weight'])
+        assert torch.equal(attn.kv.bias[:C], official[f'{name}.k.bias'])
+        assert torch.equal(attn.kv.bias[C:], official[f'{name}.v.bias'])
+
+    # the table covers every kind of tensor of the model (BN step counters
+    # aside; kv is checked above)
+    kinds = {_kind(k) for k in own
+             if not k.endswith('num_batches_tracked') and '.attn.kv.' not in k}
+    assert kinds == {_kind(dst) for _, dst in KEY_TABLE}
 
 
 @pytest.mark.parametrize('layout', ['top-level', 'model', 'state_dict'])
@@ -96,13 +254,37 @@ def test_missing_keys_are_an_error(tmp_path, official_tiny):
     assert 'unexpected keys (1): unrelated.weight' in message
 
 
-def test_unexpected_keys_are_reported_not_fatal(tmp_path, official_tiny,
-                                                capsys):
+class _Records(logging.Handler):
+    """Collects the records of a logger (mmengine's MMLogger does not
+    propagate to the root logger, so pytest's caplog does not see them)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_unexpected_keys_are_reported_not_fatal(tmp_path, official_tiny):
+    from mmengine.logging import MMLogger
     extra = dict(official_tiny, **{'extra.weight': torch.zeros(2)})
     path = tmp_path / 'extra.pth'
     torch.save(extra, path)
     model = CMT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
-    model.init_weights()  # logs a warning naming extra.weight
+    logger = MMLogger.get_current_instance()  # where print_log(.., 'current')
+    handler = _Records()                      # writes
+    logger.addHandler(handler)
+    try:
+        model.init_weights()
+    finally:
+        logger.removeHandler(handler)
+    warnings = [r.getMessage() for r in handler.records
+                if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in handler.records]
+    assert f'CMT from {path}: unexpected keys (1): extra.weight (ignored)' \
+        == warnings[0]
+    assert 'missing' not in warnings[0]
     _assert_loaded(model, official_tiny)
 
 
@@ -136,8 +318,8 @@ def test_reads_with_weights_only(tmp_path, official_tiny):
 def test_convert_tool_round_trip(tmp_path, official_tiny):
     src, dst = tmp_path / 'cmt_tiny.pth', tmp_path / 'cmt_tiny_mmcmt.pth'
     torch.save({'model': official_tiny}, src)
-    tool = [sys.executable, f'{ROOT}/tools/convert_official_cmt.py']
-    subprocess.run(tool + [str(src), str(dst)], check=True, cwd=ROOT)
+    tool = 'tools/convert_official_cmt.py'
+    run_tool(tool, str(src), str(dst))
     converted = torch.load(dst, weights_only=True)['state_dict']
     assert not any(k.startswith(('head.', 'backbone.')) for k in converted)
     model = CMT('tiny')
@@ -145,8 +327,7 @@ def test_convert_tool_round_trip(tmp_path, official_tiny):
     _assert_loaded(model, official_tiny)
     # never overwrites
     before = dst.read_bytes()
-    result = subprocess.run(tool + [str(src), str(dst)], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = run_tool(tool, str(src), str(dst), check=False)
     assert result.returncode != 0 and 'exists' in result.stderr
     assert dst.read_bytes() == before
 
@@ -170,10 +351,8 @@ def test_classify_tool_prints_top5(tmp_path, official_tiny):
     image = (np.random.default_rng(0).random((200, 300, 3)) * 255).astype(
         np.uint8)
     cv2.imwrite(str(tmp_path / 'image.png'), image)
-    out = subprocess.run(
-        [sys.executable, 'tools/classify.py', str(tmp_path / 'image.png'),
-         '--arch', 'tiny', '--checkpoint', str(path)],
-        cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    out = run_tool('tools/classify.py', str(tmp_path / 'image.png'),
+                   '--arch', 'tiny', '--checkpoint', str(path)).stdout
     rows = [line.split() for line in out.strip().splitlines()[-5:]]
     assert len(rows) == 5 and all(r[0].endswith('%') for r in rows)
 
