@@ -132,11 +132,17 @@ def test_frozen_stages_frozen_from_construction(frozen_stages):
     model.train()
     check()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    outs = model(torch.rand(2, 3, 64, 64))
-    sum(o.sum() for o in outs[frozen_stages:]).backward() \
-        if frozen_stages < 4 else None
+    # An input that needs a gradient: the backward runs through every stage,
+    # the frozen ones too (with frozen_stages=4 nothing else would need one),
+    # so parameters that were not frozen would get gradients.
+    x = torch.rand(2, 3, 64, 64, requires_grad=True)
+    outs = model(x)
+    sum((o * o).sum() for o in outs).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
     for module in frozen:
         assert all(p.grad is None for p in module.parameters())
+    for module in trainable:
+        assert all(p.grad is not None for p in module.parameters())
     for name, value in model.state_dict().items():  # BN statistics too
         in_frozen = name.startswith('stem.') or any(
             name.startswith(f'stages.{i}.') for i in range(frozen_stages))
@@ -181,6 +187,106 @@ def test_with_cp_same_outputs_and_gradients():
     torch.testing.assert_close(gx1, gx2, rtol=1e-5, atol=1e-6)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _saved_bytes(model, x):
+    """Bytes of the distinct storages that autograd saves for the backward
+    pass during ``model(x)`` (parameters aside), and the outputs. A
+    non-reentrant checkpoint saves its inputs through these hooks too (so
+    they count); inside it, its own hooks take over and keep nothing."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        outs = model(x)
+    return sum(storages.values()), outs
+
+
+CP_ARCH = dict(
+    embed_dims=[16, 32, 48, 64],
+    depths=[2, 2, 3, 2],
+    num_heads=[1, 2, 2, 4],
+    mlp_ratios=4,
+    sr_ratios=[8, 4, 2, 1],
+    stem_channels=8)
+# Saved bytes plain / with_cp at 2x3x128x128, measured: 8.5x with nothing
+# frozen, 13.1x with frozen_stages=1, 14.2x with 2; with the next stage's
+# patch aggregation frozen too, 19.3x and 23.2x (3.1x and 3.3x when blocks
+# whose input needs no gradient were not checkpointed).
+CP_MIN_FACTOR = 6
+
+
+@pytest.mark.parametrize('frozen_stages, freeze_downsample',
+                         [(-1, False), (1, False), (2, False), (1, True),
+                          (2, True)])
+def test_with_cp_checkpoints(frozen_stages, freeze_downsample):
+    """with_cp really checkpoints: autograd keeps several times fewer bytes,
+    also after frozen stages, and behind a patch aggregation frozen by hand
+    (trainable blocks whose input needs no gradient); the gradients are the
+    plain model's."""
+    kwargs = dict(pretrain_img_size=64, frozen_stages=frozen_stages)
+    plain = CMT(CP_ARCH, **kwargs)
+    plain.init_weights()
+    ckpt = CMT(CP_ARCH, with_cp=True, **kwargs)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 128, 128)
+    results = []
+    for model in (plain, ckpt):
+        if freeze_downsample:
+            model.stages[frozen_stages].downsample.requires_grad_(False)
+        model.train()
+        saved, outs = _saved_bytes(model, x)
+        loss = sum((o * torch.arange(o.numel()).view_as(o).cos()).sum()
+                   for o in outs)
+        loss.backward()
+        results.append((saved, outs, [p.grad for p in model.parameters()]))
+    (saved_plain, o1, g1), (saved_cp, o2, g2) = results
+    assert saved_cp * CP_MIN_FACTOR < saved_plain, (saved_plain, saved_cp)
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    trainable = 0
+    for (name, param), a, b in zip(plain.named_parameters(), g1, g2):
+        assert (a is None) == (b is None) == (not param.requires_grad), name
+        if a is not None:
+            trainable += 1
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert trainable > 0
+
+
+def test_with_cp_checkpoints_what_needs_gradients():
+    """Every block and stem layer that autograd would keep activations of
+    goes through torch's checkpoint, also when its input needs no gradient
+    (behind a frozen patch aggregation); frozen ones and inference do
+    not."""
+    from mmcmt.models.backbones import cmt
+    model = CMT(CP_ARCH, pretrain_img_size=64, frozen_stages=1,
+                with_cp=True).train()
+    model.stages[1].downsample.requires_grad_(False)
+    calls = []
+    real = cmt.cp.checkpoint
+
+    def spy(function, *args, **kwargs):
+        calls.append(function)
+        return real(function, *args, **kwargs)
+
+    blocks = [list(stage.blocks) for stage in model.stages]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cmt.cp, 'checkpoint', spy)
+        model(torch.rand(1, 3, 64, 64))
+        assert calls == blocks[1] + blocks[2] + blocks[3]
+        calls.clear()
+        model(torch.rand(1, 3, 64, 64, requires_grad=True))  # frozen stem
+        assert calls == list(model.stem) + sum(blocks, [])
+        calls.clear()
+        with torch.no_grad():
+            model(torch.rand(1, 3, 64, 64))
+        assert calls == []
 
 
 def test_drop_path_only_in_training():
@@ -239,6 +345,97 @@ def test_bias_resized_once_per_stage_per_forward(monkeypatch):
         model(torch.rand(1, 3, 96, 64))
         model(torch.rand(1, 3, 96, 64))  # cached
     assert len(calls) == 8
+
+
+def _smooth_bias(qy, qx, ky, kx, head=0):
+    """A smooth, low-frequency function of (query row, query column, key
+    row, key column), normalised coordinates in [0, 1]; different in every
+    argument, so that swapping rows and columns or queries and keys changes
+    it."""
+    return ((1 + 0.5 * head) * torch.sin(2.1 * qy + 0.3) +
+            0.6 * torch.cos(1.7 * qx - 0.4) + 0.8 * (ky - 0.3)**2 -
+            0.5 * kx + 0.4 * qy * kx - 0.3 * qx * ky + 0.2 * head)
+
+
+def _centres(n):
+    """Normalised pixel centres of an n-pixel side: (i + 0.5) / n."""
+    return (torch.arange(n, dtype=torch.float64) + 0.5) / n
+
+
+def _sample_bias(query, key, heads=2, swap=None):
+    """``(heads, Hq*Wq, Hk*Wk)``: :func:`_smooth_bias` at the pixel centres
+    of the query and key grids (row-major). ``swap`` evaluates a wrong
+    reading of the axes instead: 'hw' (rows and columns swapped), 'qk'
+    (queries and keys swapped)."""
+    qy, qx = torch.meshgrid(_centres(query[0]), _centres(query[1]),
+                            indexing='ij')
+    ky, kx = torch.meshgrid(_centres(key[0]), _centres(key[1]),
+                            indexing='ij')
+    q = [c.reshape(-1, 1) for c in (qy, qx)]
+    k = [c.reshape(1, -1) for c in (ky, kx)]
+    if swap == 'hw':
+        q, k = q[::-1], k[::-1]
+    elif swap == 'qk':
+        q, k = [c.reshape(1, -1) for c in (ky, kx)], \
+            [c.reshape(-1, 1) for c in (qy, qx)]
+    return torch.stack([_smooth_bias(*q, *k, h) for h in range(heads)])
+
+
+#: Tolerance on the resized bias against f (which spans about 0.1..2.6).
+#: PyTorch's bicubic kernel (a = -0.75, align_corners=False) reproduces
+#: constants but not linear functions: on a slope s over pixels of size h it
+#: errs by up to 0.13 s h inside the grid, and at the border, where the new
+#: grid's outer centres lie outside the old grid's and the taps are clamped
+#: (constant extrapolation), by up to 0.1 s h for these sizes. With h = 1/7
+#: and f's slopes (up to about 3.5 per axis, four axes) that allows about
+#: 0.1; measured: at most 0.056 (0.040 away from the borders). A resize that
+#: swapped rows and columns or queries and keys is off by more than 1.2.
+RESIZE_TOL = 0.1
+
+
+@pytest.mark.parametrize('dst_query, dst_key', [((10, 6), (5, 3)),
+                                                ((5, 9), (11, 4))])
+def test_resized_bias_samples_the_same_function(dst_query, dst_key):
+    """Resizing is checked against the function the bias samples, not
+    against mmcmt's own resize: a bias sampled from a known smooth f at the
+    7x7 pre-training grids' pixel centres, resized to non-square query and
+    key grids, equals f at the new grids' centres."""
+    src = (7, 7)
+    bias = _sample_bias(src, src).float()
+    resized = resize_relative_position_bias(bias, src, src, dst_query,
+                                            dst_key).double()
+    expected = _sample_bias(dst_query, dst_key)
+    assert resized.shape == expected.shape
+    error = (resized - expected).abs().max().item()
+    assert error < RESIZE_TOL
+    for swap in ('hw', 'qk'):  # what a resize with swapped roles would give
+        wrong = _sample_bias(dst_query, dst_key, swap=swap)
+        assert (wrong - expected).abs().max() > 0.5
+        assert (resized - wrong).abs().max() > 5 * RESIZE_TOL
+
+
+def test_forward_resizes_bias_to_the_running_grid():
+    """In a forward at 320x192 the attention of stage 2 (stride 16, sr 2,
+    pre-training grid 14x14) gets the bias of f at its 20x12 query and 10x6
+    key grids' pixel centres."""
+    from mmcmt.models.backbones import cmt
+    model = CMT(TINY, pretrain_img_size=224).eval()
+    stage = model.stages[2]
+    with torch.no_grad():
+        stage.relative_position_bias.copy_(_sample_bias((14, 14), (7, 7)))
+    seen = []
+    real = cmt.biased_attention
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cmt, 'biased_attention', lambda q, k, v, bias, scale:
+                      seen.append(bias) or real(q, k, v, bias, scale))
+        with torch.no_grad():
+            model(torch.rand(1, 3, 320, 192))
+    biases = [b for b in seen if b.shape == (2, 20 * 12, 10 * 6)]
+    assert len(biases) == TINY['depths'][2]
+    expected = _sample_bias((20, 12), (10, 6))
+    assert (biases[0].double() - expected).abs().max() < RESIZE_TOL
+    assert (_sample_bias((20, 12), (10, 6), swap='hw') -
+            biases[0].double()).abs().max() > 5 * RESIZE_TOL
 
 
 def test_load_state_dict_resizes_bias_saved_at_another_grid():

@@ -304,7 +304,13 @@ class CMTStage(nn.Module):
         x = self.downsample(x)
         bias = self.bias_for(x.shape[1:3])
         for block in self.blocks:
-            if self.with_cp and x.requires_grad:
+            # Checkpoint whenever autograd would keep the block's
+            # activations: for its input's gradient or for its own
+            # parameters' (behind a frozen patch aggregation, the input of
+            # trainable blocks needs no gradient).
+            if self.with_cp and torch.is_grad_enabled() and (
+                    x.requires_grad or bias.requires_grad or any(
+                        p.requires_grad for p in block.parameters())):
                 x = cp.checkpoint(block, x, bias, use_reentrant=False)
             else:
                 x = block(x, bias)
@@ -616,8 +622,9 @@ class CMT(BaseModule):
         x = x.contiguous(memory_format=torch.channels_last)
         for layer in self.stem:
             # At stride 2 the stem's maps are the largest of the network.
-            if self.with_cp and torch.is_grad_enabled() and any(
-                    p.requires_grad for p in layer.parameters()):
+            if self.with_cp and torch.is_grad_enabled() and (
+                    x.requires_grad or any(
+                        p.requires_grad for p in layer.parameters())):
                 x = cp.checkpoint(layer, x, use_reentrant=False)
             else:
                 x = layer(x)
