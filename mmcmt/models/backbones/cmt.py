@@ -607,6 +607,15 @@ class CMT(BaseModule):
                 f'CMT expects a (B, {self.in_channels}, H, W) input '
                 f'(in_channels={self.in_channels}), got shape '
                 f'{tuple(x.shape)}; convert the images or set in_channels')
+        if not x.is_floating_point():
+            raise TypeError(
+                f'CMT expects a floating-point input, got {x.dtype}; '
+                f'convert the images (for example x.float(), normalised as '
+                f'in pre-training)')
+        if x.shape[0] == 0:
+            raise ValueError(
+                f'CMT got an empty batch (input shape {tuple(x.shape)}); '
+                f'skip the call when there are no images')
         H, W = x.shape[-2:]
         if H < MAX_STRIDE or W < MAX_STRIDE:
             raise ValueError(
