@@ -2,7 +2,8 @@
 # Sets up everything mmcmt needs in a virtual environment inside the checkout
 # (.venv): torch 2.13.0 (CPU), mmcv 2.1.0 built from source with its ops,
 # mmengine, mmdet 3.3.0, mmsegmentation 1.2.2, pycocotools, onnx and
-# onnxruntime (the optional export extras, which the tests cover) and mmcmt
+# onnxruntime (the optional export extras, which the tests cover), psutil
+# and openmim (for mmdet's benchmark tool and `mim`, also tested) and mmcmt
 # itself (editable). Safe to run again: what is already installed is kept, so a second
 # run takes seconds and never rebuilds mmcv.
 set -euo pipefail
@@ -51,6 +52,16 @@ fi
 if ! has mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest; then
   echo "[setup] installing mmdet, mmsegmentation, pycocotools and test tools"
   "${PIP[@]}" mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest
+fi
+if ! has psutil openmim; then
+  # psutil: mmdet's own tools/analysis_tools/benchmark.py needs it.
+  # openmim (`mim train/test mmdet ...`), tested too. Its dependency
+  # opendatalab (only for `mim download` of data sets) pins setuptools 60
+  # and older requests, which would break the build tools above, so mim is
+  # installed without it and with its other dependencies by name.
+  echo "[setup] installing psutil and openmim (mmdet's benchmark tool, mim)"
+  "${PIP[@]}" psutil click colorama model-index pandas requests rich tabulate
+  "${PIP[@]}" --no-deps openmim
 fi
 if ! has onnx onnxruntime; then
   # the optional `export` extras (tools/export_onnx.py), tested too

@@ -38,7 +38,7 @@ def main(argv=None):
             not args.out.endswith(('.pkl', '.pickle')):
         raise UsageError(f'--out {args.out}: detection results are dumped '
                          f'to a .pkl file')
-    if args.show_dir and 'visualization' not in cfg.default_hooks:
+    if args.show_dir and not cfg.default_hooks.get('visualization'):
         raise UsageError('--show-dir needs a visualization hook in the '
                          "config's default_hooks")
     check_file(args.checkpoint, 'checkpoint')
