@@ -84,14 +84,15 @@ def load_file(path: str, map_location='cpu'):
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         refused = _refused_object(str(error))
-        if refused is None and 'Weights only load failed' not in str(error):
-            raise CorruptCheckpointError(
-                f'cannot read checkpoint {path!r}: the file is truncated or '
-                f'corrupt ({_first_line(error)})') from None
-        raise UntrustedCheckpointError(
-            f'refusing to load checkpoint {path!r}: it holds '
-            f'{refused or "an object"} that a checkpoint of weights never '
-            f'needs; the file is not trusted, so it was not loaded') from None
+        if refused:
+            raise UntrustedCheckpointError(
+                f'refusing to load checkpoint {path!r}: it holds {refused}, '
+                f'which a checkpoint of weights never needs; the file is not '
+                f'trusted, so it was not loaded') from None
+        # an opcode or a structure the safe unpickler does not know
+        raise CorruptCheckpointError(
+            f'cannot read checkpoint {path!r}: the file is truncated or '
+            f'corrupt, or not a checkpoint ({_reason(error)})') from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError,
             IndexError, TypeError) as error:
         # torch's zip reader, or the legacy format's unpickler, on a file
@@ -111,6 +112,15 @@ def _refused_object(message: str):
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else 'no details'
+
+
+def _reason(error: pickle.UnpicklingError) -> str:
+    """What the safe unpickler stumbled on, without torch's advice."""
+    text = str(error)
+    if 'WeightsUnpickler error:' in text:
+        after = text.split('WeightsUnpickler error:', 1)[1].strip()
+        return after.splitlines()[0][:200] if after else 'no details'
+    return _first_line(error)
 
 
 def _load_from_local(filename: str, map_location=None):
