@@ -1,13 +1,17 @@
 """Shared test helpers: the released checkpoints' key shapes and arch
-names."""
+names, running the tools (with a time limit), a free port, the resume
+check."""
 import glob
 import json
 import os
 import os.path as osp
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mmcmt.testing import (custom_arch_official_shapes,  # noqa: F401
@@ -31,13 +35,85 @@ def relative_error(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
-def run_tool(*args, check=True, env=None):
-    """Run ``python ARGS`` in the repository root, output captured."""
-    result = subprocess.run([sys.executable] + list(args), cwd=ROOT,
-                            capture_output=True, text=True, env=env)
+#: Seconds a tool or command started by the tests may run (override with
+#: the environment variable MMCMT_TEST_TIMEOUT or the ``timeout`` argument).
+TIMEOUT = float(os.environ.get('MMCMT_TEST_TIMEOUT', 900))
+
+
+def readme_tables():
+    """The markdown tables of README.md, each a list of rows, a row a dict
+    from column header to cell text."""
+    tables, rows = [], None
+    with open(osp.join(ROOT, 'README.md')) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith('|'):
+                rows = None
+                continue
+            cells = [c.strip() for c in line.strip('|').split('|')]
+            if rows is None:
+                header, rows = cells, []
+                tables.append(rows)
+            elif not all(set(c) <= set('-: ') for c in cells):
+                rows.append(dict(zip(header, cells)))
+    return tables
+
+
+def readme_row(column, first_cell, **cells):
+    """The README table row with a column named ``column`` whose first cell
+    is ``first_cell`` (and whose other cells equal ``cells``)."""
+    found = [row for table in readme_tables() for row in table
+             if column in row and next(iter(row.values())) == first_cell
+             and all(row.get(k) == v for k, v in cells.items())]
+    assert len(found) == 1, (column, first_cell, found)
+    return found[0]
+
+
+def get_flops_rows(out):
+    """``{'whole model': [params M, macs G, mmengine G, macs without
+    attention G], 'backbone': [...]}`` from tools/get_flops.py's table."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if cells[0] in ('whole model', 'backbone'):
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+    assert set(rows) == {'whole model', 'backbone'}, out[-2000:]
+    return rows
+
+
+def run_command(command, timeout=None, env=None):
+    """Run ``command`` in the repository root, output captured, in a process
+    group of its own: past ``timeout`` seconds (default :data:`TIMEOUT`) the
+    whole group (torchrun's workers too) is killed and the test fails."""
+    timeout = TIMEOUT if timeout is None else timeout
+    process = subprocess.Popen(command, cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f'{command} did not finish in {timeout:g} s:\n'
+                             f'{stderr[-3000:]}') from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout,
+                                       stderr)
+
+
+def run_tool(*args, check=True, env=None, timeout=None):
+    """Run ``python ARGS`` in the repository root, output captured, within
+    ``timeout`` seconds (default :data:`TIMEOUT`)."""
+    result = run_command([sys.executable] + list(args), timeout, env)
     if check and result.returncode:
         raise AssertionError(f'{args} failed:\n{result.stderr[-3000:]}')
     return result
+
+
+def free_port():
+    """A TCP port that is free now (for torchrun's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
 
 
 def scalars(work_dir):
@@ -56,8 +132,11 @@ def check_resume(config, options, full, checkpoint, final, resumed, log_line):
     """Resume a 4-iteration run of ``tools/train.py`` from ``checkpoint``
     (after iteration 2, copied from the finished run's work dir ``full``) in
     the fresh work dir ``resumed``: it continues at iteration 3 with the same
-    learning rates, optimizer steps and meta iteration as the full run, and
-    leaves the checkpoint it resumed from as it was."""
+    learning rates, optimizer steps and meta iteration as the full run,
+    leaves the checkpoint it resumed from as it was, and ends with the
+    full run's weights and optimizer state, tensor by tensor (the training
+    must be deterministic: seeded, no random augmentation that depends on
+    the random state at the resume point)."""
     os.makedirs(resumed)
     shutil.copy(osp.join(full, checkpoint), resumed)
     before = open(osp.join(resumed, checkpoint), 'rb').read()
@@ -75,3 +154,25 @@ def check_resume(config, options, full, checkpoint, final, resumed, log_line):
     assert ck_a['meta']['iter'] == ck_b['meta']['iter'] == 4
     steps = {int(s['step']) for s in ck_b['optimizer']['state'].values()}
     assert steps == {4}
+    # the resumed run loaded the weights and optimizer state it resumed from
+    # and trained on as the uninterrupted run did
+    start = torch.load(osp.join(full, checkpoint), weights_only=True)
+    assert ck_a['state_dict'].keys() == ck_b['state_dict'].keys()
+    assert any(not torch.equal(v, start['state_dict'][k])
+               for k, v in ck_a['state_dict'].items())  # it did train
+    for key, value in ck_a['state_dict'].items():
+        assert torch.equal(value, ck_b['state_dict'][key]), key
+    opt_a, opt_b = ck_a['optimizer'], ck_b['optimizer']
+    assert opt_a['state'].keys() == opt_b['state'].keys()
+    for index, state in opt_a['state'].items():
+        assert state.keys() == opt_b['state'][index].keys()
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value),
+                               torch.as_tensor(opt_b['state'][index][name])), \
+                (index, name)
+    assert len(opt_a['param_groups']) == len(opt_b['param_groups'])
+    for group_a, group_b in zip(opt_a['param_groups'],
+                                opt_b['param_groups']):
+        assert group_a['params'] == group_b['params']
+        assert group_a['lr'] == pytest.approx(group_b['lr'], rel=1e-9)
+        assert group_a['weight_decay'] == group_b['weight_decay']

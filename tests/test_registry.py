@@ -1,8 +1,6 @@
 """``import mmcmt`` registers CMT with mmdet and mmseg; configs build it."""
-import subprocess
-import sys
-
 import torch
+from helpers import run_tool
 
 import mmcmt
 from mmcmt.models import CMT, CMTClassifier
@@ -37,8 +35,7 @@ cfg = Config.fromfile({str(cfg)!r})
 det, seg = MODELS.build(cfg.backbone), SEG_MODELS.build(cfg.backbone)
 print(type(det).__name__, type(seg).__name__, det.embed_dims)
 '''
-    out = subprocess.run([sys.executable, '-c', script], check=True,
-                         capture_output=True, text=True).stdout
+    out = run_tool('-c', script).stdout
     assert out.strip() == 'CMT CMT [52, 104, 208, 416]'
 
 

@@ -5,18 +5,18 @@ import hashlib
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import check_resume, run_tool
+from helpers import (check_resume, free_port, get_flops_rows, readme_row,
+                     run_command, run_tool)
 
 from mmcmt.datasets import make_synthetic_ade
 from mmcmt.datasets.synthetic_ade import CLASSES
-from mmcmt.engine import allow_mmengine_checkpoints, load_config
+from mmcmt.engine import load_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ADE_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*_ade20k.py')))
@@ -252,11 +252,15 @@ def test_whole_image_inference_at_odd_size(synthetic_model):
 
 
 def test_train_test_infer_resume_cycle(ade_root, tmp_path):
-    allow_mmengine_checkpoints()
+    # No dropout in the head: mmengine's checkpoints do not hold the random
+    # states, so after a resume the dropout masks (torch's generator) would
+    # differ from the uninterrupted run's, and with them the weights. (The
+    # flips do not: the iteration-based loop replays the skipped batches.)
     options = data_options(ade_root) + [
         'train_dataloader.batch_size=2', 'train_cfg.max_iters=4',
         'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=2',
-        'default_hooks.logger.interval=1', 'log_processor.window_size=1'
+        'default_hooks.logger.interval=1', 'log_processor.window_size=1',
+        'model.decode_head.dropout_ratio=0.0'
     ]
     full = str(tmp_path / 'full')
     out = run_tool('tools/train.py', SYNTHETIC, '--work-dir', full,
@@ -317,25 +321,34 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
         assert f'{tmp_path}/none/{path}' in result.stderr
 
 
-def test_get_flops_reports_figures():
-    out = run_tool('tools/get_flops.py',
-                   'configs/upernet_cmt_ti_512x512_160k_ade20k.py', '--shape',
-                   '160', '96').stdout
-    rows = dict(re.findall(r'^\| (whole model|backbone) \| ([\d.]+) \|', out,
-                           re.M))
+def test_get_flops_reports_the_readme_figures():
+    """tools/get_flops.py on a segmentor with CMT-Ti at 1280x800 prints the
+    backbone figures of the README's parameters and FLOPs table (the same
+    numbers at the printed precision)."""
+    out = run_tool('tools/get_flops.py', SYNTHETIC, '--shape', '1280',
+                   '800').stdout
+    rows = get_flops_rows(out)
+    backbone = readme_row('of which attention products (G)', 'CMT-tiny',
+                          **{'input (W x H)': '1280x800'})
+    assert rows['backbone'][:3] == [float(backbone['params (M)']),
+                                    float(backbone['FLOPs macs (G)']),
+                                    float(backbone['FLOPs mmengine (G)'])]
+    # without the attention products: the two rounded figures' difference
+    assert rows['backbone'][3] == pytest.approx(
+        float(backbone['FLOPs macs (G)']) -
+        float(backbone['of which attention products (G)']), abs=0.11)
     from mmcmt.models import CMT
     params = sum(p.numel() for p in CMT('tiny').parameters())
-    assert float(rows['backbone']) == pytest.approx(params / 1e6, abs=0.005)
-    assert float(rows['whole model']) > float(rows['backbone']) + 20  # UperNet
-    macs = dict(re.findall(r'^\| (whole model|backbone) \| [\d.]+ \| '
-                           r'([\d.]+) \|', out, re.M))
-    assert float(macs['whole model']) > float(macs['backbone']) > 0.1
+    assert rows['backbone'][0] == round(params / 1e6, 2)
+    # the neck and the head add parameters and FLOPs
+    assert rows['whole model'][0] > rows['backbone'][0] + 0.2
+    assert rows['whole model'][1] > rows['backbone'][1] + 1
 
 
 def test_distributed_training_two_processes(ade_root, tmp_path):
     """torchrun, 2 CPU processes, gloo; the head's SyncBN (as in the ADE20K
     configs) runs as BN."""
-    env = dict(os.environ, PYTHON=sys.executable, PORT='29518')
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()))
     config = tmp_path / 'fpn_syncbn_head.py'
     config.write_text(
         f'_base_ = {SYNTHETIC!r}\n'
@@ -345,10 +358,10 @@ def test_distributed_training_two_processes(ade_root, tmp_path):
         'train_dataloader.batch_size=1', 'train_cfg.max_iters=2',
         'train_cfg.val_interval=2'
     ]
-    result = subprocess.run(
+    result = run_command(
         ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir',
          str(tmp_path / 'work')] + ['--cfg-options'] + options,
-        cwd=ROOT, env=env, capture_output=True, text=True)
+        env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Distributed launcher: pytorch' in result.stdout
     assert 'GPU number: 2' in result.stdout  # mmengine's name for world size
