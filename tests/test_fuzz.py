@@ -74,7 +74,19 @@ def _run(model, x, bf16):
         return model(x)
 
 
-def test_fuzz_forward():
+@pytest.fixture
+def one_thread():
+    """The cases are small: on one thread they take about 45 s of CPU time.
+    With two OpenMP threads on a machine shared with another job, threads
+    wait at every operator's barrier for a descheduled partner: measured,
+    13x the CPU time and 10x the wall time on the first 60 cases."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fuzz_forward(one_thread):
     """All cases in one test (so that the models are built once); the first
     failing case is named in the assertion message."""
     models = _models()
