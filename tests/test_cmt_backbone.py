@@ -289,6 +289,26 @@ def test_with_cp_checkpoints_what_needs_gradients():
         assert calls == []
 
 
+@pytest.mark.xfail(strict=True, reason='known: torch checkpoint recomputes '
+                   'the forward in the backward pass, and training-mode '
+                   'BatchNorms update their running statistics again')
+def test_with_cp_updates_bn_statistics_once():
+    """A training step with with_cp leaves the BN running statistics the
+    plain model's step leaves (today: a second momentum update per
+    checkpointed BatchNorm, num_batches_tracked 2 instead of 1)."""
+    plain = CMT(CP_ARCH, pretrain_img_size=64)
+    plain.init_weights()
+    ckpt = CMT(CP_ARCH, pretrain_img_size=64, with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 128, 128)
+    for model in (plain, ckpt):
+        model.train()
+        sum(o.sum() for o in model(x)).backward()
+    expected = plain.state_dict()
+    for name, value in ckpt.state_dict().items():
+        torch.testing.assert_close(value, expected[name], msg=name)
+
+
 def test_drop_path_only_in_training():
     model = CMT(TINY, drop_path_rate=0.5, pretrain_img_size=64)
     model.init_weights()
