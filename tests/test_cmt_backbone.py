@@ -289,13 +289,11 @@ def test_with_cp_checkpoints_what_needs_gradients():
         assert calls == []
 
 
-@pytest.mark.xfail(strict=True, reason='known: torch checkpoint recomputes '
-                   'the forward in the backward pass, and training-mode '
-                   'BatchNorms update their running statistics again')
 def test_with_cp_updates_bn_statistics_once():
     """A training step with with_cp leaves the BN running statistics the
-    plain model's step leaves (today: a second momentum update per
-    checkpointed BatchNorm, num_batches_tracked 2 instead of 1)."""
+    plain model's step leaves: torch's checkpoint recomputes the forward in
+    the backward pass, where training-mode BatchNorms would update their
+    running statistics a second time (num_batches_tracked 2, not 1)."""
     plain = CMT(CP_ARCH, pretrain_img_size=64)
     plain.init_weights()
     ckpt = CMT(CP_ARCH, pretrain_img_size=64, with_cp=True)

@@ -9,6 +9,7 @@ its last dimension) and, seen through ``permute(0, 3, 1, 2)``, a
 channels-last NCHW map for the depthwise convolutions and BatchNorms. No
 layout copies happen between tokens and maps.
 """
+import contextlib
 import math
 from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple, Union
@@ -70,6 +71,37 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     keep = 1. - rate
     mask = x.new_empty((x.shape[0], ) + (1, ) * (x.dim() - 1)).bernoulli_(keep)
     return x * mask.div_(keep)
+
+
+def maybe_checkpoint(enabled: bool, module: nn.Module, *inputs):
+    """``module(*inputs)``, with gradient checkpointing when ``enabled`` and
+    autograd would keep the module's activations: for its inputs' gradients
+    or for its own parameters' (behind a frozen layer, the input of a
+    trainable one needs no gradient)."""
+    if not (enabled and torch.is_grad_enabled() and (
+            any(t.requires_grad for t in inputs)
+            or any(p.requires_grad for p in module.parameters()))):
+        return module(*inputs)
+    return cp.checkpoint(
+        module, *inputs, use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(),
+                            keep_bn_statistics(module)))
+
+
+@contextlib.contextmanager
+def keep_bn_statistics(module: nn.Module):
+    """While a checkpointed forward is recomputed in the backward pass: its
+    training-mode BatchNorms would update their running statistics a second
+    time, so they are put back as the first forward left them."""
+    saved = [(bn, [b.clone() for b in bn.buffers()])
+             for bn in module.modules() if isinstance(bn, _BatchNorm)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for bn, buffers in saved:
+                for buffer, value in zip(bn.buffers(), buffers):
+                    buffer.copy_(value)
 
 
 class StemLayer(nn.Module):
@@ -304,16 +336,7 @@ class CMTStage(nn.Module):
         x = self.downsample(x)
         bias = self.bias_for(x.shape[1:3])
         for block in self.blocks:
-            # Checkpoint whenever autograd would keep the block's
-            # activations: for its input's gradient or for its own
-            # parameters' (behind a frozen patch aggregation, the input of
-            # trainable blocks needs no gradient).
-            if self.with_cp and torch.is_grad_enabled() and (
-                    x.requires_grad or bias.requires_grad or any(
-                        p.requires_grad for p in block.parameters())):
-                x = cp.checkpoint(block, x, bias, use_reentrant=False)
-            else:
-                x = block(x, bias)
+            x = maybe_checkpoint(self.with_cp, block, x, bias)
         return nchw(x)
 
 
@@ -631,12 +654,7 @@ class CMT(BaseModule):
         x = x.contiguous(memory_format=torch.channels_last)
         for layer in self.stem:
             # At stride 2 the stem's maps are the largest of the network.
-            if self.with_cp and torch.is_grad_enabled() and (
-                    x.requires_grad or any(
-                        p.requires_grad for p in layer.parameters())):
-                x = cp.checkpoint(layer, x, use_reentrant=False)
-            else:
-                x = layer(x)
+            x = maybe_checkpoint(self.with_cp, layer, x)
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
