@@ -1,10 +1,11 @@
 """mmcmt: CMT backbones for MMDetection and MMSegmentation."""
 from . import safe_load
 from .models import CMT, CMTClassifier
-from .registry import register_models
+from .registry import register_detection_hooks, register_models
 
 __version__ = '0.1.0'
 __all__ = ['CMT', 'CMTClassifier', '__version__']
 
 safe_load.install()
 register_models(CMT, CMTClassifier)
+register_detection_hooks()

@@ -24,3 +24,15 @@ def register_models(*modules):
     for registry in registries:
         for module in modules:
             registry.register_module(module=module, force=True)
+
+
+def register_detection_hooks():
+    """Register mmcmt's hooks in mmdet's registry, when mmdet is installed
+    (``type='ClassAgnosticDetVisualizationHook'`` in ``default_hooks``)."""
+    try:
+        from mmdet.registry import HOOKS
+    except ImportError:
+        return
+    from .visualization import ClassAgnosticDetVisualizationHook
+    HOOKS.register_module(module=ClassAgnosticDetVisualizationHook,
+                          force=True)

@@ -176,3 +176,21 @@ def check_resume(config, options, full, checkpoint, final, resumed, log_line):
         assert group_a['params'] == group_b['params']
         assert group_a['lr'] == pytest.approx(group_b['lr'], rel=1e-9)
         assert group_a['weight_decay'] == group_b['weight_decay']
+
+
+def coco_options(root, workers=0):
+    """--cfg-options that point a COCO config at generated data in
+    ``root`` (ending with a slash)."""
+    options = []
+    for split in ('train', 'val', 'test'):
+        loader = f'{split}_dataloader'
+        options += [f'{loader}.dataset.data_root={root}',
+                    f'{loader}.num_workers={workers}',
+                    f'{loader}.persistent_workers=False']
+    for split in ('val', 'test'):
+        options.append(f'{split}_evaluator.ann_file='
+                       f'{root}annotations/instances_val2017.json')
+    # a model trained for a few iterations may score every box under the
+    # default 0.05; keep them all so that COCO metrics are always computed
+    options.append('model.test_cfg.score_thr=0.0')
+    return options

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 import torch
-from helpers import (check_resume, free_port, get_flops_rows, readme_row,
+from helpers import (check_resume, coco_options, free_port, get_flops_rows,
+                     readme_row,
                      run_command, run_tool)
 
 from mmcmt.datasets import make_synthetic_coco
@@ -27,23 +28,6 @@ def coco_root(tmp_path_factory):
     return root + '/'
 
 
-def data_options(root, workers=0):
-    """--cfg-options that point a COCO config at generated data."""
-    options = []
-    for split in ('train', 'val', 'test'):
-        loader = f'{split}_dataloader'
-        options += [f'{loader}.dataset.data_root={root}',
-                    f'{loader}.num_workers={workers}',
-                    f'{loader}.persistent_workers=False']
-    for split in ('val', 'test'):
-        options.append(f'{split}_evaluator.ann_file='
-                       f'{root}annotations/instances_val2017.json')
-    # a model trained for a few iterations may score every box under the
-    # default 0.05; keep them all so that COCO metrics are always computed
-    options.append('model.test_cfg.score_thr=0.0')
-    return options
-
-
 def small_config(path, root):
     """A config pointed at generated data, images resized to 128x96 (no
     ImageNet weights here)."""
@@ -51,7 +35,7 @@ def small_config(path, root):
     import argparse
     parser = argparse.ArgumentParser()
     parser.add_argument('--o', nargs='+', action=DictAction)
-    options = parser.parse_args(['--o'] + data_options(root)).o
+    options = parser.parse_args(['--o'] + coco_options(root)).o
     cfg = load_config(path, options)
     for split in ('train', 'val', 'test'):
         dataset = cfg[f'{split}_dataloader'].dataset
@@ -149,7 +133,7 @@ def test_train_test_resume_cycle(coco_root, tmp_path):
     # states, and the resumed run starts epoch 2 with numpy's state as
     # seeded, not as epoch 1 left it, so its flips (and then its weights)
     # would differ from the uninterrupted run's.
-    options = data_options(coco_root) + [
+    options = coco_options(coco_root) + [
         'train_dataloader.batch_size=2', 'train_cfg.max_epochs=2',
         'train_cfg.val_interval=2', 'default_hooks.logger.interval=1',
         'log_processor.window_size=1',
@@ -167,7 +151,7 @@ def test_train_test_resume_cycle(coco_root, tmp_path):
     out = run_tool('tools/test.py', SYNTHETIC, osp.join(full, 'epoch_2.pth'),
                    '--work-dir', str(tmp_path / 'test'), '--show-dir', show,
                    '--out', str(tmp_path / 'results.pkl'), '--cfg-options',
-                   *data_options(coco_root)).stdout
+                   *coco_options(coco_root)).stdout
     assert re.search(r'coco/bbox_mAP: [\d.]+ +coco/bbox_mAP_50: [\d.]+ +'
                      r'coco/bbox_mAP_75: [\d.]+', out), out[-2000:]
     assert len(os.listdir(show)) == 2
@@ -199,7 +183,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 
 def test_missing_checkpoint_is_a_clear_error(coco_root, tmp_path):
     result = run_tool('tools/test.py', SYNTHETIC, str(tmp_path / 'no.pth'),
-                      '--cfg-options', *data_options(coco_root), check=False)
+                      '--cfg-options', *coco_options(coco_root), check=False)
     assert result.returncode != 0
     assert f"checkpoint not found: '{tmp_path}/no.pth'" in result.stderr
 
@@ -237,7 +221,7 @@ def test_get_flops_reports_the_readme_figures():
 def test_distributed_training_two_processes(coco_root, tmp_path):
     """torchrun, 2 CPU processes, gloo: mmengine's distributed runner."""
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()))
-    options = data_options(coco_root) + [
+    options = coco_options(coco_root) + [
         'train_dataloader.batch_size=1', 'train_cfg.max_epochs=1',
         'train_cfg.val_interval=1'
     ]
@@ -271,3 +255,27 @@ def test_readme_custom_config_example(tmp_path):
     with torch.no_grad():
         outs = model(torch.rand(1, 3, 96, 128), mode='tensor')
     assert len(outs[0]) == 5  # P3-P7 classification maps
+
+
+def test_pictures_draw_one_box_per_object():
+    """The synthetic config's visualisation hook draws, of boxes that
+    overlap whatever their classes, the best-scoring one; the sample that is
+    evaluated is left as it was."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    from mmcmt.visualization import suppress_across_classes
+    sample = DetDataSample()
+    sample.pred_instances = InstanceData(
+        bboxes=torch.tensor([[10., 10, 50, 50], [12, 11, 50, 52],
+                             [60, 60, 90, 90], [61, 60, 90, 91]]),
+        scores=torch.tensor([0.45, 0.5, 0.9, 0.3]),
+        labels=torch.tensor([0, 1, 2, 2]))
+    drawn = suppress_across_classes(sample).pred_instances
+    assert drawn.scores.tolist() == pytest.approx([0.9, 0.5])
+    assert drawn.labels.tolist() == [2, 1]
+    assert len(sample.pred_instances) == 4
+    cfg = load_config(SYNTHETIC)
+    assert cfg.default_hooks.visualization.type == \
+        'ClassAgnosticDetVisualizationHook'
+    assert not cfg.model.test_cfg.nms.get('class_agnostic', False)

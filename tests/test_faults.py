@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, TIMEOUT, run_tool
+from helpers import ROOT, TIMEOUT, coco_options, run_tool
 
 from mmcmt.datasets import make_synthetic_coco
 
@@ -26,12 +26,7 @@ def options(root):
     result = ['train_dataloader.batch_size=2', 'train_cfg.max_epochs=2',
               'train_cfg.val_interval=100', 'default_hooks.logger.interval=1',
               'default_hooks.checkpoint.max_keep_ckpts=2']
-    for split in ('train', 'val', 'test'):
-        result += [f'{split}_dataloader.dataset.data_root={root}/',
-                   f'{split}_dataloader.num_workers=0',
-                   f'{split}_dataloader.persistent_workers=False']
-    return result + ['val_evaluator.ann_file='
-                     f'{root}/annotations/instances_val2017.json']
+    return result + coco_options(f'{root}/')
 
 
 def log_text(work_dir):

@@ -6,7 +6,7 @@ import os.path as osp
 
 import pytest
 import torch
-from helpers import run_tool
+from helpers import coco_options, run_tool
 
 from mmcmt.datasets import make_synthetic_coco
 from mmcmt.models import CMT
@@ -42,18 +42,6 @@ def files(tmp_path_factory):
     return tmp
 
 
-def data_options(root):
-    options = []
-    for split in ('train', 'val', 'test'):
-        options += [f'{split}_dataloader.dataset.data_root={root}/',
-                    f'{split}_dataloader.num_workers=0',
-                    f'{split}_dataloader.persistent_workers=False']
-    for split in ('val', 'test'):
-        options.append(f'{split}_evaluator.ann_file='
-                       f'{root}/annotations/instances_val2017.json')
-    return options
-
-
 def one_line_error(result, *fragments):
     """Exit code 2 and one line on stderr that holds every fragment."""
     assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
@@ -72,7 +60,7 @@ def image(tmp):
 
 def checkpoint_commands(tmp, checkpoint):
     """Every tool that reads a checkpoint, reading ``checkpoint``."""
-    options = ['--cfg-options'] + data_options(tmp / 'coco')
+    options = ['--cfg-options'] + coco_options(f'{tmp}/coco/')
     return {
         'test.py': ['tools/test.py', SYNTHETIC, checkpoint,
                     '--work-dir', str(tmp / 'work')] + options,
@@ -138,7 +126,7 @@ def test_mmengine_loader_has_the_same_errors(files):
     'classify wrong classes', 'missing checkpoint', 'missing data'
 ])
 def test_bad_arguments(files, case):
-    options = ['--cfg-options'] + data_options(files / 'coco')
+    options = ['--cfg-options'] + coco_options(f'{files}/coco/')
     good = str(files / 'good.pth')
     command, fragments = {
         'missing config': (['tools/train.py', 'configs/nope.py'],
