@@ -58,6 +58,7 @@ test_evaluator = val_evaluator
 # two epochs of two iterations; keep every box so that COCO metrics exist
 train_cfg = dict(max_epochs=2, val_interval=2)
 model = dict(test_cfg=dict(score_thr=0.0))
+default_hooks = dict(logger=dict(interval=1))
 """
 
 
@@ -217,7 +218,7 @@ val_dataloader = dict(num_workers=0, persistent_workers=False,
                       dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
 train_cfg = dict(max_iters=4, val_interval=4)
-default_hooks = dict(checkpoint=dict(interval=2))
+default_hooks = dict(checkpoint=dict(interval=2), logger=dict(interval=1))
 """
 
 
@@ -296,3 +297,24 @@ def test_mmseg_apis_and_inferencer(seg):
                  out_dir, cwd=seg['tmp']).stdout
     assert re.search(r'classes \[[\d, ]+\]', out)
     assert (out_dir / 'vis' / image.name).is_file()
+
+
+@pytest.mark.parametrize('run', ['det', 'seg'])
+def test_plot_curves_of_host_runs(run, request):
+    """tools/plot_curves.py plots what mmdet's and mmseg's train.py logged:
+    losses, learning rate and the evaluation (epoch- and iteration-based
+    loops); it never writes over an existing plot unless told to."""
+    from mmcmt.utils.curves import read_scalars
+    work = request.getfixturevalue(run)['work']
+    train, evaluations = read_scalars(str(work))
+    assert len(train) == 4 and all('loss' in e for e in train)
+    assert len(evaluations) == 1
+    out = python(osp.join(ROOT, 'tools', 'plot_curves.py'), work,
+                 cwd=ROOT).stdout
+    plot = work / 'training_curves.png'
+    assert f'training curves: {plot}' in out
+    import cv2
+    assert cv2.imread(str(plot)).shape[1] > 1000  # three panels
+    again = python(osp.join(ROOT, 'tools', 'plot_curves.py'), work,
+                   cwd=ROOT, check=False)
+    assert again.returncode == 2 and 'exists' in again.stderr
