@@ -178,15 +178,22 @@ def check_resume(config, options, full, checkpoint, final, resumed, log_line):
         assert group_a['weight_decay'] == group_b['weight_decay']
 
 
-def coco_options(root, workers=0):
-    """--cfg-options that point a COCO config at generated data in
-    ``root`` (ending with a slash)."""
+def loader_options(root, workers=0):
+    """--cfg-options that point every data loader of a config at generated
+    data in ``root``, with ``workers`` loader processes."""
     options = []
     for split in ('train', 'val', 'test'):
         loader = f'{split}_dataloader'
         options += [f'{loader}.dataset.data_root={root}',
                     f'{loader}.num_workers={workers}',
                     f'{loader}.persistent_workers=False']
+    return options
+
+
+def coco_options(root, workers=0):
+    """:func:`loader_options` for a COCO config, with its evaluators, at
+    ``root`` (ending with a slash)."""
+    options = loader_options(root, workers)
     for split in ('val', 'test'):
         options.append(f'{split}_evaluator.ann_file='
                        f'{root}annotations/instances_val2017.json')

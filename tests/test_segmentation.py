@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import (check_resume, free_port, get_flops_rows, readme_row,
-                     run_command, run_tool)
+from helpers import (check_resume, free_port, get_flops_rows,
+                     loader_options, readme_row, run_command, run_tool)
 
 from mmcmt.datasets import make_synthetic_ade
 from mmcmt.datasets.synthetic_ade import CLASSES
@@ -30,17 +30,6 @@ def ade_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('ade'))
     make_synthetic_ade(root, num_train=4, num_val=2, img_size=(112, 80))
     return root
-
-
-def data_options(root, workers=0):
-    """--cfg-options that point a segmentation config at generated data."""
-    options = []
-    for split in ('train', 'val', 'test'):
-        loader = f'{split}_dataloader'
-        options += [f'{loader}.dataset.data_root={root}',
-                    f'{loader}.num_workers={workers}',
-                    f'{loader}.persistent_workers=False']
-    return options
 
 
 def parse_options(options):
@@ -68,7 +57,7 @@ def small_config(path, root):
     """A config pointed at generated data, at a small size: ADE20K's resize
     to a short side of 512 (2048x512) becomes 128 (512x128), its 512x512
     crops 64x64 (no ImageNet weights here)."""
-    cfg = load_config(path, parse_options(data_options(root)))
+    cfg = load_config(path, parse_options(loader_options(root)))
     for split in ('train', 'val', 'test'):
         dataset = cfg[f'{split}_dataloader'].dataset
         for transform in dataset.pipeline:
@@ -256,7 +245,7 @@ def test_train_test_infer_resume_cycle(ade_root, tmp_path):
     # states, so after a resume the dropout masks (torch's generator) would
     # differ from the uninterrupted run's, and with them the weights. (The
     # flips do not: the iteration-based loop replays the skipped batches.)
-    options = data_options(ade_root) + [
+    options = loader_options(ade_root) + [
         'train_dataloader.batch_size=2', 'train_cfg.max_iters=4',
         'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=2',
         'default_hooks.logger.interval=1', 'log_processor.window_size=1',
@@ -274,7 +263,7 @@ def test_train_test_infer_resume_cycle(ade_root, tmp_path):
     out = run_tool('tools/test.py', SYNTHETIC, osp.join(full, 'iter_4.pth'),
                    '--work-dir', str(tmp_path / 'test'), '--show-dir', show,
                    '--out', masks, '--cfg-options',
-                   *data_options(ade_root)).stdout
+                   *loader_options(ade_root)).stdout
     summary = re.search(r'aAcc: ([\d.]+) +mIoU: ([\d.]+) +mAcc: ([\d.]+)',
                         out)
     assert summary, out[-2000:]
@@ -354,7 +343,7 @@ def test_distributed_training_two_processes(ade_root, tmp_path):
         f'_base_ = {SYNTHETIC!r}\n'
         'model = dict(decode_head=dict(norm_cfg=dict(\n'
         "    _delete_=True, type='SyncBN', requires_grad=True)))\n")
-    options = data_options(ade_root) + [
+    options = loader_options(ade_root) + [
         'train_dataloader.batch_size=1', 'train_cfg.max_iters=2',
         'train_cfg.val_interval=2'
     ]
