@@ -81,12 +81,12 @@ def get_flops_rows(out):
     return rows
 
 
-def run_command(command, timeout=None, env=None):
-    """Run ``command`` in the repository root, output captured, in a process
+def run_command(command, timeout=None, env=None, cwd=ROOT):
+    """Run ``command`` in ``cwd`` (the repository root), output captured, in a process
     group of its own: past ``timeout`` seconds (default :data:`TIMEOUT`) the
     whole group (torchrun's workers too) is killed and the test fails."""
     timeout = TIMEOUT if timeout is None else timeout
-    process = subprocess.Popen(command, cwd=ROOT, env=env, text=True,
+    process = subprocess.Popen(command, cwd=cwd, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True)
     try:

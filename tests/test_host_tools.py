@@ -10,16 +10,15 @@ make mmengine's checkpoints loadable by torch's safe loader.
 import os.path as osp
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 
+from helpers import ROOT, run_command
+
 from mmcmt.datasets import make_synthetic_ade, make_synthetic_coco
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TIMEOUT = 900
 
 
 def host_tool(package, name):
@@ -30,9 +29,8 @@ def host_tool(package, name):
 
 
 def run(args, cwd, check=True):
-    """Run a command with the test interpreter's environment."""
-    result = subprocess.run([str(a) for a in args], cwd=cwd,
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    """Run a command in ``cwd`` under the tests' time limit."""
+    result = run_command([str(a) for a in args], cwd=cwd)
     if check and result.returncode:
         raise AssertionError(f'{args} failed:\n{result.stdout[-2000:]}\n'
                              f'{result.stderr[-3000:]}')
