@@ -83,8 +83,9 @@ def get_flops_rows(out):
 
 def run_command(command, timeout=None, env=None, cwd=ROOT):
     """Run ``command`` in ``cwd`` (default: the repository root), output
-    captured, in a process group of its own: past ``timeout`` seconds (default :data:`TIMEOUT`) the
-    whole group (torchrun's workers too) is killed and the test fails."""
+    captured, in a process group of its own: past ``timeout`` seconds
+    (default :data:`TIMEOUT`) the whole group (torchrun's workers too) is
+    killed and the test fails."""
     timeout = TIMEOUT if timeout is None else timeout
     process = subprocess.Popen(command, cwd=cwd, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
