@@ -420,8 +420,23 @@ def _export_parts(model, fresh, parts, examples, cfg, out_dir, shape, opset,
                          _module(fresh, part), out_dir, opset))
     cfg.dump(osp.join(out_dir, CONFIG))
     with open(osp.join(out_dir, MANIFEST), 'w') as f:
-        json.dump(manifest, f, indent=2)
+        f.write(_dumps(manifest) + '\n')
     return manifest
+
+
+def _dumps(value, indent: int = 0) -> str:
+    """JSON with one entry per line, lists of numbers or strings on one
+    line (shapes, names, palette colours)."""
+    pad = '  ' * (indent + 1)
+    if isinstance(value, dict) and value:
+        items = [f'{pad}{json.dumps(k)}: {_dumps(v, indent + 1)}'
+                 for k, v in value.items()]
+        return '{\n' + ',\n'.join(items) + '\n' + '  ' * indent + '}'
+    if isinstance(value, list) and any(isinstance(v, (dict, list))
+                                       for v in value):
+        items = [pad + _dumps(v, indent + 1) for v in value]
+        return '[\n' + ',\n'.join(items) + '\n' + '  ' * indent + ']'
+    return json.dumps(value)
 
 
 def _versions() -> dict:

@@ -2,8 +2,11 @@
 configs, the blended class mask for segmentation configs.
 
     python tools/infer.py IMAGE CONFIG CHECKPOINT --out-dir DIR [--score-thr 0.3]
+    python tools/infer.py IMAGE CONFIG --onnx DIR --out-dir DIR [...]
 
-Writes ``DIR/<image name>`` and prints what it found.
+Writes ``DIR/<image name>`` and prints what it found. ``--onnx DIR`` runs a
+detector exported by ``tools/deploy_onnx.py`` instead of a checkpoint (its
+networks in ONNX Runtime, the rest in mmdet's code, as for a checkpoint).
 """
 import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
@@ -12,22 +15,31 @@ import os.path as osp
 
 import mmcv
 
-from mmcmt.engine import check_file, load_config, run_main
+from mmcmt.engine import UsageError, check_file, load_config, run_main
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('image')
     parser.add_argument('config')
-    parser.add_argument('checkpoint')
+    parser.add_argument('checkpoint', nargs='?')
+    parser.add_argument('--onnx', metavar='DIR',
+                        help='a detector exported by tools/deploy_onnx.py, '
+                        'instead of a checkpoint')
     parser.add_argument('--out-dir', required=True)
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection score threshold for drawing')
     parser.add_argument('--device', default='cpu')
     args = parser.parse_args(argv)
     check_file(args.image, 'image')
-    check_file(args.checkpoint, 'checkpoint')
+    if (args.checkpoint is None) == (args.onnx is None):
+        raise UsageError('give a CHECKPOINT or --onnx DIR (one of them)')
+    if args.checkpoint:
+        check_file(args.checkpoint, 'checkpoint')
     cfg = load_config(args.config)
+    if args.onnx and cfg.default_scope != 'mmdet':
+        raise UsageError('--onnx runs detectors exported by '
+                         'tools/deploy_onnx.py (mmdet configs)')
     cfg.model.backbone.init_cfg = None  # the checkpoint has the weights
     os.makedirs(args.out_dir, exist_ok=True)
     out_file = osp.join(args.out_dir, osp.basename(args.image))
@@ -48,7 +60,11 @@ def main(argv=None):
     else:
         from mmdet.apis import inference_detector, init_detector
         from mmdet.visualization import DetLocalVisualizer
-        model = init_detector(cfg, args.checkpoint, device=args.device)
+        if args.onnx:
+            from mmcmt.deploy import load_onnx_detector
+            model = load_onnx_detector(args.onnx, cfg)
+        else:
+            model = init_detector(cfg, args.checkpoint, device=args.device)
         result = inference_detector(model, args.image)
         visualizer = DetLocalVisualizer()
         visualizer.dataset_meta = model.dataset_meta

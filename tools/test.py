@@ -2,6 +2,12 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR]
         [--out FILE] [--cfg-options k=v ...] [--launcher pytorch]
+    python tools/test.py CONFIG --onnx DIR [...]
+
+``--onnx DIR`` evaluates a detector exported by ``tools/deploy_onnx.py``
+instead of a checkpoint: the model is built from CONFIG without weights and
+its exported parts run in ONNX Runtime; mmdet's test loop, post-processing
+and evaluator are those of a checkpoint's run (same config, same data).
 
 Detection prints COCO bbox AP, AP50, AP75, APs, APm, APl (and segm for
 Mask R-CNN); segmentation prints aAcc, mIoU and mAcc. ``--show-dir`` writes
@@ -20,13 +26,29 @@ from mmcmt.engine import (UsageError, add_runner_arguments, build_runner,
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test a CMT model')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', nargs='?', help='checkpoint file')
+    parser.add_argument('--onnx', metavar='DIR',
+                        help='a detector exported by tools/deploy_onnx.py, '
+                        'instead of a checkpoint')
     parser.add_argument('--show-dir', help='write prediction pictures here')
     parser.add_argument(
         '--out', help='dump results: a .pkl file for detection, a directory '
         'of masks for segmentation')
     add_runner_arguments(parser)
     return parse_runner_args(parser, argv)
+
+
+def check_onnx(args, segmentation):
+    """--onnx: a detection config, one process, an export in the folder."""
+    from mmcmt.deploy import read_manifest, require_onnx
+    if segmentation:
+        raise UsageError('--onnx evaluates detectors exported by '
+                         'tools/deploy_onnx.py (mmdet configs)')
+    if args.launcher != 'none':
+        raise UsageError('--onnx runs in one process (ONNX Runtime on the '
+                         'CPU); drop --launcher')
+    require_onnx(runtime_only=True)
+    read_manifest(args.onnx)
 
 
 def main(argv=None):
@@ -41,7 +63,12 @@ def main(argv=None):
     if args.show_dir and not cfg.default_hooks.get('visualization'):
         raise UsageError('--show-dir needs a visualization hook in the '
                          "config's default_hooks")
-    check_file(args.checkpoint, 'checkpoint')
+    if (args.checkpoint is None) == (args.onnx is None):
+        raise UsageError('give a CHECKPOINT or --onnx DIR (one of them)')
+    if args.onnx:
+        check_onnx(args, segmentation)
+    else:
+        check_file(args.checkpoint, 'checkpoint')
     check_data(cfg, ['test_dataloader'])
     cfg.load_from = args.checkpoint
     if args.show_dir:
@@ -56,6 +83,9 @@ def main(argv=None):
     if args.out and segmentation:
         cfg.test_evaluator['output_dir'] = args.out
     runner = build_runner(cfg)
+    if args.onnx:
+        from mmcmt.deploy import attach_onnx
+        attach_onnx(runner.model, args.onnx)
     if args.out and not segmentation:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(
