@@ -806,8 +806,8 @@ def compare_parts(torch_model: nn.Module, onnx_model: nn.Module,
 
     Returns:
         dict: part name -> ``{'max_abs': float, 'max_rel': float}``, the
-        largest absolute error over the part's outputs and that divided by
-        the largest absolute PyTorch output.
+        largest absolute error over the part's outputs (inf if a shape
+        differs) and that divided by the largest absolute PyTorch output.
     """
     modules = onnx_modules(onnx_model)
     parts = {p.name: p for p in detector_parts(torch_model)}
@@ -829,8 +829,8 @@ def compare_parts(torch_model: nn.Module, onnx_model: nn.Module,
             expected = _module(torch_model, parts[name])(*args)
         template = module.spec['outputs']
         got, expected = _flatten(got, template), _flatten(expected, template)
-        max_abs = max(float((g - e).abs().max()) for g, e in
-                      zip(got, expected))
+        max_abs = max(float((g - e).abs().max()) if g.shape == e.shape
+                      else float('inf') for g, e in zip(got, expected))
         scale = max(float(e.abs().max()) for e in expected)
         errors[name] = dict(max_abs=max_abs,
                             max_rel=max_abs / max(scale, 1e-12))
