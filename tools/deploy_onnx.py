@@ -122,6 +122,7 @@ def main(argv=None):
         raise UsageError(f'--shape {shape[0]} {shape[1]}: at least 32x32')
 
     from mmdet.apis import init_detector
+    torch.manual_seed(0)  # the random inputs: the same printout every run
     model = init_detector(cfg, args.checkpoint, device='cpu')
     manifest = export_detector(
         model, cfg, args.out_dir, shape, args.opset,
