@@ -6,13 +6,17 @@ with the interface of the module it replaces, traced by the TorchScript
 exporter (``torch.onnx.export(..., dynamo=False)``) with dynamic batch, height
 and width (dynamic number of RoIs for the RoI heads)::
 
-    features.onnx           backbone + neck: image (B, 3, H, W) -> feat0..featL-1
-    bbox_head.onnx          single-stage dense head: feat0.. -> cls_score_l, bbox_pred_l
-    rpn_head.onnx           two-stage: the RPN head, the same way
-    roi_head.bbox_head.onnx RoI features (N, C, 7, 7) -> cls_score (N, K+1), bbox_pred
-    roi_head.mask_head.onnx RoI features (N, C, 14, 14) -> mask logits (N, K, 28, 28)
-    manifest.json           parts, input/output names, traced shapes, checks
-    config.py               the detector's config, dumped
+    features.onnx            backbone + neck: image (B, 3, H, W) -> feat0..
+    bbox_head.onnx           single-stage: feat0.. -> cls_score_l, bbox_pred_l
+    rpn_head.onnx            two-stage: the RPN head, the same way
+    roi_head.bbox_head.onnx  RoI features (N, C, 7, 7) -> cls_score (N, K+1),
+                             bbox_pred
+    roi_head.mask_head.onnx  RoI features (N, C, 14, 14) -> mask logits
+                             (N, K, 28, 28)
+    manifest.json            parts, input/output names, traced shapes, checks
+    config.py                the detector's config, dumped
+
+(a cascade has one RoI head per stage: ``roi_head.bbox_head.0.onnx``, ...).
 
 :func:`attach_onnx` takes a detector built from the config (structure only,
 no weights loaded) and replaces those parts by :class:`OnnxRuntimeModule`\\ s
@@ -62,6 +66,7 @@ OP_GROUPS = {
     'SkipLayerNormalization': 'LayerNormalization',
     'SimplifiedLayerNormalization': 'LayerNormalization',
     'SkipSimplifiedLayerNormalization': 'LayerNormalization',
+    # torch exports GroupNorm as InstanceNormalization below opset 18
     'InstanceNormalization': 'GroupNorm', 'GroupNorm': 'GroupNorm',
 }
 
@@ -549,16 +554,10 @@ class OnnxRuntimeModule(nn.Module):
 
     def forward(self, *args):
         flat = _flatten(args, self.spec['inputs'])
-        device = flat[0].device
-        if self.spec['role'] == 'roi' and flat[0].shape[0] == 0:
-            outs = [torch.zeros(0, *self.spec['output_shapes'][n][1:])
-                    for n in self.output_names]
-        else:
-            feeds = {n: t.detach().to('cpu', torch.float32).contiguous()
-                     .numpy() for n, t in zip(self.input_names, flat)}
-            outs = [torch.from_numpy(o) for o in
-                    self.session.run(self.output_names, feeds)]
-        outs = [o.to(device) for o in outs]
+        feeds = {n: t.detach().to('cpu', torch.float32).contiguous().numpy()
+                 for n, t in zip(self.input_names, flat)}
+        outs = [torch.from_numpy(o).to(flat[0].device)
+                for o in self.session.run(self.output_names, feeds)]
         result = _unflatten(dict(zip(self.output_names, outs)),
                             self.spec['outputs'])
         if self.record:
@@ -637,6 +636,9 @@ def attach_onnx(model: nn.Module, onnx_dir: str,
         UsageError: the model's structure is not the exported one.
     """
     manifest = read_manifest(onnx_dir)
+    if onnx_modules(model):
+        raise UsageError('this model already runs ONNX graphs; build a new '
+                         'one from the config to attach others')
     specs = {spec['name']: spec for spec in manifest['parts']}
     parts = detector_parts(model)
     if [p.name for p in parts] != [s['name'] for s in manifest['parts']]:

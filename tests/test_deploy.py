@@ -176,6 +176,8 @@ def test_no_pytorch_weights_left_and_profiling(retinanet, tmp_path):
     assert model.neck is None
     assert not hasattr(model.bbox_head, 'retina_cls')
     assert 'ONNX Runtime' in repr(model.backbone)
+    with pytest.raises(UsageError, match='already runs ONNX graphs'):
+        attach_onnx(model, retinanet['onnx_dir'])
     with torch.no_grad():
         model._forward(torch.randn(1, 3, 64, 96))
     files = end_profiling(model)
