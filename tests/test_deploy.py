@@ -299,6 +299,13 @@ def tool(name):
         sys.path.pop(0)
 
 
+class Payload:
+    """Code in a checkpoint: the safe loader must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ('echo pwned',))
+
+
 def test_error_paths(retinanet, tmp_path):
     options = retinanet['options']
     # through run_main: one line, exit code 2
@@ -338,6 +345,15 @@ def test_error_paths(retinanet, tmp_path):
     assert (taken / 'notes.txt').read_text() == 'mine'
     with pytest.raises(FileExistsError, match='exists and is not empty'):
         export_detector(torch.nn.Module(), retinanet['cfg'], str(taken))
+
+    # an untrusted checkpoint: one line, nothing written
+    untrusted = str(tmp_path / 'untrusted.pth')
+    torch.save(dict(state_dict={}, payload=Payload()), untrusted)
+    result = run_tool('tools/deploy_onnx.py', SYNTHETIC, untrusted,
+                      str(tmp_path / 'never'), check=False)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert 'not trusted' in result.stderr and 'pwned' not in result.stdout
+    assert not osp.exists(tmp_path / 'never')
 
     # a model that is not the exported one
     cfg = config_with(SYNTHETIC, options + [
