@@ -1,33 +1,45 @@
 """Speed and memory of CMT beside mmdet's ResNet-50, Swin-T, PVT-S and
-PVTv2-b2 and a straightforward CMT: one process, the same inputs, after
-warm-up, the median of repeated runs.
+PVTv2-b2 and a straightforward CMT, measured fairly: one process, the same
+inputs, every model once per round in a rotating order, after warm-up.
 
     python tools/benchmark.py [--device cpu|cuda] [--amp bf16|fp16]
-        [--models NAME ...] [--tasks TASK ...] [--repeats 5] [--out FILE]
+        [--models NAME ...] [--tasks TASK ...] [--rounds 5] [--out FILE]
         [--compile]
 
 Tasks (sizes are options):
 
 - ``det``: backbone inference (eval, no grad) at 1x3x800x1216, a 1333x800
   COCO image after mmdet's resize and padding to a multiple of 32;
-- ``cls``: backbone inference at 8x3x224x224;
+- ``stream``: backbone inference over a COCO-like stream of sizes, the
+  padded sizes mmdet's 1333x800 keep-ratio resize gives for common COCO
+  image shapes, in a fixed shuffled order (so that caches keyed on the size
+  are exercised as in a COCO evaluation); the time of the whole stream;
+- ``cls`` and ``cls64``: backbone inference at 8x3x224x224 and 64x3x224x224;
+- ``retinanet`` and ``retinanet_stream``: the whole RetinaNet (backbone,
+  FPN, head, post-processing) of each backbone's COCO config at 800x1216
+  and over the stream;
 - ``train``: one training step of the backbone (forward, then backward of
   the mean of its outputs) at 2x3x800x1216, and its peak memory (CPU: growth
-  of the peak resident set, measured in a forked copy of the process with
-  glibc returning freed memory at once; CUDA:
-  ``torch.cuda.max_memory_allocated``);
-- ``train_cp``: the same with ``with_cp=True`` (gradient checkpointing);
-- ``retinanet``: the whole RetinaNet (backbone, FPN, head, post-processing)
-  of each backbone's mmdet/mmcmt COCO config, inference at 800x1216.
+  of the peak resident set, measured in a fresh process with glibc returning
+  freed memory at once; CUDA: ``torch.cuda.max_memory_allocated``);
+- ``train_cp``: the same with ``with_cp=True`` (gradient checkpointing).
+
+How it measures: for each task every row's model is built, then each round
+runs every model once, starting one model further along each round, after
+``--warmup`` rounds; so slow drifts of the machine reach every model alike.
+Each cell gives the median time over the rounds with its spread
+``[min-max]``, and the ratio to ResNet-50 computed per round (the median of
+the per-round ratios, with their spread).
 
 Rows: the backbones, ``CMT-S fused`` (:meth:`CMT.fuse`, inference only) and
 ``CMT-S naive`` (:class:`mmcmt.testing.NaiveCMT`: separate q/k/v, an explicit
 attention matrix, token/map reshapes, the bias resized on every forward, as
 the released code would run on detection inputs). ``--compile`` adds
-``torch.compile`` rows. Each row shows its multiply-adds (convolutions,
-linear layers and attention products) so that time per multiply-add can be
-compared. The table is printed, written to ``--out`` (markdown) and
-followed by the README's goals, each checked.
+``torch.compile`` rows (compile time reported in a note). Each row shows its
+multiply-adds (convolutions, linear layers and attention products). With
+``--amp`` a column gives each backbone's relative error against float32 on
+the ``det`` input. The table is printed, written to ``--out`` (markdown)
+and followed by the README's goals, each checked.
 """
 import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
@@ -45,14 +57,24 @@ from collections import OrderedDict
 
 import torch
 
+from mmcmt.engine import run_main
 from mmcmt.models import CMT
 from mmcmt.testing import (NaiveCMT, custom_arch_official_shapes,
                            random_official_state_dict)
-from mmcmt.utils import count_flops, count_params, dummy_data_samples
+from mmcmt.utils import (autocast_networks, count_flops, count_params,
+                         dummy_data_samples)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TASKS = ('det', 'cls', 'train', 'train_cp', 'retinanet')
+INFER_TASKS = ('det', 'stream', 'cls', 'cls64')
+DETECTOR_TASKS = ('retinanet', 'retinanet_stream')
+TRAIN_TASKS = ('train', 'train_cp')
+TASKS = INFER_TASKS + DETECTOR_TASKS + TRAIN_TASKS
 BASELINE = 'ResNet-50'
+#: Padded input sizes (H, W) of mmdet's 1333x800 keep-ratio resize for
+#: common COCO image shapes (640x480, 640x427, 480x640, 640x360, 500x375,
+#: 480x480, 427x640, 640x383), in a fixed shuffled order.
+COCO_STREAM = [(800, 1216), (800, 800), (1216, 800), (800, 1088),
+               (768, 1344), (1088, 800), (800, 1344), (800, 1024)]
 
 # name -> (backbone config, RetinaNet config); all four outputs, random init
 BACKBONES = OrderedDict([
@@ -76,7 +98,7 @@ BACKBONES = OrderedDict([
 VARIANTS = OrderedDict([('CMT-S fused', ('CMT-S', 'fused')),
                         ('CMT-S naive', ('CMT-S', 'naive'))])
 COMPILED = OrderedDict([('ResNet-50 compiled', ('ResNet-50', 'compiled')),
-                        ('CMT-S fused compiled', ('CMT-S', 'fused compiled'))])
+                        ('CMT-S compiled', ('CMT-S', 'compiled'))])
 NO_CP = ('PVT-S', 'PVTv2-b2')  # mmdet's PVTs have no with_cp
 
 
@@ -94,18 +116,25 @@ def parse_args(argv=None):
     parser.add_argument('--compile', action='store_true',
                         help='add torch.compile rows (compile time is '
                         'reported, not timed)')
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--train-repeats', type=int,
-                        help='repeats of the training tasks (default: '
-                        '--repeats; a step at 800x1216 takes tens of seconds '
+    parser.add_argument('--rounds', type=int, default=5,
+                        help='measured rounds (each runs every model once)')
+    parser.add_argument('--train-rounds', type=int,
+                        help='rounds of the training tasks (default: '
+                        '--rounds; a step at 800x1216 takes tens of seconds '
                         'on a CPU)')
-    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--warmup', type=int, default=1,
+                        help='warm-up rounds before the measured ones')
     parser.add_argument('--det-shape', type=int, nargs=3,
                         default=[1, 800, 1216], metavar=('B', 'H', 'W'))
     parser.add_argument('--cls-shape', type=int, nargs=3,
                         default=[8, 224, 224], metavar=('B', 'H', 'W'))
+    parser.add_argument('--cls64-shape', type=int, nargs=3,
+                        default=[64, 224, 224], metavar=('B', 'H', 'W'))
     parser.add_argument('--train-shape', type=int, nargs=3,
                         default=[2, 800, 1216], metavar=('B', 'H', 'W'))
+    parser.add_argument('--stream-scale', type=float, default=1.,
+                        help='scale the stream\'s sizes (to a multiple of '
+                        '32), for quick runs')
     parser.add_argument('--threads', type=int,
                         help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--out', help='markdown file to write (default: '
@@ -122,6 +151,10 @@ def parse_args(argv=None):
     if BASELINE not in names:
         names.insert(0, BASELINE)
     args.rows = OrderedDict((n, rows[n]) for n in rows if n in names)
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error('--rounds must be at least 1 and --warmup at least 0')
+    args.stream = [tuple(max(32, round(side * args.stream_scale / 32) * 32)
+                         for side in size) for size in COCO_STREAM]
     if args.out and osp.exists(args.out):
         parser.error(f'{args.out} exists; choose another --out (results '
                      f'are never overwritten)')
@@ -134,17 +167,42 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def median_time(fn, device, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved(runs, device, rounds, warmup):
+    """Time each of ``runs`` (name -> function) once per round, in an order
+    that starts one further along each round. Returns name -> the measured
+    rounds' times (seconds); the first ``warmup`` rounds are not kept."""
+    names = list(runs)
+    times = {name: [] for name in names}
+    for index in range(warmup + rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            synchronize(device)
+            start = time.perf_counter()
+            runs[name]()
+            synchronize(device)
+            if index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+class Figure:
+    """A measured quantity: its median and spread over rounds."""
+
+    def __init__(self, values):
+        self.values = list(values)
+        self.median = statistics.median(self.values)
+        self.low, self.high = min(self.values), max(self.values)
+
+    def ratio_to(self, base: 'Figure') -> 'Figure':
+        """Per-round ratios ``self / base``."""
+        return Figure(a / b for a, b in zip(self.values, base.values))
+
+    def __float__(self):
+        return float(self.median)
+
+    def format(self, fmt):
+        return (f'{fmt.format(self.median)} '
+                f'[{fmt.format(self.low)}-{fmt.format(self.high)}]')
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -283,60 +341,18 @@ def count_macs(model, shape):
 
 
 # -------------------------------------------------------------------- tasks
-class Bench:
-
-    def __init__(self, args):
-        self.args = args
-        self.device = torch.device(args.device)
-        self.inputs = make_inputs(args, self.device)
-
-    def autocast(self):
-        return autocast(self.device, self.args.amp)
-
-    def time(self, fn, repeats=None):
-        return median_time(fn, self.device, self.args.warmup,
-                           repeats or self.args.repeats)
-
-    def infer(self, model, x):
-        def run():
-            with torch.no_grad(), self.autocast():
-                model(x)
-        return self.time(run)
-
-    def train_step(self, model, base, variant, with_cp=False):
-        """Median time and peak memory of a training step."""
-        model.train()
-        x = self.inputs['train']
-
-        def step():
-            train_step(model, x, self.args.amp)
-
-        if self.device.type == 'cuda':
-            return (self.time(step, self.args.train_repeats),
-                    cuda_peak_memory(step, self.device))
-        # memory first, while this process holds little
-        memory = cpu_peak_memory(self.args, base, variant, with_cp)
-        return self.time(step, self.args.train_repeats), memory
-
-    def retinanet(self, model):
-        x = self.inputs['det']
-        samples = [s.to(self.device) for s in dummy_data_samples(
-            'mmdet', *x.shape[-2:], batch_size=x.shape[0])]
-
-        def run():
-            with torch.no_grad(), self.autocast():
-                model.predict(x, samples)
-        return self.time(run)
-
-
 def make_inputs(args, device):
-    """The random inputs of the tasks, the same in every process."""
+    """The random inputs of the tasks, the same in every process: one tensor
+    per task, a list of ``1 x 3 x H x W`` tensors for the stream."""
     generator = torch.Generator().manual_seed(0)
-    inputs = {}
-    for task in ('det', 'cls', 'train'):
-        batch, height, width = getattr(args, f'{task}_shape')
-        inputs[task] = torch.randn(batch, 3, height, width,
-                                   generator=generator).to(device)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(device)
+
+    inputs = {task: randn(batch, 3, height, width) for task in (
+        'det', 'cls', 'cls64', 'train')
+        for batch, height, width in [getattr(args, f'{task}_shape')]}
+    inputs['stream'] = [randn(1, 3, *size) for size in args.stream]
     return inputs
 
 
@@ -356,41 +372,132 @@ def train_step(model, x, amp):
         p.grad = None
 
 
-def measure_row(bench, name, base, variant, tasks):
-    """Figures of one row: ``{column: value}``."""
-    args, device = bench.args, bench.device
-    row = {}
-    model = build_backbone(base, variant).to(device)
-    row['params'] = count_params(model) / 1e6
-    if 'compiled' not in variant:  # the tracer counts the eager model
+class Bench:
+    """The inputs and settings shared by the tasks."""
+
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device(args.device)
+        self.inputs = make_inputs(args, self.device)
+
+    def measure(self, runs, rounds=None):
+        """name -> :class:`Figure` of seconds, interleaved."""
+        times = interleaved(runs, self.device, rounds or self.args.rounds,
+                            self.args.warmup)
+        return {name: Figure(values) for name, values in times.items()}
+
+    def inference(self, fn, inputs, amp=True):
+        """A function running ``fn`` on each of ``inputs``, no grad, under
+        autocast as asked (unless ``amp`` is False)."""
+        def run():
+            with torch.no_grad(), autocast(self.device,
+                                           amp and self.args.amp):
+                for x in inputs:
+                    fn(x)
+        return run
+
+    def task_inputs(self, task):
+        key = task.replace('retinanet_', '').replace('retinanet', 'det')
+        value = self.inputs[key]
+        return value if isinstance(value, list) else [value]
+
+
+def backbone_tasks(bench, rows, tasks, results):
+    """Inference of every row's backbone; its parameters and multiply-adds;
+    with ``--amp``, its error against float32."""
+    args = bench.args
+    models = OrderedDict()
+    for name, (base, variant) in rows.items():
+        model = build_backbone(base, variant).to(bench.device)
+        row = results[name]
+        row['params'] = count_params(model) / 1e6
         model.eval()  # (mmdet's ResNet.train() returns None: no chaining)
-        for task in ('det', 'cls'):
-            row[f'{task}_macs'] = count_macs(model,
-                                             getattr(args, f'{task}_shape'))
-    if variant == 'naive':
-        row['check'] = naive_matches_cmt(model, bench)
-    if 'train' in tasks and variant in ('', 'naive'):
-        row['train'], row['train_mem'] = bench.train_step(model, base,
-                                                           variant)
-    model = inference_model(model, variant)
-    start = time.perf_counter()
-    for task in ('det', 'cls'):
-        if task in tasks:
-            row[task] = bench.infer(model, bench.inputs[task])
-    if 'compiled' in variant:
-        row['note'] = (f'compile + warm-up '
-                       f'{time.perf_counter() - start:.0f} s')
-    del model
-    if 'train_cp' in tasks and variant == '' and base not in NO_CP:
-        model = build_backbone(base, variant, with_cp=True).to(device)
-        row['train_cp'], row['train_cp_mem'] = bench.train_step(
-            model, base, variant, with_cp=True)
-        del model
-    if 'retinanet' in tasks and variant != 'naive':
-        row['retinanet'] = bench.retinanet(
-            build_retinanet(base, variant).to(device))
-    gc.collect()
-    return row
+        if 'compiled' not in variant:  # the tracer counts the eager model
+            for task in ('det', 'cls'):
+                row[f'{task}_macs'] = count_macs(
+                    model, getattr(args, f'{task}_shape'))
+        if variant == 'naive':
+            row['check'] = naive_matches_cmt(model, bench)
+        models[name] = inference_model(model, variant)
+        if args.amp and 'compiled' not in variant:
+            row['amp_error'] = amp_error(models[name], bench)
+    for task in tasks:
+        print(f'  {task}: {len(models)} models, interleaved', flush=True)
+        runs = OrderedDict((name, bench.inference(model,
+                                                  bench.task_inputs(task)))
+                           for name, model in models.items())
+        compile_notes(runs, rows, results)
+        for name, figure in bench.measure(runs).items():
+            results[name][task] = figure
+
+
+def compile_notes(runs, rows, results):
+    """Compile the compiled rows (their first calls), timed for a note."""
+    for name, run in runs.items():
+        if 'compiled' in rows[name][1] and 'note' not in results[name]:
+            start = time.perf_counter()
+            run()
+            results[name]['note'] = (f'compile and first calls '
+                                     f'{time.perf_counter() - start:.0f} s')
+
+
+def detector_tasks(bench, rows, tasks, results):
+    """Inference of every row's whole RetinaNet. With ``--amp`` only its
+    networks run under autocast (:func:`autocast_networks`): boxes are
+    decoded and suppressed in float32."""
+    models = OrderedDict((name, build_retinanet(base, variant).to(
+        bench.device)) for name, (base, variant) in rows.items()
+                         if variant != 'naive')
+    if bench.args.amp:
+        for model in models.values():
+            autocast_networks(model, bench.args.amp, bench.device.type)
+    for task in tasks:
+        print(f'  {task}: {len(models)} models, interleaved', flush=True)
+        inputs = bench.task_inputs(task)
+        samples = {id(x): [s.to(bench.device) for s in dummy_data_samples(
+            'mmdet', *x.shape[-2:], batch_size=x.shape[0])] for x in inputs}
+        runs = OrderedDict(
+            (name, bench.inference(
+                lambda x, model=model: model.predict(x, samples[id(x)]),
+                inputs, amp=False)) for name, model in models.items())
+        compile_notes(runs, rows, results)
+        for name, figure in bench.measure(runs).items():
+            results[name][task] = figure
+
+
+def training_tasks(bench, rows, tasks, results):
+    """Training steps of the backbones (no fused or compiled rows), their
+    peak memory first, each in a fresh process."""
+    args = bench.args
+    for task in tasks:
+        with_cp = task == 'train_cp'
+        names = [name for name, (base, variant) in rows.items()
+                 if variant in ('', 'naive') and not (
+                     with_cp and (variant or base in NO_CP))]
+        for name in names:
+            base, variant = rows[name]
+            results[name][f'{task}_mem'] = (
+                cpu_peak_memory(args, base, variant, with_cp)
+                if bench.device.type == 'cpu' else None)
+        models = OrderedDict()
+        for name in names:
+            model = build_backbone(*rows[name], with_cp=with_cp)
+            model.train()  # (mmdet's ResNet.train() returns None)
+            models[name] = model.to(bench.device)
+        print(f'  {task}: {len(models)} models, interleaved', flush=True)
+        runs = OrderedDict(
+            (name, lambda model=model: train_step(
+                model, bench.inputs['train'], args.amp))
+            for name, model in models.items())
+        if bench.device.type == 'cuda':
+            for name, run in runs.items():
+                results[name][f'{task}_mem'] = cuda_peak_memory(
+                    run, bench.device)
+        for name, figure in bench.measure(
+                runs, args.train_rounds or args.rounds).items():
+            results[name][task] = figure
+        del models, runs
+        gc.collect()
 
 
 def naive_matches_cmt(naive, bench):
@@ -401,9 +508,24 @@ def naive_matches_cmt(naive, bench):
     naive.eval()
     x = bench.inputs['cls'][:2]
     with torch.no_grad():
-        errors = [((a - b).abs().max() / b.abs().max()).item()
-                  for a, b in zip(model(x), naive(x))]
+        errors = [relative_error(a, b) for a, b in zip(model(x), naive(x))]
     return max(errors)
+
+
+def amp_error(model, bench):
+    """Max relative error of the outputs under autocast against float32, on
+    the ``det`` input."""
+    x = bench.inputs['det']
+    with torch.no_grad():
+        reference = model(x)
+        with autocast(bench.device, bench.args.amp):
+            outputs = model(x)
+    return max(relative_error(a.float(), b)
+               for a, b in zip(outputs, reference))
+
+
+def relative_error(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 # ------------------------------------------------------------------- report
@@ -411,23 +533,28 @@ COLUMNS = [
     # (key, header, format, ratio to the baseline)
     ('params', 'params (M)', '{:.1f}', False),
     ('det_macs', 'GMACs {det}', '{:.1f}', False),
+    ('amp_error', '{amp} rel. error {det}', '{:.1e}', False),
     ('det', 'infer {det} (s)', '{:.3f}', True),
+    ('stream', 'infer COCO stream, {n} images (s)', '{:.2f}', True),
     ('cls_macs', 'GMACs {cls} (per image)', '{:.2f}', False),
     ('cls', 'infer {cls} (s)', '{:.3f}', True),
+    ('cls64', 'infer {cls64} (s)', '{:.2f}', True),
+    ('retinanet', 'RetinaNet infer {det} (s)', '{:.3f}', True),
+    ('retinanet_stream', 'RetinaNet COCO stream (s)', '{:.2f}', True),
     ('train', 'train step {train} (s)', '{:.2f}', True),
     ('train_mem', 'peak memory (GiB)', '{:.2f}', False),
     ('train_cp', 'train step with_cp (s)', '{:.2f}', True),
     ('train_cp_mem', 'peak memory with_cp (GiB)', '{:.2f}', False),
-    ('retinanet', 'RetinaNet infer {det} (s)', '{:.3f}', True),
 ]
 
 
 def format_table(results, args):
-    sizes = {task: '{}x{}x{}'.format(*getattr(args, f'{task}_shape'))
-             for task in ('det', 'cls', 'train')}
+    names = {task: '{}x{}x{}'.format(*getattr(args, f'{task}_shape'))
+             for task in ('det', 'cls', 'cls64', 'train')}
+    names.update(amp=args.amp or '', n=len(args.stream))
     used = [c for c in COLUMNS
-            if any(c[0] in row for row in results.values())]
-    headers = ['model'] + [c[1].format(**sizes) for c in used]
+            if any(row.get(c[0]) is not None for row in results.values())]
+    headers = ['model'] + [c[1].format(**names) for c in used]
     lines = ['| ' + ' | '.join(headers) + ' |',
              '|' + '---|' * len(headers)]
     base = results[BASELINE]
@@ -437,37 +564,52 @@ def format_table(results, args):
             value = row.get(key)
             if value is None:
                 cells.append('n/a')
-                continue
-            if key.endswith('mem'):
-                value /= 2**30
-            cell = fmt.format(value)
-            if ratio and base.get(key):
-                cell += f' ({row[key] / base[key]:.2f}x)'
-            cells.append(cell)
+            elif isinstance(value, Figure):
+                cell = value.format(fmt)
+                if ratio and isinstance(base.get(key), Figure):
+                    cell += f' ({value.ratio_to(base[key]).format("{:.2f}x")})'
+                cells.append(cell)
+            else:
+                cells.append(fmt.format(value / 2**30 if key.endswith('mem')
+                                        else value))
         lines.append('| ' + ' | '.join(cells) + ' |')
     notes = [f'- {name}: {row["note"]}' for name, row in results.items()
              if row.get('note')]
+    if any(c[0].endswith('stream') for c in used):
+        notes.append('- COCO stream: ' + ', '.join(
+            f'{h}x{w}' for h, w in args.stream) + ' (one image each, in '
+            'this order).')
     if 'CMT-S naive' in results and 'check' in results['CMT-S naive']:
         notes.append(f'- CMT-S naive computes what CMT-S computes: max '
                      f'relative error {results["CMT-S naive"]["check"]:.1e} '
-                     f'on the {sizes["cls"]} input (same weights).')
+                     f'on the {names["cls"]} input (same weights).')
     return '\n'.join(lines + [''] + notes)
 
 
 def check_goals(results):
-    """The README's speed and memory goals: ``[(goal, value, passed)]``."""
+    """The README's speed and memory goals: ``[(goal, Figure, passed)]``,
+    ratios per round."""
     r, s = results.get(BASELINE, {}), results.get('CMT-S', {})
     goals = []
 
     def ratio(a, b):
-        return a / b if a and b else None
+        if isinstance(a, Figure) and isinstance(b, Figure):
+            return a.ratio_to(b)
+        return None
 
     def add(text, value, passed):
         if value is not None:
-            goals.append((text, value, passed(value)))
+            goals.append((text, value, passed(float(value))))
 
-    add('CMT-S det time <= 1.8x ResNet-50', ratio(s.get('det'), r.get('det')),
-        lambda v: v <= 1.8)
+    det = ratio(s.get('det'), r.get('det'))
+    add('CMT-S det time <= 1.8x ResNet-50', det, lambda v: v <= 1.8)
+    stream = ratio(s.get('stream'), r.get('stream'))
+    if det is not None and stream is not None:
+        add('CMT-S COCO-stream ratio <= 1.05x its det ratio',
+            Figure([float(stream) / float(det)]), lambda v: v <= 1.05)
+    for task in ('cls', 'cls64'):
+        add(f'CMT-S {task} time <= 1.15x ResNet-50',
+            ratio(s.get(task), r.get(task)), lambda v: v <= 1.15)
     for other in ('PVT-S', 'PVTv2-b2'):
         add(f'CMT-S det faster than {other} (time ratio < 1)',
             ratio(s.get('det'), results.get(other, {}).get('det')),
@@ -475,10 +617,9 @@ def check_goals(results):
     add('CMT-S naive det time >= 1.5x CMT-S',
         ratio(results.get('CMT-S naive', {}).get('det'), s.get('det')),
         lambda v: v >= 1.5)
-    add('CMT-S cls time <= 1.15x ResNet-50',
-        ratio(s.get('cls'), r.get('cls')), lambda v: v <= 1.15)
-    add('CMT-S with_cp peak memory <= 0.5x without',
-        ratio(s.get('train_cp_mem'), s.get('train_mem')), lambda v: v <= 0.5)
+    if s.get('train_cp_mem') and s.get('train_mem'):
+        add('CMT-S with_cp peak memory <= 0.5x without',
+            Figure([s['train_cp_mem'] / s['train_mem']]), lambda v: v <= 0.5)
     return goals
 
 
@@ -504,23 +645,29 @@ def main(argv=None):
         sys.exit('error: --device cuda but torch sees no CUDA device')
     setup_process()
     bench = Bench(args)
-    results = OrderedDict()
-    for name, (base, variant) in args.rows.items():
-        print(f'{name} ...', flush=True)
-        results[name] = measure_row(bench, name, base, variant, args.tasks)
+    results = OrderedDict((name, {}) for name in args.rows)
+    groups = [(backbone_tasks, INFER_TASKS), (detector_tasks, DETECTOR_TASKS),
+              (training_tasks, TRAIN_TASKS)]
+    for measure, group in groups:
+        tasks = [t for t in args.tasks if t in group]
+        if tasks:
+            measure(bench, args.rows, tasks, results)
+            gc.collect()
     stamp = datetime.datetime.now()
     header = (f'Measured {stamp:%Y-%m-%d %H:%M} on {machine(device)}; '
               f'torch {torch.__version__}, '
-              f'{"autocast " + args.amp if args.amp else "float32"}; median '
-              f'of {args.repeats} runs (training: '
-              f'{args.train_repeats or args.repeats}) after {args.warmup} '
-              f'warm-up; ratios to {BASELINE} in parentheses; memory: '
+              f'{"autocast " + args.amp if args.amp else "float32"}; '
+              f'{args.rounds} rounds (training: '
+              f'{args.train_rounds or args.rounds}) after {args.warmup} '
+              f'warm-up, every model once per round in a rotating order; '
+              f'median [min-max] over the rounds; in parentheses the ratio '
+              f'to {BASELINE} computed per round; memory: '
               f'{"max_memory_allocated" if device.type == "cuda" else "peak RSS growth of a training step in a fresh process"}.')
     goals = check_goals(results)
     text = '\n'.join(
         [header, '', format_table(results, args), ''] +
-        ([f'- goal: {g}: {v:.2f} {"PASS" if ok else "FAIL"}'
-          for g, v, ok in goals] if goals else []))
+        [f'- goal: {g}: {v.format("{:.2f}")} {"PASS" if ok else "FAIL"}'
+         for g, v, ok in goals])
     print('\n' + text)
     out = args.out or osp.join(
         'work_dirs', 'benchmark', f'{device.type}_{stamp:%Y%m%d_%H%M%S}.md')
@@ -532,4 +679,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -23,7 +23,10 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..utils.attention import biased_attention
-from ..utils.fuse import fold_bn_into_consumer, fold_bn_into_producer
+from ..utils.fuse import (fold_bn_into_consumer, fold_bn_into_producer,
+                          folded_weights)
+from ..utils.inference import (conv_gelu, derived, inference_path,
+                               linear_gelu, tensors_of)
 from ..utils.checkpoint import (is_official_cmt, load_checked,
                                 pop_official_cmt, read_checkpoint)
 from ..utils.relative_position import (infer_square_grid,
@@ -55,13 +58,18 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x) if x.requires_grad else torch.ops.aten.gelu_(x)
 
 
-def conv_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x) + x`` for a depthwise convolution, as one convolution whose
-    kernel centre carries the identity: exact, since zero padding never
+def plus_identity(conv: nn.Conv2d) -> torch.Tensor:
+    """The kernel of ``conv(x) + x`` for a depthwise convolution: the
+    identity on the kernel's centre tap. Exact, since zero padding never
     reaches the centre tap, and it saves a pass over the map."""
     weight = conv.weight.clone()
     weight[:, :, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] += 1
-    return conv._conv_forward(x, weight, conv.bias)
+    return weight
+
+
+def conv_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x) + x`` for a depthwise convolution, as one convolution."""
+    return conv._conv_forward(x, plus_identity(conv), conv.bias)
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -115,6 +123,11 @@ class StemLayer(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if inference_path(self):
+            conv = self.conv
+            return self.norm(
+                conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
+                          conv.padding[0], conv.groups))
         return self.norm(gelu(self.conv(x)))
 
 
@@ -207,9 +220,25 @@ class IRFFN(nn.Module):
         self.norm3 = nn.BatchNorm2d(embed_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if inference_path(self):
+            return self._infer(x)
         x = self.norm1(nchw(gelu(self.fc1(x))))
         x = self.norm2(gelu(conv_plus_identity(self.dwconv, x)))
         return nhwc(self.norm3(nchw(self.fc2(nhwc(x)))))
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode: each GELU inside its producer's kernel, norm2 and norm3
+        folded into fc2 (norm1 precedes a padded convolution and stays)."""
+        dwconv = self.dwconv
+        dw_weight = derived(self, '_dw_weight', tensors_of(dwconv),
+                            lambda: plus_identity(dwconv))
+        fc2_weight, fc2_bias = derived(
+            self, '_fc2_folded', tensors_of(self.fc2, self.norm2, self.norm3),
+            lambda: folded_weights(self.fc2, self.norm2, self.norm3))
+        x = self.norm1(nchw(linear_gelu(x, self.fc1.weight, self.fc1.bias)))
+        x = conv_gelu(x, dw_weight, dwconv.bias, 1, dwconv.padding[0],
+                      dwconv.groups)
+        return F.linear(nhwc(x), fc2_weight, fc2_bias)
 
 
 class CMTBlock(nn.Module):

@@ -16,7 +16,7 @@ It folds exactly into
 The arithmetic runs in float64 and is cast back, so the folded network
 matches the unfused one to float32 rounding.
 """
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -38,38 +38,52 @@ def bn_affine(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
+def folded_weights(layer: Layer,
+                   before: Optional[nn.Module] = None,
+                   after: Optional[nn.Module] = None
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias that make ``layer`` compute ``after(layer(before(x)))``
+    for eval-mode BatchNorms ``before`` and ``after`` (``None`` or
+    ``nn.Identity`` stand for none), in the layer's dtype. ``before`` needs
+    a layer that sees no padding: a Linear or an unpadded, ungrouped
+    convolution."""
+    weight = layer.weight.detach().double()
+    bias = (layer.bias.detach().double() if layer.bias is not None else
+            weight.new_zeros(weight.shape[0]))
+    taps = [1] * (weight.dim() - 2)  # kernel dimensions of a convolution
+    if isinstance(before, _BatchNorm):
+        if isinstance(layer, nn.Conv2d) and (
+                layer.groups != 1 or any(layer.padding)
+                or layer.padding_mode != 'zeros'):
+            raise ValueError('a BatchNorm folds into a following convolution '
+                             'only when it is dense and unpadded')
+        scale, shift = bn_affine(before)
+        # W @ t: sum over input channels (and kernel taps) of W * t
+        bias = bias + (weight * shift.view(1, -1, *taps)).flatten(1).sum(1)
+        weight = weight * scale.view(1, -1, *taps)
+    if isinstance(after, _BatchNorm):
+        scale, shift = bn_affine(after)
+        weight = weight * scale.view(-1, 1, *taps)
+        bias = bias * scale + shift
+    dtype = layer.weight.dtype
+    return weight.to(dtype), bias.to(dtype)
+
+
 @torch.no_grad()
 def fold_bn_into_producer(layer: Layer, bn: _BatchNorm) -> None:
     """Make ``layer`` compute ``bn(layer(x))``."""
-    scale, shift = bn_affine(bn)
-    weight = layer.weight.double()
-    bias = layer.bias.double() if layer.bias is not None else 0.
-    weight = weight * scale.view(-1, *[1] * (weight.dim() - 1))
-    _set(layer, weight, bias * scale + shift)
+    _set(layer, *folded_weights(layer, after=bn))
 
 
 @torch.no_grad()
 def fold_bn_into_consumer(bn: _BatchNorm, layer: Layer) -> None:
     """Make ``layer`` compute ``layer(bn(x))``; ``layer`` must be a Linear
     or an unpadded, ungrouped convolution."""
-    if isinstance(layer, nn.Conv2d) and (
-            layer.groups != 1 or any(layer.padding)
-            or layer.padding_mode != 'zeros'):
-        raise ValueError('a BatchNorm folds into a following convolution '
-                         'only when it is dense and unpadded')
-    scale, shift = bn_affine(bn)
-    weight = layer.weight.double()
-    bias = layer.bias.double() if layer.bias is not None else 0.
-    # W @ t: sum over input channels (and kernel taps) of W * t
-    bias = bias + (weight * shift.view(1, -1, *[1] * (weight.dim() - 2))
-                   ).flatten(1).sum(1)
-    weight = weight * scale.view(1, -1, *[1] * (weight.dim() - 2))
-    _set(layer, weight, bias)
+    _set(layer, *folded_weights(layer, before=bn))
 
 
 def _set(layer: Layer, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    dtype = layer.weight.dtype
-    layer.weight.copy_(weight.to(dtype))
+    layer.weight.copy_(weight)
     if layer.bias is None:
-        layer.bias = nn.Parameter(weight.new_zeros(weight.shape[0]).to(dtype))
-    layer.bias.copy_(torch.as_tensor(bias).to(dtype))
+        layer.bias = nn.Parameter(torch.zeros_like(bias))
+    layer.bias.copy_(bias)
