@@ -256,3 +256,43 @@ def test_torch_compile_matches_eager():
     assert result.returncode == 0, result.stderr[-3000:]
     error = float(result.stdout.split('max relative error')[-1])
     assert error < 1e-5
+
+
+def test_eval_inference_path_matches_and_follows_weight_changes(monkeypatch):
+    """The eval-mode path (GELU inside the convolutions, BatchNorms folded
+    or applied in place, cached) computes what the plain layers compute,
+    also after the weights change under it."""
+    from mmcmt.models.backbones import cmt as cmt_module
+    from mmcmt.models.utils import inference
+    model = loaded_model()
+    x = torch.randn(2, 3, 72, 100)
+    calls = []
+    real = inference.batch_norm_
+    monkeypatch.setattr(cmt_module, 'batch_norm_',
+                        lambda *a: calls.append(1) or real(*a))
+
+    def plain():
+        with monkeypatch.context() as m:
+            m.setattr(cmt_module, 'inference_path', lambda module: False)
+            return model(x)
+
+    with torch.no_grad():
+        for step in range(2):
+            got, expected = model(x), plain()
+            for out, ref in zip(got, expected):
+                assert relative_error(out, ref) < 1e-5
+            # change every BatchNorm and convolution in place: the cached
+            # folded weights must follow
+            for module in model.modules():
+                if isinstance(module, _BatchNorm):
+                    module.running_mean.add_(0.1)
+                    module.weight.mul_(1.5)
+                elif isinstance(module, nn.Conv2d):
+                    module.weight.mul_(0.9)
+    assert calls  # the in-place BatchNorms ran
+    stem_bn = model.stem[0].norm
+    assert stem_bn.__dict__['_affine'][0] is not None  # cached
+    # gradients and training never take the path
+    model.train()
+    y = model(x)
+    assert all(out.requires_grad for out in y)

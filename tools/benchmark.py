@@ -22,7 +22,14 @@ Tasks (sizes are options):
   the mean of its outputs) at 2x3x800x1216, and its peak memory (CPU: growth
   of the peak resident set, measured in a fresh process with glibc returning
   freed memory at once; CUDA: ``torch.cuda.max_memory_allocated``);
-- ``train_cp``: the same with ``with_cp=True`` (gradient checkpointing).
+- ``train_cp``: the same with ``with_cp=True`` (gradient checkpointing);
+- ``deploy``: the whole RetinaNet at 800x1216 exported by
+  :func:`mmcmt.deploy.export_detector` and run by ONNX Runtime (CPU, all
+  graph optimisations, as many threads as torch), its networks' graphs plus
+  mmdet's post-processing, interleaved with the same model in PyTorch
+  (eager); for ResNet-50, CMT-Ti and CMT-S. Then the share of ONNX
+  Runtime's kernel time per operator type for CMT-S (its profiler), so
+  that what softmax, GELU and LayerNorm cost is measured.
 
 How it measures: for each task every row's model is built, then each round
 runs every model once, starting one model further along each round, after
@@ -68,7 +75,10 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 INFER_TASKS = ('det', 'stream', 'cls', 'cls64')
 DETECTOR_TASKS = ('retinanet', 'retinanet_stream')
 TRAIN_TASKS = ('train', 'train_cp')
-TASKS = INFER_TASKS + DETECTOR_TASKS + TRAIN_TASKS
+DEPLOY_TASKS = ('deploy', )
+TASKS = INFER_TASKS + DETECTOR_TASKS + TRAIN_TASKS + DEPLOY_TASKS
+#: Rows of the ``deploy`` task.
+DEPLOY_ROWS = ('ResNet-50', 'CMT-Ti', 'CMT-S')
 BASELINE = 'ResNet-50'
 #: Padded input sizes (H, W) of mmdet's 1333x800 keep-ratio resize for
 #: common COCO image shapes (640x480, 640x427, 480x640, 640x360, 500x375,
@@ -151,6 +161,10 @@ def parse_args(argv=None):
     if BASELINE not in names:
         names.insert(0, BASELINE)
     args.rows = OrderedDict((n, rows[n]) for n in rows if n in names)
+    if 'deploy' in args.tasks and (args.device != 'cpu' or args.amp):
+        parser.error('the deploy task measures ONNX Runtime on the CPU in '
+                     'float32: leave it out (--tasks) with --device cuda or '
+                     '--amp')
     if args.rounds < 1 or args.warmup < 0:
         parser.error('--rounds must be at least 1 and --warmup at least 0')
     args.stream = [tuple(max(32, round(side * args.stream_scale / 32) * 32)
@@ -309,14 +323,23 @@ def inference_model(model, variant):
     return model
 
 
-def build_retinanet(name, variant):
+def retinanet_config(name):
+    """The COCO RetinaNet config of a backbone row, without pretrained
+    weights."""
     from mmengine.config import Config
     from mmengine.hub import get_config
-    from mmdet.registry import MODELS
     path = BACKBONES[name][1]
     cfg = get_config(path) if '::' in path else Config.fromfile(
         osp.join(ROOT, path))
     cfg.model.backbone.init_cfg = None
+    return cfg
+
+
+def build_retinanet(name, variant):
+    """The RetinaNet (random weights, eval mode) without its data
+    preprocessor: the inputs are normalised tensors already."""
+    from mmdet.registry import MODELS
+    cfg = retinanet_config(name)
     cfg.model.pop('data_preprocessor', None)
     model = MODELS.build(cfg.model)
     model.init_weights()
@@ -500,6 +523,50 @@ def training_tasks(bench, rows, tasks, results):
         gc.collect()
 
 
+def deploy_task(bench, rows, results):
+    """PyTorch eager against ONNX Runtime, whole RetinaNet, ``det`` input;
+    the operator shares of CMT-S in ONNX Runtime."""
+    import tempfile
+    from mmcmt.deploy import (end_profiling, export_detector,
+                              load_onnx_detector, op_time_shares)
+    names = [n for n in rows if n in DEPLOY_ROWS]
+    x = bench.inputs['det'].cpu()
+    samples = dummy_data_samples('mmdet', *x.shape[-2:],
+                                 batch_size=x.shape[0])
+    threads = torch.get_num_threads()
+    runs, exports = OrderedDict(), {}
+    work = tempfile.mkdtemp(prefix='mmcmt_deploy_')
+    for name in names:
+        print(f'  deploy: exporting {name}', flush=True)
+        eager = build_retinanet(name, '')
+        cfg = retinanet_config(name)
+        cfg.model.pop('data_preprocessor', None)  # as build_retinanet
+        exports[name] = osp.join(work, name)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # the tracer's chatter
+            export_detector(eager, cfg, exports[name], shape=x.shape[-2:])
+        deployed = load_onnx_detector(exports[name], threads=threads)
+        for kind, model in (('eager', eager), ('ORT', deployed)):
+            runs[(name, kind)] = bench.inference(
+                lambda x, model=model: model.predict(x, samples), [x],
+                amp=False)
+    print(f'  deploy: {len(runs)} models, interleaved', flush=True)
+    for (name, kind), figure in bench.measure(runs).items():
+        results[name][f'deploy_{kind.lower()}'] = figure
+    for name in names:
+        row = results[name]
+        row['deploy_speedup'] = row['deploy_eager'].ratio_to(
+            row['deploy_ort'])
+    if 'CMT-S' in exports:
+        profiled = load_onnx_detector(exports['CMT-S'], threads=threads,
+                                      profile_prefix=osp.join(work, 'prof'))
+        with torch.no_grad():
+            for _ in range(2):
+                profiled.predict(x, samples)
+        results['CMT-S']['ort_shares'] = op_time_shares(
+            end_profiling(profiled), grouped=True)
+
+
 def naive_matches_cmt(naive, bench):
     """Max relative error between the naive row and mmcmt's CMT loaded with
     the same (official-layout) weights, on the ``cls`` input."""
@@ -545,6 +612,9 @@ COLUMNS = [
     ('train_mem', 'peak memory (GiB)', '{:.2f}', False),
     ('train_cp', 'train step with_cp (s)', '{:.2f}', True),
     ('train_cp_mem', 'peak memory with_cp (GiB)', '{:.2f}', False),
+    ('deploy_eager', 'RetinaNet {det}, PyTorch eager (s)', '{:.3f}', True),
+    ('deploy_ort', 'RetinaNet {det}, ONNX Runtime (s)', '{:.3f}', True),
+    ('deploy_speedup', 'eager / ONNX Runtime', '{:.2f}x', False),
 ]
 
 
@@ -579,6 +649,12 @@ def format_table(results, args):
         notes.append('- COCO stream: ' + ', '.join(
             f'{h}x{w}' for h, w in args.stream) + ' (one image each, in '
             'this order).')
+    shares = results.get('CMT-S', {}).get('ort_shares')
+    if shares:
+        notes.append('- CMT-S RetinaNet in ONNX Runtime, share of kernel '
+                     'time per operator type (profiler, 2 runs): ' + ', '.join(
+                         f'{op} {share:.1%}' for op, share in shares.items()
+                         if share >= 0.001) + '.')
     if 'CMT-S naive' in results and 'check' in results['CMT-S naive']:
         notes.append(f'- CMT-S naive computes what CMT-S computes: max '
                      f'relative error {results["CMT-S naive"]["check"]:.1e} '
@@ -653,6 +729,8 @@ def main(argv=None):
         if tasks:
             measure(bench, args.rows, tasks, results)
             gc.collect()
+    if 'deploy' in args.tasks:
+        deploy_task(bench, args.rows, results)
     stamp = datetime.datetime.now()
     header = (f'Measured {stamp:%Y-%m-%d %H:%M} on {machine(device)}; '
               f'torch {torch.__version__}, '

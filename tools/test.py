@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: COCO AP for detection, mIoU for segmentation.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR]
-        [--out FILE] [--cfg-options k=v ...] [--launcher pytorch]
+        [--out FILE] [--amp bf16|fp16] [--cfg-options k=v ...]
+        [--launcher pytorch]
     python tools/test.py CONFIG --onnx DIR [...]
 
 ``--onnx DIR`` evaluates a detector exported by ``tools/deploy_onnx.py``
@@ -12,7 +13,10 @@ and evaluator are those of a checkpoint's run (same config, same data).
 Detection prints COCO bbox AP, AP50, AP75, APs, APm, APl (and segm for
 Mask R-CNN); segmentation prints aAcc, mIoU and mAcc. ``--show-dir`` writes
 pictures of the predictions; ``--out`` dumps raw detection results (.pkl) or
-segmentation masks (a directory).
+segmentation masks (a directory). ``--amp bf16`` runs the networks under
+autocast (bfloat16 on CPUs that support it; fp16 on CUDA) while box
+decoding, NMS and resizing stay in float32
+(:func:`mmcmt.utils.autocast_networks`).
 """
 import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
@@ -31,6 +35,10 @@ def parse_args(argv=None):
                         help='a detector exported by tools/deploy_onnx.py, '
                         'instead of a checkpoint')
     parser.add_argument('--show-dir', help='write prediction pictures here')
+    parser.add_argument(
+        '--amp', choices=['bf16', 'fp16'],
+        help='run the networks (backbone, neck, heads) under autocast to '
+        'this dtype; post-processing stays in float32')
     parser.add_argument(
         '--out', help='dump results: a .pkl file for detection, a directory '
         'of masks for segmentation')
@@ -65,6 +73,9 @@ def main(argv=None):
                          "config's default_hooks")
     if (args.checkpoint is None) == (args.onnx is None):
         raise UsageError('give a CHECKPOINT or --onnx DIR (one of them)')
+    if args.onnx and args.amp:
+        raise UsageError('--amp runs PyTorch networks under autocast; the '
+                         '--onnx graphs run in float32 (drop one of them)')
     if args.onnx:
         check_onnx(args, segmentation)
     else:
@@ -86,6 +97,12 @@ def main(argv=None):
     if args.onnx:
         from mmcmt.deploy import attach_onnx
         attach_onnx(runner.model, args.onnx)
+    if args.amp:
+        from mmengine.model import is_model_wrapper
+        from mmcmt.utils import autocast_networks
+        model = runner.model
+        autocast_networks(model.module if is_model_wrapper(model) else model,
+                          args.amp, next(model.parameters()).device.type)
     if args.out and not segmentation:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(

@@ -25,8 +25,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..utils.attention import biased_attention
 from ..utils.fuse import (fold_bn_into_consumer, fold_bn_into_producer,
                           folded_weights)
-from ..utils.inference import (conv_gelu, derived, inference_path,
-                               linear_gelu, tensors_of)
+from ..utils.inference import (batch_norm_, conv_gelu, derived,
+                               inference_path, linear_gelu, tensors_of)
 from ..utils.checkpoint import (is_official_cmt, load_checked,
                                 pop_official_cmt, read_checkpoint)
 from ..utils.relative_position import (infer_square_grid,
@@ -125,9 +125,10 @@ class StemLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if inference_path(self):
             conv = self.conv
-            return self.norm(
-                conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
-                          conv.padding[0], conv.groups))
+            x = conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
+                          conv.padding[0], conv.groups)
+            return batch_norm_(x, self.norm) if isinstance(
+                self.norm, nn.BatchNorm2d) else self.norm(x)
         return self.norm(gelu(self.conv(x)))
 
 
@@ -194,11 +195,23 @@ class LightweightAttention(nn.Module):
         heads = self.num_heads
         q = self.q(x).reshape(B, H * W, heads, -1).transpose(1, 2)
         if self.sr_ratio > 1:
-            x = nhwc(self.sr(nchw(x)))
+            x = nhwc(self._reduce(nchw(x)))
         k, v = self.kv(x).reshape(B, -1, 2, heads,
                                   C // heads).permute(2, 0, 3, 1, 4)
         out = biased_attention(q, k, v, bias, self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
+
+
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The key/value reduction; in eval mode its BatchNorm is folded
+        into the convolution."""
+        if not inference_path(self):
+            return self.sr(x)
+        conv = self.sr.conv
+        weight, bias = derived(
+            self, '_sr_folded', tensors_of(self.sr),
+            lambda: folded_weights(conv, after=self.sr.norm))
+        return F.conv2d(x, weight, bias, conv.stride, 0, 1, conv.groups)
 
 
 class IRFFN(nn.Module):
@@ -235,7 +248,8 @@ class IRFFN(nn.Module):
         fc2_weight, fc2_bias = derived(
             self, '_fc2_folded', tensors_of(self.fc2, self.norm2, self.norm3),
             lambda: folded_weights(self.fc2, self.norm2, self.norm3))
-        x = self.norm1(nchw(linear_gelu(x, self.fc1.weight, self.fc1.bias)))
+        x = batch_norm_(
+            nchw(linear_gelu(x, self.fc1.weight, self.fc1.bias)), self.norm1)
         x = conv_gelu(x, dw_weight, dwconv.bias, 1, dwconv.padding[0],
                       dwconv.groups)
         return F.linear(nhwc(x), fc2_weight, fc2_bias)
@@ -263,7 +277,13 @@ class CMTBlock(nn.Module):
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = nhwc(conv_plus_identity(self.lpu, nchw(x)))
+        lpu = self.lpu
+        if inference_path(self):
+            weight = derived(self, '_lpu_weight', tensors_of(lpu),
+                             lambda: plus_identity(lpu))
+            x = nhwc(lpu._conv_forward(nchw(x), weight, lpu.bias))
+        else:
+            x = nhwc(conv_plus_identity(lpu, nchw(x)))
         # The branches' outputs are fresh tensors that autograd does not
         # keep: the residuals are added into them in place.
         x = drop_path(self.attn(self.norm1(x), bias), self.drop_path_rate,

@@ -9,7 +9,9 @@ Two things make CMT's inference cheaper without changing what it computes:
   depthwise convolution and GELU at 8 x 256 x 56 x 56: 7.5 against 9.7 ms).
 - **Eval-mode BatchNorms folded into neighbouring layers** (see
   :mod:`.fuse`), without :meth:`CMT.fuse`: the folded weights are derived
-  once and kept until a source parameter or statistic changes.
+  once and kept until a source parameter or statistic changes. Those in
+  front of padded convolutions, which cannot fold, are applied in place to
+  their producer's fresh output.
 
 :func:`inference_path` says when this applies: a module in eval mode, with
 no gradient to track and no graph being traced or compiled (ONNX export
@@ -55,6 +57,18 @@ def conv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
             'gelu', [], 'none')
     return torch.ops.aten.gelu_(
         F.conv2d(x, weight, bias, stride, padding, 1, groups))
+
+
+def batch_norm_(x: torch.Tensor, bn: nn.Module) -> torch.Tensor:
+    """An eval-mode BatchNorm applied in place to a channels-last ``(B, C,
+    H, W)`` map that nothing else holds (a kernel's fresh output): one pass
+    and no allocation, about twice as fast as ``bn(x)``."""
+    from .fuse import bn_affine
+    scale, shift = derived(
+        bn, '_affine', tensors_of(bn),
+        lambda: tuple(v.to(x.dtype) for v in bn_affine(bn)))
+    scale, shift = scale.view(-1, 1, 1), shift.view(-1, 1, 1)
+    return torch.addcmul(shift, x, scale, out=x)
 
 
 def derived(owner: nn.Module, name: str, sources: Iterable[torch.Tensor],
