@@ -432,6 +432,33 @@ def test_resized_bias_samples_the_same_function(dst_query, dst_key):
         assert (resized - wrong).abs().max() > 5 * RESIZE_TOL
 
 
+@pytest.mark.parametrize('dst_query, dst_key', [((10, 6), (5, 3)),
+                                                ((7, 7), (7, 7)),
+                                                ((5, 9), (11, 4))])
+def test_factored_bias_equals_resized_bias(dst_query, dst_key):
+    """The factors of the exported graphs (rows @ cols.T, never formed)
+    equal the dense resize, and attention with them as extra channels of q
+    and k equals attention with the dense bias."""
+    from mmcmt.models.utils.attention import (biased_attention,
+                                              factored_biased_attention)
+    from mmcmt.models.utils.relative_position import \
+        factored_relative_position_bias
+    src = (7, 7)
+    bias = torch.randn(2, 49, 49)
+    rows, cols = factored_relative_position_bias(bias, src, src, dst_query,
+                                                 dst_key)
+    dense = resize_relative_position_bias(bias, src, src, dst_query, dst_key)
+    assert rows.shape == (2, math.prod(dst_query), 49)
+    assert cols.shape == (math.prod(dst_key), 49)
+    assert torch.allclose(rows @ cols.T, dense, atol=1e-5)
+    q = torch.randn(3, 2, math.prod(dst_query), 8)
+    k, v = torch.randn(2, 3, 2, math.prod(dst_key), 8)
+    with torch.no_grad():
+        expected = biased_attention(q, k, v, dense, 8**-0.5)
+        got = factored_biased_attention(q, k, v, rows, cols, 8**-0.5)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
 def test_forward_resizes_bias_to_the_running_grid():
     """In a forward at 320x192 the attention of stage 2 (stride 16, sr 2,
     pre-training grid 14x14) gets the bias of f at its 20x12 query and 10x6

@@ -22,14 +22,15 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..utils.attention import biased_attention
+from ..utils.attention import biased_attention, factored_biased_attention
 from ..utils.fuse import (fold_bn_into_consumer, fold_bn_into_producer,
                           folded_weights)
 from ..utils.inference import (batch_norm_, conv_gelu, derived,
                                inference_path, linear_gelu, tensors_of)
 from ..utils.checkpoint import (is_official_cmt, load_checked,
                                 pop_official_cmt, read_checkpoint)
-from ..utils.relative_position import (infer_square_grid,
+from ..utils.relative_position import (factored_relative_position_bias,
+                                       infer_square_grid,
                                        resize_relative_position_bias)
 
 #: Total stride of the backbone; inputs are padded to a multiple of it.
@@ -185,8 +186,10 @@ class LightweightAttention(nn.Module):
         """
         Args:
             x (Tensor): ``(B, H, W, C)`` normalised tokens.
-            bias (Tensor): ``(heads, H*W, h*w)`` relative position bias for
-                this grid, ``h, w = H // sr_ratio, W // sr_ratio``.
+            bias (Tensor | tuple): ``(heads, H*W, h*w)`` relative position
+                bias for this grid, ``h, w = H // sr_ratio, W // sr_ratio``;
+                or its factors ``(rows, cols)`` (see
+                :func:`factored_relative_position_bias`).
 
         Returns:
             Tensor: ``(B, H, W, C)``.
@@ -198,7 +201,10 @@ class LightweightAttention(nn.Module):
             x = nhwc(self._reduce(nchw(x)))
         k, v = self.kv(x).reshape(B, -1, 2, heads,
                                   C // heads).permute(2, 0, 3, 1, 4)
-        out = biased_attention(q, k, v, bias, self.scale)
+        if isinstance(bias, tuple):  # factored (traced for export)
+            out = factored_biased_attention(q, k, v, *bias, self.scale)
+        else:
+            out = biased_attention(q, k, v, bias, self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
 
 
@@ -340,9 +346,11 @@ class CMTStage(nn.Module):
         ``(heads, H*W, h*w)``; the stored one at the pre-training grid."""
         bias = self.relative_position_bias
         if torch.jit.is_tracing():
-            # ONNX export: a resize that follows the traced input size (one
-            # to the same grid is exact), no cache
-            return self._resize(bias, grid, always=True)
+            # ONNX export: the resize follows the traced input size (one to
+            # the same grid is exact) and, factored, costs little per run
+            return factored_relative_position_bias(
+                bias, self.pretrain_grid, self.key_grid(self.pretrain_grid),
+                grid, self.key_grid(grid))
         if grid == self.pretrain_grid:
             return bias
         if self.training or torch.is_grad_enabled():
@@ -354,10 +362,10 @@ class CMTStage(nn.Module):
             self._bias_cache = (key, self._resize(bias, grid))
         return self._bias_cache[1]
 
-    def _resize(self, bias, grid, always=False):
+    def _resize(self, bias, grid):
         return resize_relative_position_bias(
             bias, self.pretrain_grid, self.key_grid(self.pretrain_grid), grid,
-            self.key_grid(grid), always=always)
+            self.key_grid(grid))
 
     def _resize_loaded_bias(self, module, state_dict, prefix, *args):
         """Adapt a bias saved at another grid (say, by a detector fine-tuned

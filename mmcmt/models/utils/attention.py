@@ -46,6 +46,31 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q, k, v, attn_mask=bias.to(q.dtype).unsqueeze(0), scale=scale)
 
 
+def factored_biased_attention(q: torch.Tensor, k: torch.Tensor,
+                              v: torch.Tensor, rows: torch.Tensor,
+                              cols: torch.Tensor,
+                              scale: float) -> torch.Tensor:
+    """:func:`biased_attention` with the bias given as ``rows @ cols.T``
+    (see :func:`..relative_position.factored_relative_position_bias`):
+    ``scale·q·kᵀ + rows·colsᵀ = [scale·q, rows] · [k, cols]ᵀ``, so the
+    factors join q and k as extra channels and no ``N x Nk`` bias is ever
+    formed. Used by exported (traced) graphs, where the dense bias would be
+    resized on every run.
+
+    Args:
+        q (Tensor): ``(B, heads, N, d)``; k, v ``(B, heads, Nk, d)``.
+        rows (Tensor): ``(heads, N, S)``; cols ``(Nk, S)``.
+
+    Returns:
+        Tensor: ``(B, heads, N, d)``.
+    """
+    batch, heads = q.shape[:2]
+    q = torch.cat([q * scale, rows.unsqueeze(0).expand(batch, -1, -1, -1)],
+                  dim=-1)
+    k = torch.cat([k, cols.expand(batch, heads, -1, -1)], dim=-1)
+    return F.scaled_dot_product_attention(q, k, v, scale=1.)
+
+
 class _CPUBiasedAttention(torch.autograd.Function):
     """Fused forward; blockwise backward (the flash-attention gradients,
     ``dS = P * (dP - rowsum(dO * O))``, in float32 at least)."""

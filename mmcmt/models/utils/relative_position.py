@@ -13,8 +13,7 @@ def resize_relative_position_bias(bias: torch.Tensor,
                                   src_key: Grid,
                                   dst_query: Grid,
                                   dst_key: Grid,
-                                  mode: str = 'bicubic',
-                                  always: bool = False) -> torch.Tensor:
+                                  mode: str = 'bicubic') -> torch.Tensor:
     """Resize a CMT relative position bias to other query and key grids.
 
     CMT stores a free bias for every (query position, key position) pair. It
@@ -27,34 +26,73 @@ def resize_relative_position_bias(bias: torch.Tensor,
         src_query, src_key (tuple[int, int]): grids ``bias`` was made for.
         dst_query, dst_key (tuple[int, int]): grids to resize to.
         mode (str): interpolation mode of :func:`F.interpolate`.
-        always (bool): interpolate even to the same grid (an identity), so
-            that a traced graph resizes at any input size.
 
     Returns:
         Tensor: ``(heads, hq*wq, hk*wk)``. ``bias`` itself when the grids
         are unchanged.
     """
+    heads, num_queries, num_keys = _check_grids(bias, src_query, src_key)
+    src_query, src_key = tuple(src_query), tuple(src_key)
+    dst_query, dst_key = tuple(dst_query), tuple(dst_key)
+    align = None if mode == 'nearest' else False
+    if dst_query != src_query:
+        # (heads, Nq, Nk) -> (heads, Nk, Hq, Wq): keys become channels.
+        x = bias.transpose(1, 2).reshape(heads, num_keys, *src_query)
+        x = F.interpolate(x, size=dst_query, mode=mode, align_corners=align)
+        bias = x.flatten(2).transpose(1, 2)
+        num_queries = dst_query[0] * dst_query[1]
+    if dst_key != src_key:
+        # (heads, Nq, Nk) -> (heads, Nq, Hk, Wk): queries become channels.
+        x = bias.reshape(heads, num_queries, *src_key)
+        x = F.interpolate(x, size=dst_key, mode=mode, align_corners=align)
+        bias = x.flatten(2)
+    return bias.contiguous()
+
+
+def factored_relative_position_bias(bias: torch.Tensor,
+                                   src_query: Grid,
+                                   src_key: Grid,
+                                   dst_query: Grid,
+                                   dst_key: Grid,
+                                   mode: str = 'bicubic'
+                                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The resized bias as a product of two thin factors, never formed.
+
+    The resize is linear along each grid: ``resized = R_q · B · R_kᵀ`` per
+    head, with ``R_q`` and ``R_k`` the interpolation matrices of the query
+    and key grids. So ``rows = R_q · B`` (the stored bias resized over the
+    query grid only) and ``cols = R_k`` (the key grid's interpolation of the
+    identity) give ``rows @ cols.T`` equal to
+    :func:`resize_relative_position_bias`'s result, and attention can add
+    it as ``Hk*Wk``-independent extra channels of q and k
+    (:func:`..attention.factored_biased_attention`).
+
+    Returns:
+        tuple[Tensor, Tensor]: ``rows`` ``(heads, hq*wq, Hk*Wk)`` and
+        ``cols`` ``(hk*wk, Hk*Wk)``.
+    """
+    heads, num_queries, num_keys = _check_grids(bias, src_query, src_key)
+    align = None if mode == 'nearest' else False
+    x = bias.transpose(1, 2).reshape(heads, num_keys, *src_query)
+    x = F.interpolate(x, size=tuple(dst_query), mode=mode,
+                      align_corners=align)
+    rows = x.flatten(2).transpose(1, 2)
+    eye = torch.eye(num_keys, dtype=bias.dtype, device=bias.device)
+    x = F.interpolate(eye.reshape(1, num_keys, *src_key), size=tuple(dst_key),
+                      mode=mode, align_corners=align)
+    cols = x.reshape(num_keys, -1).transpose(0, 1)
+    return rows, cols
+
+
+def _check_grids(bias: torch.Tensor, src_query: Grid, src_key: Grid):
+    """``bias``'s (heads, queries, keys), which must fill the grids."""
     heads, num_queries, num_keys = bias.shape
     if num_queries != src_query[0] * src_query[1] or \
             num_keys != src_key[0] * src_key[1]:
         raise ValueError(
             f'relative position bias of shape {tuple(bias.shape)} does not '
             f'match a {src_query} query grid and a {src_key} key grid')
-    src_query, src_key = tuple(src_query), tuple(src_key)
-    dst_query, dst_key = tuple(dst_query), tuple(dst_key)
-    align = None if mode == 'nearest' else False
-    if always or dst_query != src_query:
-        # (heads, Nq, Nk) -> (heads, Nk, Hq, Wq): keys become channels.
-        x = bias.transpose(1, 2).reshape(heads, num_keys, *src_query)
-        x = F.interpolate(x, size=dst_query, mode=mode, align_corners=align)
-        bias = x.flatten(2).transpose(1, 2)
-        num_queries = dst_query[0] * dst_query[1]
-    if always or dst_key != src_key:
-        # (heads, Nq, Nk) -> (heads, Nq, Hk, Wk): queries become channels.
-        x = bias.reshape(heads, num_queries, *src_key)
-        x = F.interpolate(x, size=dst_key, mode=mode, align_corners=align)
-        bias = x.flatten(2)
-    return bias.contiguous()
+    return heads, num_queries, num_keys
 
 
 def infer_square_grid(num_tokens: int) -> Grid:
