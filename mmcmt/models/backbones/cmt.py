@@ -336,6 +336,7 @@ class CMTStage(nn.Module):
                         math.prod(self.key_grid(self.pretrain_grid))))
         self.with_cp = with_cp
         self._bias_cache = None  # (key, bias) of the last eval-mode grid
+        self._bias_memory = None  # its memory, kept for the next size
         self.register_load_state_dict_pre_hook(self._resize_loaded_bias)
 
     def key_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
@@ -356,16 +357,26 @@ class CMTStage(nn.Module):
         if self.training or torch.is_grad_enabled():
             return self._resize(bias, grid)
         # Eval: keyed on the parameter's version so updates invalidate it.
+        # A new size (in a COCO evaluation, most images) is written into
+        # the last one's memory when it fits: a fresh allocation of this
+        # size costs more in page faults than the resize itself.
         key = (grid, bias.device, bias.dtype, bias._version)
         if self._bias_cache is None or self._bias_cache[0] != key:
-            self._bias_cache = None  # free the old one before resizing
-            self._bias_cache = (key, self._resize(bias, grid))
+            self._bias_cache = None
+            size = bias.shape[0] * math.prod(grid) * math.prod(
+                self.key_grid(grid))
+            memory = self._bias_memory
+            if memory is None or memory.numel() < size or (
+                    memory.device, memory.dtype) != (bias.device, bias.dtype):
+                self._bias_memory = memory = None  # freed before the new one
+                memory = self._bias_memory = bias.new_empty(size)
+            self._bias_cache = (key, self._resize(bias, grid, memory))
         return self._bias_cache[1]
 
-    def _resize(self, bias, grid):
+    def _resize(self, bias, grid, out=None):
         return resize_relative_position_bias(
             bias, self.pretrain_grid, self.key_grid(self.pretrain_grid), grid,
-            self.key_grid(grid))
+            self.key_grid(grid), out=out)
 
     def _resize_loaded_bias(self, module, state_dict, prefix, *args):
         """Adapt a bias saved at another grid (say, by a detector fine-tuned
@@ -385,7 +396,7 @@ class CMTStage(nn.Module):
             f'{tuple(target.shape)}', 'current')
 
     def train(self, mode: bool = True):
-        self._bias_cache = None
+        self._bias_cache = self._bias_memory = None
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
