@@ -346,15 +346,16 @@ class CMTStage(nn.Module):
         """The relative position bias resized to a query grid,
         ``(heads, H*W, h*w)``; the stored one at the pre-training grid."""
         bias = self.relative_position_bias
-        if torch.jit.is_tracing():
-            # ONNX export: the resize follows the traced input size (one to
-            # the same grid is exact) and, factored, costs little per run
+        if torch.onnx.is_in_onnx_export():
+            # the resize follows the traced input size (one to the same
+            # grid is exact) and, factored, costs little per run
             return factored_relative_position_bias(
                 bias, self.pretrain_grid, self.key_grid(self.pretrain_grid),
                 grid, self.key_grid(grid))
         if grid == self.pretrain_grid:
             return bias
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or \
+                torch.jit.is_tracing():
             return self._resize(bias, grid)
         # Eval: keyed on the parameter's version so updates invalidate it.
         # A new size (in a COCO evaluation, most images) is written into

