@@ -64,11 +64,14 @@ def resize_relative_position_bias(bias: torch.Tensor,
     cols = interpolation_matrix(src_key[1], dst_key[1], mode, bias)
     # (contiguous: matmul loops over the batch of a strangely strided one)
     x = bias.reshape(heads * num_queries, *src_key).contiguous()
-    x = torch.matmul(x.transpose(1, 2), rows.T).transpose(1, 2)
     if out is not None:
         out = out.view(-1)[:x.shape[0] * math.prod(dst_key)].view(
             x.shape[0], *dst_key)
-    return torch.matmul(x, cols.T, out=out).view(heads, num_queries, -1)
+    # in the bias's own precision, also under autocast (as F.interpolate)
+    with torch.autocast(bias.device.type, enabled=False):
+        x = torch.matmul(x.transpose(1, 2), rows.T).transpose(1, 2)
+        x = torch.matmul(x, cols.T, out=out)
+    return x.view(heads, num_queries, -1)
 
 
 def interpolation_matrix(src: int, dst: int, mode: str,
