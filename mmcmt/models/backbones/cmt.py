@@ -128,8 +128,7 @@ class StemLayer(nn.Module):
             conv = self.conv
             x = conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
                           conv.padding[0], conv.groups)
-            return batch_norm_(x, self.norm) if isinstance(
-                self.norm, nn.BatchNorm2d) else self.norm(x)
+            return batch_norm_(x, self.norm)
         return self.norm(gelu(self.conv(x)))
 
 
