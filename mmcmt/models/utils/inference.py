@@ -92,7 +92,12 @@ def derived(owner: nn.Module, name: str, sources: Iterable[torch.Tensor],
 
 
 def tensors_of(*modules: nn.Module):
-    """The parameters and buffers of ``modules``."""
-    for module in modules:
-        yield from module.parameters()
-        yield from module.buffers()
+    """The parameters and buffers of ``modules`` and their children (read
+    from the modules' own dicts: :meth:`nn.Module.parameters` costs more
+    than the small convolutions whose cache keys this serves)."""
+    stack = list(modules)
+    while stack:
+        module = stack.pop()
+        for tensors in (module._parameters, module._buffers):
+            yield from (t for t in tensors.values() if t is not None)
+        stack.extend(module._modules.values())
