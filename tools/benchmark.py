@@ -38,7 +38,11 @@ runs every model once, starting one model further along each round, after
 ``--warmup`` rounds; so slow drifts of the machine reach every model alike.
 Each cell gives the median time over the rounds with its spread
 ``[min-max]``, and the ratio to ResNet-50 computed per round (the median of
-the per-round ratios, with their spread).
+the per-round ratios, with their spread). Everything runs in one process:
+the multiply-add counts at the ``det`` size come first and grow the heap,
+so the timed runs take almost no page faults (a fresh process at 8x224x224
+takes tens of thousands per forward, ResNet-50 twice CMT-S's; the README
+gives both).
 
 Rows: the backbones, ``CMT-S fused`` (:meth:`CMT.fuse`, inference only) and
 ``CMT-S naive`` (:class:`mmcmt.testing.NaiveCMT`: separate q/k/v, an explicit
