@@ -23,6 +23,9 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .fuse import bn_affine
 
 
 def inference_path(module: nn.Module) -> bool:
@@ -64,8 +67,6 @@ def batch_norm_(x: torch.Tensor, bn: nn.Module) -> torch.Tensor:
     H, W)`` map that nothing else holds (a kernel's fresh output): one pass
     and no allocation, about twice as fast as ``bn(x)``. Any other module
     (an ``nn.Identity`` left by ``fuse()``) is simply applied."""
-    from torch.nn.modules.batchnorm import _BatchNorm
-    from .fuse import bn_affine
     if not isinstance(bn, _BatchNorm):
         return bn(x)
     scale, shift = derived(
