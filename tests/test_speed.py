@@ -268,6 +268,63 @@ def test_torch_compile_matches_eager():
     assert error < 1e-5
 
 
+@pytest.mark.parametrize('batch,height,row_bytes,budget,expected', [
+    (8, 56, 100, 5600, [(1, 56)] * 8),  # one image per piece
+    (3, 24, 10, 500, [(1, 24), (2, 24)]),  # two images at most
+    (1, 200, 10, 260, [(1, 25)] * 8),  # bands of 26 rows at most, even
+    (2, 10, 10, 1, [(1, 3), (1, 3), (1, 4)] * 2),  # 4 rows if none fit
+])
+def test_cache_pieces_cover_every_row_once(monkeypatch, batch, height,
+                                           row_bytes, budget, expected):
+    from mmcmt.models.utils import inference
+    monkeypatch.setattr(inference, 'PIECE_BYTES', budget)
+    pieces = list(inference.cache_pieces(batch, height, row_bytes))
+    covered = torch.zeros(batch, height, dtype=torch.int)
+    for images, rows in pieces:
+        covered[images, rows] += 1
+    assert covered.eq(1).all()
+    assert [(images.stop - images.start, rows.stop - rows.start)
+            for images, rows in pieces] == expected
+
+
+@pytest.mark.parametrize('budget', [1, 40_000, 250_000])
+def test_irffn_computed_in_cache_pieces_matches(monkeypatch, budget):
+    """The eval path's IRFFN, a few images or a band of rows at a time
+    (bands of 4 rows at least, their depthwise convolution fed one row of
+    each neighbour), computes what the whole map and the plain layers
+    compute."""
+    from mmcmt.models.backbones import cmt as cmt_module
+    from mmcmt.models.utils import inference
+    model = loaded_model()
+    x = torch.randn(3, 3, 96, 128)  # stage 1: 24 x 32 grid, 4 KB a row
+    pieces = []
+    real = inference.cache_pieces
+    monkeypatch.setattr(cmt_module, 'cache_pieces',
+                        lambda *a: pieces.append(list(real(*a))) or
+                        pieces[-1])
+    with torch.no_grad():
+        monkeypatch.setattr(inference, 'PIECE_BYTES', 1 << 40)
+        whole = model(x)
+        assert all(len(p) == 1 for p in pieces)
+        pieces.clear()
+        monkeypatch.setattr(inference, 'PIECE_BYTES', budget)
+        got = model(x)
+        with monkeypatch.context() as m:
+            m.setattr(cmt_module, 'inference_path', lambda module: False)
+            plain = model(x)
+    stage1 = pieces[0]
+    if budget == 250_000:  # two 96 KB images at most, whole
+        assert stage1 == [(slice(0, 1), slice(0, 24)),
+                          (slice(1, 3), slice(0, 24))]
+    else:  # each image in bands of 4 (budget 1) or 8 rows
+        rows = 4 if budget == 1 else 8
+        assert stage1 == [(slice(i, i + 1), slice(r, r + rows))
+                          for i in range(3) for r in range(0, 24, rows)]
+    for out, ref, base in zip(got, whole, plain):
+        assert relative_error(out, ref) < 1e-6
+        assert relative_error(out, base) < 1e-5
+
+
 def test_eval_inference_path_matches_and_follows_weight_changes(monkeypatch):
     """The eval-mode path (GELU inside the convolutions, BatchNorms folded
     or applied in place, cached) computes what the plain layers compute,

@@ -25,8 +25,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..utils.attention import biased_attention, factored_biased_attention
 from ..utils.fuse import (fold_bn_into_consumer, fold_bn_into_producer,
                           folded_weights)
-from ..utils.inference import (batch_norm_, conv_gelu, derived,
-                               inference_path, linear_gelu, tensors_of)
+from ..utils.inference import (batch_norm_, cache_pieces, conv_gelu,
+                               derived, inference_path, linear_gelu, onednn,
+                               tensors_of)
 from ..utils.checkpoint import (is_official_cmt, load_checked,
                                 pop_official_cmt, read_checkpoint)
 from ..utils.relative_position import (factored_relative_position_bias,
@@ -246,18 +247,41 @@ class IRFFN(nn.Module):
 
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
         """Eval mode: each GELU inside its producer's kernel, norm2 and norm3
-        folded into fc2 (norm1 precedes a padded convolution and stays)."""
+        folded into fc2 (norm1 precedes a padded convolution and stays).
+
+        On a CPU the hidden map is computed a piece at a time, so that it
+        stays in cache (see :func:`cache_pieces`): whole images, or bands of
+        rows that bring one row on either side for the depthwise
+        convolution and keep only their own rows of its output.
+        """
         dwconv = self.dwconv
         dw_weight = derived(self, '_dw_weight', tensors_of(dwconv),
                             lambda: plus_identity(dwconv))
         fc2_weight, fc2_bias = derived(
             self, '_fc2_folded', tensors_of(self.fc2, self.norm2, self.norm3),
             lambda: folded_weights(self.fc2, self.norm2, self.norm3))
+        if not onednn(x):  # CUDA or autocast: the whole map at once
+            return F.linear(self._hidden(x, dw_weight), fc2_weight, fc2_bias)
+        B, H, W, C = x.shape
+        hidden = dw_weight.shape[0]
+        out = torch.empty_like(x)
+        for images, rows in cache_pieces(B, H, W * hidden * x.element_size()):
+            top, bottom = max(rows.start - 1, 0), min(rows.stop + 1, H)
+            h = self._hidden(x[images, top:bottom], dw_weight)
+            h = h[:, rows.start - top:rows.stop - top].reshape(-1, hidden)
+            torch.addmm(fc2_bias, h, fc2_weight.t(),
+                        out=out[images, rows].view(-1, C))
+        return out
+
+    def _hidden(self, x: torch.Tensor,
+                dw_weight: torch.Tensor) -> torch.Tensor:
+        """fc1, GELU, norm1, the depthwise convolution (its kernel plus the
+        identity) and GELU: ``(B, H, W, C) -> (B, H, W, hidden)``."""
         x = batch_norm_(
             nchw(linear_gelu(x, self.fc1.weight, self.fc1.bias)), self.norm1)
-        x = conv_gelu(x, dw_weight, dwconv.bias, 1, dwconv.padding[0],
-                      dwconv.groups)
-        return F.linear(nhwc(x), fc2_weight, fc2_bias)
+        return nhwc(
+            conv_gelu(x, dw_weight, self.dwconv.bias, 1,
+                      self.dwconv.padding[0], self.dwconv.groups))
 
 
 class CMTBlock(nn.Module):

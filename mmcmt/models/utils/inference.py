@@ -12,6 +12,12 @@ Two things make CMT's inference cheaper without changing what it computes:
   once and kept until a source parameter or statistic changes. Those in
   front of padded convolutions, which cannot fold, are applied in place to
   their producer's fresh output.
+- **Pieces that stay in cache.** The IRFFN's hidden maps are four times as
+  wide as its input (25 MB per map for CMT-S at 8 x 224 x 224, 62 MB at
+  800 x 1216). Computed whole, each pass over them (bias, GELU, BatchNorm,
+  depthwise convolution, projection) goes to main memory; computed a few
+  images or a band of rows at a time (:func:`cache_pieces`) they stay in
+  the last-level cache.
 
 :func:`inference_path` says when this applies: a module in eval mode, with
 no gradient to track and no graph being traced or compiled (ONNX export
@@ -34,7 +40,7 @@ def inference_path(module: nn.Module) -> bool:
                 or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
-def _onednn(x: torch.Tensor) -> bool:
+def onednn(x: torch.Tensor) -> bool:
     """oneDNN's fused kernels serve float32/bfloat16 CPU tensors outside
     autocast (whose casts they would skip)."""
     return (x.device.type == 'cpu' and torch.backends.mkldnn.is_available()
@@ -54,12 +60,49 @@ def conv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
               stride: int, padding: int, groups: int) -> torch.Tensor:
     """``gelu(conv2d(x))``, for inference, on a channels-last ``(B, C, H,
     W)`` map; the output is channels-last too."""
-    if _onednn(x) and x.dtype == weight.dtype:
+    if onednn(x) and x.dtype == weight.dtype:
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, [padding] * 2, [stride] * 2, [1, 1], groups,
             'gelu', [], 'none')
     return torch.ops.aten.gelu_(
         F.conv2d(x, weight, bias, stride, padding, 1, groups))
+
+
+#: Bytes of one piece of a large map computed piece by piece on a CPU: it
+#: stays in a server CPU's last-level cache beside the piece's input and
+#: output. Measured on CMT-S's IRFFN (32 MB L3): 37 -> 23 ms per stage-1
+#: block at 8 x 224 x 224, 100 -> 54 ms at 800 x 1216; the whole backbone
+#: 0.91-0.93x its time with whole maps at 8 x 224 x 224 and 0.91-0.96x at
+#: 800 x 1216 for pieces of 4 to 24 MB.
+PIECE_BYTES = 8 << 20
+
+
+def cache_pieces(batch: int, height: int, row_bytes: int):
+    """Split a ``(batch, height, ...)`` map whose rows take ``row_bytes``
+    into pieces of about :data:`PIECE_BYTES`: whole images when one fits,
+    otherwise bands of rows of one image. Pieces of a split are of nearly
+    equal sizes; a band holds as many rows as fit, or four (each band
+    computes two more rows, for a depthwise convolution's borders).
+
+    Yields:
+        tuple[slice, slice]: the images and the rows of each piece.
+    """
+    budget, image_bytes = PIECE_BYTES, height * row_bytes
+    if image_bytes <= budget:
+        images = _even_split(batch, max(1, budget // image_bytes))
+        yield from ((piece, slice(0, height)) for piece in images)
+        return
+    for image in range(batch):
+        for rows in _even_split(height, max(4, budget // row_bytes)):
+            yield slice(image, image + 1), rows
+
+
+def _even_split(length: int, most: int):
+    """``range(length)`` as slices of at most ``most``, whose lengths differ
+    by one at most."""
+    count = -(-length // most)
+    ends = [length * i // count for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(ends, ends[1:])]
 
 
 def batch_norm_(x: torch.Tensor, bn: nn.Module) -> torch.Tensor:
