@@ -170,7 +170,7 @@ def test_benchmark_figures(tmp_path):
         '--det-shape', '1', '64', '96', '--cls-shape', '2', '32', '32',
         '--cls64-shape', '3', '32', '32', '--train-shape', '2', '64', '64',
         '--stream-scale', '0.05', '--rounds', '2', '--train-rounds', '1',
-        '--warmup', '0', '--out', out])
+        '--warmup', '0', '--heap', 'default', '--out', out])
     assert list(results) == ['ResNet-50', 'CMT-Ti', 'CMT-S', 'CMT-S fused',
                              'CMT-S naive']
     ti = results['CMT-Ti']
@@ -195,6 +195,7 @@ def test_benchmark_figures(tmp_path):
     assert results['CMT-S naive']['check'] < 1e-5
     assert 'train' not in results['CMT-S fused']  # inference only
     text = open(out).read()
+    assert 'heap: glibc defaults' in text
     assert '| ResNet-50 |' in text and '(1.00x [1.00x-1.00x])' in text
     assert 'CMT-S naive computes what CMT-S computes' in text
     # the stream: the README's sizes scaled, in their order
@@ -226,6 +227,21 @@ def test_benchmark_figures(tmp_path):
                goals if goal.endswith('1.8x ResNet-50'))
     with pytest.raises(SystemExit):
         benchmark.main(['--out', out])  # never overwritten
+
+
+def test_benchmark_keeps_a_steady_heap_by_default(tmp_path):
+    """The default heap regime, in a process of its own (it changes the
+    allocator's settings for the rest of the process)."""
+    out = tmp_path / 'bench.md'
+    result = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), '--models',
+         'CMT-Ti', '--tasks', 'cls', '--cls-shape', '1', '32', '32',
+         '--rounds', '1', '--warmup', '0', '--out', str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert 'heap: steady (glibc keeps freed memory for reuse' in text
+    assert '| CMT-Ti |' in text
 
 
 def test_interleaved_rotates_and_keeps_measured_rounds():
@@ -274,11 +290,11 @@ def test_torch_compile_matches_eager():
     (1, 200, 10, 260, [(1, 25)] * 8),  # bands of 26 rows at most, even
     (2, 10, 10, 1, [(1, 3), (1, 3), (1, 4)] * 2),  # 4 rows if none fit
 ])
-def test_cache_pieces_cover_every_row_once(monkeypatch, batch, height,
+def test_map_pieces_cover_every_row_once(monkeypatch, batch, height,
                                            row_bytes, budget, expected):
     from mmcmt.models.utils import inference
     monkeypatch.setattr(inference, 'PIECE_BYTES', budget)
-    pieces = list(inference.cache_pieces(batch, height, row_bytes))
+    pieces = list(inference.map_pieces(batch, height, row_bytes))
     covered = torch.zeros(batch, height, dtype=torch.int)
     for images, rows in pieces:
         covered[images, rows] += 1
@@ -288,7 +304,7 @@ def test_cache_pieces_cover_every_row_once(monkeypatch, batch, height,
 
 
 @pytest.mark.parametrize('budget', [1, 40_000, 250_000])
-def test_irffn_computed_in_cache_pieces_matches(monkeypatch, budget):
+def test_irffn_computed_in_pieces_matches(monkeypatch, budget):
     """The eval path's IRFFN, a few images or a band of rows at a time
     (bands of 4 rows at least, their depthwise convolution fed one row of
     each neighbour), computes what the whole map and the plain layers
@@ -298,8 +314,8 @@ def test_irffn_computed_in_cache_pieces_matches(monkeypatch, budget):
     model = loaded_model()
     x = torch.randn(3, 3, 96, 128)  # stage 1: 24 x 32 grid, 4 KB a row
     pieces = []
-    real = inference.cache_pieces
-    monkeypatch.setattr(cmt_module, 'cache_pieces',
+    real = inference.map_pieces
+    monkeypatch.setattr(cmt_module, 'map_pieces',
                         lambda *a: pieces.append(list(real(*a))) or
                         pieces[-1])
     with torch.no_grad():

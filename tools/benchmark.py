@@ -38,11 +38,19 @@ runs every model once, starting one model further along each round, after
 ``--warmup`` rounds; so slow drifts of the machine reach every model alike.
 Each cell gives the median time over the rounds with its spread
 ``[min-max]``, and the ratio to ResNet-50 computed per round (the median of
-the per-round ratios, with their spread). Everything runs in one process:
-the multiply-add counts at the ``det`` size come first and grow the heap,
-so the timed runs take almost no page faults (a fresh process at 8x224x224
-takes tens of thousands per forward, ResNet-50 twice CMT-S's; the README
-gives both).
+the per-round ratios, with their spread).
+
+The heap (``--heap``): glibc serves a large allocation (above its mmap
+threshold, which it raises up to 32 MB as large blocks are freed) with a
+fresh mapping, whose every page faults on first touch. How many a model
+takes then depends on what ran before in the process, not on the model:
+ResNet-50 at 1x3x800x1216 took 0.23-0.42 M minor faults per forward and
+1.5-1.9 s in fresh processes, 1.2 s with 3-4 thousand faults when freed
+memory is kept; 1.27-1.65 s in runs of this tool that left glibc alone,
+while CMT-S stayed at 2.4 s. So by default (``steady``) the
+benchmark has glibc keep freed memory for reuse, as jemalloc and tcmalloc
+do: the timed runs take almost no page faults and measure the models'
+computation. ``--heap default`` leaves glibc's settings as they are.
 
 Rows: the backbones, ``CMT-S fused`` (:meth:`CMT.fuse`, inference only) and
 ``CMT-S naive`` (:class:`mmcmt.testing.NaiveCMT`: separate q/k/v, an explicit
@@ -151,6 +159,11 @@ def parse_args(argv=None):
     parser.add_argument('--stream-scale', type=float, default=1.,
                         help='scale the stream\'s sizes (to a multiple of '
                         '32), for quick runs')
+    parser.add_argument('--heap', choices=['steady', 'default'],
+                        default='steady',
+                        help='steady: glibc keeps freed memory for reuse, '
+                        'so timings do not depend on page faults; default: '
+                        'glibc\'s own settings (see the docstring)')
     parser.add_argument('--threads', type=int,
                         help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--out', help='markdown file to write (default: '
@@ -228,7 +241,22 @@ class Figure:
                 f'[{fmt.format(self.low)}-{fmt.format(self.high)}]')
 
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def set_heap(mode):
+    """Put this process's allocator in the ``--heap`` regime (see the
+    module's docstring); returns its description for the table's header."""
+    if mode == 'default':
+        return ('glibc defaults (tensors above its mmap threshold mapped '
+                'afresh, with page faults)')
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return 'the platform\'s allocator (not glibc: left as it is)'
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    return 'steady (glibc keeps freed memory for reuse: no page faults)'
 
 
 def cuda_peak_memory(fn, device):
@@ -752,6 +780,7 @@ def main(argv=None):
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         sys.exit('error: --device cuda but torch sees no CUDA device')
+    heap = set_heap(args.heap)
     setup_process()
     bench = Bench(args)
     results = OrderedDict((name, {}) for name in args.rows)
@@ -768,6 +797,7 @@ def main(argv=None):
     header = (f'Measured {stamp:%Y-%m-%d %H:%M} on {machine(device)}; '
               f'torch {torch.__version__}, '
               f'{"autocast " + args.amp if args.amp else "float32"}; '
+              f'heap: {heap}; '
               f'{args.rounds} rounds (training: '
               f'{args.train_rounds or args.rounds}) after {args.warmup} '
               f'warm-up, every model once per round in a rotating order; '

@@ -25,9 +25,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..utils.attention import biased_attention, factored_biased_attention
 from ..utils.fuse import (fold_bn_into_consumer, fold_bn_into_producer,
                           folded_weights)
-from ..utils.inference import (batch_norm_, cache_pieces, conv_gelu,
-                               derived, inference_path, linear_gelu, onednn,
-                               tensors_of)
+from ..utils.inference import (batch_norm_, conv_gelu, derived,
+                               inference_path, linear_gelu, map_pieces,
+                               onednn, tensors_of)
 from ..utils.checkpoint import (is_official_cmt, load_checked,
                                 pop_official_cmt, read_checkpoint)
 from ..utils.relative_position import (factored_relative_position_bias,
@@ -249,10 +249,10 @@ class IRFFN(nn.Module):
         """Eval mode: each GELU inside its producer's kernel, norm2 and norm3
         folded into fc2 (norm1 precedes a padded convolution and stays).
 
-        On a CPU the hidden map is computed a piece at a time, so that it
-        stays in cache (see :func:`cache_pieces`): whole images, or bands of
-        rows that bring one row on either side for the depthwise
-        convolution and keep only their own rows of its output.
+        On a CPU the hidden map is computed a piece of a few megabytes at a
+        time (see :func:`map_pieces`): whole images, or bands of rows that
+        bring one row on either side for the depthwise convolution and keep
+        only their own rows of its output.
         """
         dwconv = self.dwconv
         dw_weight = derived(self, '_dw_weight', tensors_of(dwconv),
@@ -265,7 +265,7 @@ class IRFFN(nn.Module):
         B, H, W, C = x.shape
         hidden = dw_weight.shape[0]
         out = torch.empty_like(x)
-        for images, rows in cache_pieces(B, H, W * hidden * x.element_size()):
+        for images, rows in map_pieces(B, H, W * hidden * x.element_size()):
             top, bottom = max(rows.start - 1, 0), min(rows.stop + 1, H)
             h = self._hidden(x[images, top:bottom], dw_weight)
             h = h[:, rows.start - top:rows.stop - top].reshape(-1, hidden)

@@ -1,6 +1,6 @@
 """The eval-mode inference path: fewer passes over memory, the same function.
 
-Two things make CMT's inference cheaper without changing what it computes:
+Three things make CMT's inference cheaper without changing what it computes:
 
 - **GELU inside the producing convolution.** On a CPU, oneDNN runs a
   convolution with the GELU that follows it as one kernel (a post-op, the
@@ -12,12 +12,12 @@ Two things make CMT's inference cheaper without changing what it computes:
   once and kept until a source parameter or statistic changes. Those in
   front of padded convolutions, which cannot fold, are applied in place to
   their producer's fresh output.
-- **Pieces that stay in cache.** The IRFFN's hidden maps are four times as
+- **Hidden maps in pieces.** The IRFFN's hidden maps are four times as
   wide as its input (25 MB per map for CMT-S at 8 x 224 x 224, 62 MB at
-  800 x 1216). Computed whole, each pass over them (bias, GELU, BatchNorm,
-  depthwise convolution, projection) goes to main memory; computed a few
-  images or a band of rows at a time (:func:`cache_pieces`) they stay in
-  the last-level cache.
+  800 x 1216). glibc serves such allocations with fresh mappings, whose
+  every page faults on first touch; computed a few images or a band of
+  rows at a time (:func:`map_pieces`) they take a few megabytes that the
+  allocator reuses.
 
 :func:`inference_path` says when this applies: a module in eval mode, with
 no gradient to track and no graph being traced or compiled (ONNX export
@@ -68,16 +68,17 @@ def conv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         F.conv2d(x, weight, bias, stride, padding, 1, groups))
 
 
-#: Bytes of one piece of a large map computed piece by piece on a CPU: it
-#: stays in a server CPU's last-level cache beside the piece's input and
-#: output. Measured on CMT-S's IRFFN (32 MB L3): 37 -> 23 ms per stage-1
-#: block at 8 x 224 x 224, 100 -> 54 ms at 800 x 1216; the whole backbone
-#: 0.91-0.93x its time with whole maps at 8 x 224 x 224 and 0.91-0.96x at
-#: 800 x 1216 for pieces of 4 to 24 MB.
+#: Bytes of one piece of a large map computed piece by piece on a CPU: well
+#: below glibc's mmap threshold (32 MB at most), so that freed pieces are
+#: reused instead of fresh pages that fault. Measured on CMT-S's IRFFN in a
+#: fresh process, the backbone took 0.91-0.93x its time with whole maps at
+#: 8 x 224 x 224 and 0.91-0.96x at 800 x 1216, for pieces of 4 to 24 MB; it
+#: gains nothing where freed memory is kept anyway (jemalloc, tcmalloc,
+#: ``tools/benchmark.py``'s steady heap: 1.00x), nor loses.
 PIECE_BYTES = 8 << 20
 
 
-def cache_pieces(batch: int, height: int, row_bytes: int):
+def map_pieces(batch: int, height: int, row_bytes: int):
     """Split a ``(batch, height, ...)`` map whose rows take ``row_bytes``
     into pieces of about :data:`PIECE_BYTES`: whole images when one fits,
     otherwise bands of rows of one image. Pieces of a split are of nearly
