@@ -114,16 +114,23 @@ def test_blockwise_attention_backward_matches_autograd(dtype, monkeypatch):
         assert relative_error(grad, ref_grad) < tol
 
 
-def test_small_and_fused_inference_attention_agree(monkeypatch):
+def test_inference_attention_takes_the_fused_kernel_with_a_parameter_bias():
+    """Under no_grad, a bias that requires grad (the stored parameter, at
+    the pre-training size) must not send SDPA to its unfused math path."""
+    from torch.profiler import profile
     g = torch.Generator().manual_seed(1)
     q = torch.randn(2, 96, 3, 16, generator=g).transpose(1, 2)
     k, v = (torch.randn(2, 3, 24, 16, generator=g) for _ in range(2))
-    bias = torch.randn(3, 96, 24, generator=g)
+    bias = nn.Parameter(torch.randn(3, 96, 24, generator=g))
+    with torch.no_grad(), profile() as prof:
+        out = attention.biased_attention(q, k, v, bias, 0.25)
+    ops = {event.key for event in prof.key_averages()}
+    assert 'aten::_scaled_dot_product_flash_attention_for_cpu' in ops
+    assert 'aten::_scaled_dot_product_attention_math' not in ops
     with torch.no_grad():
-        explicit = attention.biased_attention(q, k, v, bias, 0.25)
-        monkeypatch.setattr(attention, 'SMALL_ATTENTION', 0)
-        fused = attention.biased_attention(q, k, v, bias, 0.25)
-    assert relative_error(fused, explicit) < 1e-6
+        expected = torch.softmax(q @ k.transpose(-2, -1) * 0.25 + bias,
+                                 -1) @ v
+    assert relative_error(out, expected) < 1e-6
 
 
 def test_training_keeps_attention_matrices_out_of_autograd():

@@ -7,19 +7,19 @@ backward pass (gigabytes at detection sizes). :func:`biased_attention` keeps
 the fused forward in training too and gets the gradients, the bias's
 included, in a backward pass that recomputes the attention matrix a block of
 queries at a time. Elsewhere (inference, CUDA, whose memory-efficient kernel
-differentiates the mask itself) it is plain SDPA, except for small CPU
-inference problems, where two matrix products are faster.
+differentiates the mask itself) it is plain SDPA.
+
+The same fallback happens without any gradient: under ``no_grad`` a mask
+that requires grad (the stored bias, used as it is at the pre-training size)
+still sends SDPA to its unfused math, so inference passes the bias
+detached. (CMT-S at 64 x 224 x 224 took 1.20x ResNet-50's time through the
+math path, 1.08x through the fused kernel.)
 """
 import torch
 import torch.nn.functional as F
 
 #: Elements of one block of the recomputed attention matrix (64 MB in fp32).
 BLOCK_ELEMENTS = 1 << 24
-#: Up to this many elements of attention matrices (8 MB in fp32), inference
-#: computes them explicitly: two plain matrix products beat the fused CPU
-#: kernel's blocking on small problems (CMT-S at 224x224: 82 against 151 ms
-#: per forward, batch 8); beyond, the fused kernel wins (at 800x1216 by 2x).
-SMALL_ATTENTION = 1 << 21
 
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -34,13 +34,10 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Returns:
         Tensor: ``(B, heads, N, d)``.
     """
-    if q.device.type == 'cpu':
-        if bias.requires_grad and torch.is_grad_enabled():
-            return _CPUBiasedAttention.apply(q, k, v, bias, scale)
-        if not torch.is_grad_enabled() and \
-                q.shape[:-1].numel() * k.shape[-2] <= SMALL_ATTENTION:
-            attn = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
-            return torch.matmul(attn.add_(bias).softmax(-1), v)
+    if not torch.is_grad_enabled():
+        bias = bias.detach()  # or SDPA takes its math path (see above)
+    elif q.device.type == 'cpu' and bias.requires_grad:
+        return _CPUBiasedAttention.apply(q, k, v, bias, scale)
     # A 4-D mask keeps SDPA on its fused kernels.
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=bias.to(q.dtype).unsqueeze(0), scale=scale)
