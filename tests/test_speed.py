@@ -298,7 +298,7 @@ def test_torch_compile_matches_eager():
     (2, 10, 10, 1, [(1, 3), (1, 3), (1, 4)] * 2),  # 4 rows if none fit
 ])
 def test_map_pieces_cover_every_row_once(monkeypatch, batch, height,
-                                           row_bytes, budget, expected):
+                                         row_bytes, budget, expected):
     from mmcmt.models.utils import inference
     monkeypatch.setattr(inference, 'PIECE_BYTES', budget)
     pieces = list(inference.map_pieces(batch, height, row_bytes))
@@ -313,9 +313,8 @@ def test_map_pieces_cover_every_row_once(monkeypatch, batch, height,
 @pytest.mark.parametrize('budget', [1, 40_000, 250_000])
 def test_irffn_computed_in_pieces_matches(monkeypatch, budget):
     """The eval path's IRFFN, a few images or a band of rows at a time
-    (bands of 4 rows at least, their depthwise convolution fed one row of
-    each neighbour), computes what the whole map and the plain layers
-    compute."""
+    (each band's depthwise convolution fed one row of each neighbour),
+    computes what the whole map and the plain layers compute."""
     from mmcmt.models.backbones import cmt as cmt_module
     from mmcmt.models.utils import inference
     model = loaded_model()
