@@ -46,8 +46,8 @@ fresh mapping, whose every page faults on first touch. How many a model
 takes then depends on what ran before in the process, not on the model:
 ResNet-50 at 1x3x800x1216 took 0.23-0.42 M minor faults per forward and
 1.5-1.9 s in fresh processes, 1.2 s with 3-4 thousand faults when freed
-memory is kept; 1.27-1.65 s in runs of this tool that left glibc alone,
-while CMT-S stayed at 2.4 s. So by default (``steady``) the
+memory is kept; 1.27-1.69 s in runs of this tool that left glibc alone,
+while CMT-S stayed at 2.3-2.4 s. So by default (``steady``) the
 benchmark has glibc keep freed memory for reuse, as jemalloc and tcmalloc
 do: the timed runs take almost no page faults and measure the models'
 computation. ``--heap default`` leaves glibc's settings as they are.
@@ -254,8 +254,9 @@ def set_heap(mode):
         libc = ctypes.CDLL('libc.so.6')
     except OSError:
         return 'the platform\'s allocator (not glibc: left as it is)'
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    if not (libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+            and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):
+        return 'glibc defaults (mallopt refused the steady settings)'
     return 'steady (glibc keeps freed memory for reuse: no page faults)'
 
 
