@@ -17,6 +17,10 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmcmt'], allow_failed_imports=False)
 
+# the released ImageNet-1k weights; mmengine downloads them into torch's
+# hub cache on first use (a local path works too: docs/weights.md)
+pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/cmt_small.pth'  # noqa
+
 model = dict(
     backbone=dict(
         _delete_=True,  # drop every ResNet setting of the base model
@@ -25,8 +29,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.1,
         norm_eval=False,
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/cmt_small.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     # The FPN takes all four stages (P2-P5, plus P6 by max pooling).
     neck=dict(in_channels=[64, 128, 256, 512]))
 

@@ -22,6 +22,10 @@ custom_imports = dict(imports=['mmcmt'], allow_failed_imports=False)
 
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
+# the released ImageNet-1k weights; mmengine downloads them into torch's
+# hub cache on first use (a local path works too: docs/weights.md)
+pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/cmt_small.pth'  # noqa
+
 model = dict(
     data_preprocessor=data_preprocessor,
     pretrained=None,  # the base's ResNet weights; CMT's come via init_cfg
@@ -32,8 +36,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),  # strides 4, 8, 16, 32
         drop_path_rate=0.1,
         norm_eval=False,  # BatchNorm statistics are trained: see sync_bn
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/cmt_small.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 256, 512]),  # CMT-S embed dims
     decode_head=dict(num_classes=150))
 

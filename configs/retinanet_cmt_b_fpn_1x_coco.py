@@ -2,9 +2,10 @@
 # recipe (retinanet_cmt_s_fpn_1x_coco.py) with another arch.
 _base_ = './retinanet_cmt_s_fpn_1x_coco.py'
 
+pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/cmt_base.pth'  # noqa
+
 model = dict(
     backbone=dict(
         arch='base',
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/cmt_base.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[76, 152, 304, 608]))  # CMT-B embed dims

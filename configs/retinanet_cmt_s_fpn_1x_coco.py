@@ -19,6 +19,10 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmcmt'], allow_failed_imports=False)
 
+# the released ImageNet-1k weights; mmengine downloads them into torch's
+# hub cache on first use (a local path works too: docs/weights.md)
+pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/cmt_small.pth'  # noqa
+
 model = dict(
     backbone=dict(
         _delete_=True,  # drop every ResNet setting of the base model
@@ -31,8 +35,7 @@ model = dict(
         norm_eval=False,  # BatchNorm statistics are trained: see sync_bn
         # The ImageNet-1k weights (the released checkpoint or one converted
         # by mmcmt; either layout loads).
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/cmt_small.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(
         type='FPN',
         in_channels=[64, 128, 256, 512],  # CMT-S embed dims

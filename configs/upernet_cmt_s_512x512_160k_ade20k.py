@@ -33,6 +33,10 @@ custom_imports = dict(imports=['mmcmt'], allow_failed_imports=False)
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
 norm_cfg = dict(type='SyncBN', requires_grad=True)  # in the heads
+# the released ImageNet-1k weights; mmengine downloads them into torch's
+# hub cache on first use (a local path works too: docs/weights.md)
+pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/cmt_small.pth'  # noqa
+
 model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
@@ -44,8 +48,7 @@ model = dict(
         norm_eval=False,  # BatchNorm statistics are trained: see sync_bn
         # The ImageNet-1k weights (the released checkpoint or one converted
         # by mmcmt; either layout loads).
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/cmt_small.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(
         in_channels=[64, 128, 256, 512],  # CMT-S embed dims
         num_classes=150,

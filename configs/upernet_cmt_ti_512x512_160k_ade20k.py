@@ -2,10 +2,11 @@
 # CMT-S recipe (upernet_cmt_s_512x512_160k_ade20k.py) with another arch.
 _base_ = './upernet_cmt_s_512x512_160k_ade20k.py'
 
+pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/cmt_tiny.pth'  # noqa
+
 model = dict(
     backbone=dict(
         arch='tiny',
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/cmt_tiny.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(in_channels=[46, 92, 184, 368]),  # CMT-Ti embed dims
     auxiliary_head=dict(in_channels=184))  # stage 3

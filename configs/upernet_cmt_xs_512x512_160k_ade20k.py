@@ -2,10 +2,11 @@
 # CMT-S recipe (upernet_cmt_s_512x512_160k_ade20k.py) with another arch.
 _base_ = './upernet_cmt_s_512x512_160k_ade20k.py'
 
+pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/cmt_xs.pth'  # noqa
+
 model = dict(
     backbone=dict(
         arch='xs',
-        init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/cmt_xs.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(in_channels=[52, 104, 208, 416]),  # CMT-XS embed dims
     auxiliary_head=dict(in_channels=208))  # stage 3

@@ -47,6 +47,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .compat import ONNX_EXPORT_KWARGS
 from .engine import UsageError
 
 MANIFEST = 'manifest.json'
@@ -413,7 +414,7 @@ def _export_parts(model, fresh, parts, examples, cfg, out_dir, shape, opset,
         config=CONFIG,
         traced_shape=[1, 3, *shape],
         opset=opset,
-        exporter='torch.onnx.export(dynamo=False)',
+        exporter='torch.onnx.export (TorchScript)',
         versions=_versions(),
         dataset_meta=_json(getattr(model, 'dataset_meta', None)),
         data_preprocessor=_preprocessor_meta(model),
@@ -474,7 +475,8 @@ def _export_part(module: nn.Module, part: Part, args: tuple,
             _Flat(module, in_template, out_template).eval(), tuple(flat_in),
             path,
             input_names=in_names, output_names=out_names,
-            dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+            dynamic_axes=dynamic, opset_version=opset,
+            **ONNX_EXPORT_KWARGS)
     session = ort_session(path)
     got = session.run(out_names, {n: t.numpy()
                                   for n, t in zip(in_names, flat_in)})

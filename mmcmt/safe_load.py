@@ -17,21 +17,42 @@ without help mmdet's and mmseg's own ``tools/test.py``, ``--resume``,
   statistics methods of ``HistoryBuffer`` (pickled as
   ``getattr(HistoryBuffer, 'mean')``; a general ``getattr`` would reopen the
   door to arbitrary code);
-- makes mmengine's loader of local files (``CheckpointLoader``'s default
-  scheme, behind ``load_checkpoint``, ``load_from`` and ``resume``) fail with
-  one line that names the file and what is wrong: a refused object (the file
-  is not trusted), or a truncated or corrupt file. Never is the advice given
-  to switch ``weights_only`` off.
+- makes mmengine's loaders of local files and of http(s) URLs
+  (``CheckpointLoader``'s schemes, behind ``load_checkpoint``,
+  ``load_from``, ``resume``, ``init_detector``, the inferencers and
+  ``init_cfg``) read through :func:`load_file` and fail with one line that
+  names the file and what is wrong: a refused object (the file is not
+  trusted), or a truncated or corrupt file. Never is the advice given to
+  switch ``weights_only`` off.
+
+URLs are downloaded into torch's hub cache (``<torch hub dir>/checkpoints``,
+where mmengine and ``torch.hub`` put them) by :func:`load_url`; a file enters
+the cache only once it has arrived whole and loaded safely.
+
+torch before 2.4 cannot be taught new safe globals (no ``add_safe_globals``):
+there the same allow-list is enforced by a restricted unpickler of this
+module's own, on top of torch's list of what weights need.
 """
+import hashlib
+import http.client
+import os
 import os.path as osp
 import pickle
 import re
+import types
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
 
 import torch
 
+from .compat import HAS_SAFE_GLOBALS
+
 __all__ = [
     'CheckpointError', 'UntrustedCheckpointError', 'CorruptCheckpointError',
-    'allow_mmengine_checkpoints', 'load_file', 'install'
+    'DownloadError', 'allow_mmengine_checkpoints', 'load_file', 'load_url',
+    'is_url', 'install'
 ]
 
 #: The statistics of a HistoryBuffer that its pickled form may refer to.
@@ -50,13 +71,15 @@ class CorruptCheckpointError(CheckpointError):
     """The file is truncated or is not a checkpoint."""
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Let ``torch.load(weights_only=True)`` read mmengine checkpoints (see
-    the module docstring). Idempotent."""
+class DownloadError(CheckpointError):
+    """A checkpoint URL that cannot be downloaded (no network, no file)."""
+
+
+def _mmengine_globals() -> dict:
+    """What mmengine's checkpoints hold besides tensors, by the name their
+    pickles give it."""
     import numpy as np
     from mmengine.logging import HistoryBuffer
-    if not hasattr(torch.serialization, 'add_safe_globals'):
-        return  # torch < 2.4: torch.load is unrestricted by default
 
     def history_buffer_method(owner, name):
         methods = _HISTORY_BUFFER_METHODS | set(
@@ -68,39 +91,182 @@ def allow_mmengine_checkpoints() -> None:
 
     multiarray = np.core.multiarray if np.__version__ < '2' else \
         np._core.multiarray
+    allowed = [HistoryBuffer, multiarray._reconstruct, multiarray.scalar,
+               np.ndarray, np.dtype] + [
+                   type(np.dtype(t)) for t in (np.float64, np.float32,
+                                               np.int64, np.int32, np.bool_)]
+    names = {f'{obj.__module__}.{obj.__name__}': obj for obj in allowed}
+    names['builtins.getattr'] = history_buffer_method
+    return names
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Let ``torch.load(weights_only=True)`` read mmengine checkpoints (see
+    the module docstring). Idempotent; torch < 2.4 reads them through
+    :func:`load_file`'s own restricted unpickler instead."""
+    if not HAS_SAFE_GLOBALS:
+        return
     torch.serialization.add_safe_globals([
-        HistoryBuffer, multiarray._reconstruct, multiarray.scalar,
-        np.ndarray, np.dtype, (history_buffer_method, 'builtins.getattr')
-    ] + [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64,
-                                      np.int32, np.bool_)])
+        (obj, name) if name == 'builtins.getattr' else obj
+        for name, obj in _mmengine_globals().items()
+    ])
 
 
-def load_file(path: str, map_location='cpu'):
+def _restricted_pickle() -> types.ModuleType:
+    """A ``pickle_module`` for ``torch.load`` (torch < 2.4) whose unpickler
+    builds only what ``weights_only=True`` builds (torch's own list) and
+    mmengine's objects (:func:`_mmengine_globals`)."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+    allowed = dict(_get_allowed_globals(), **_mmengine_globals())
+
+    class Unpickler(pickle.Unpickler):
+
+        def find_class(self, module, name):
+            found = allowed.get(f'{module}.{name}')
+            if found is None:
+                # worded as torch words it, for _refused_object
+                raise pickle.UnpicklingError(
+                    f'Unsupported global: GLOBAL {module}.{name}')
+            return found
+
+    def load(file, **kwargs):
+        return Unpickler(file, **kwargs).load()
+
+    module = types.ModuleType('mmcmt_restricted_pickle')
+    module.Unpickler, module.load = Unpickler, load
+    module.UnpicklingError = pickle.UnpicklingError
+    return module
+
+
+def _torch_load(path: str, map_location):
+    if HAS_SAFE_GLOBALS:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    global _RESTRICTED_PICKLE
+    if _RESTRICTED_PICKLE is None:
+        _RESTRICTED_PICKLE = _restricted_pickle()
+    return torch.load(path, map_location=map_location,
+                      pickle_module=_RESTRICTED_PICKLE, weights_only=False)
+
+
+_RESTRICTED_PICKLE = None
+
+
+def load_file(path: str, map_location='cpu', name: str = None):
     """``torch.load(path, weights_only=True)``, failing with a one-line
-    :class:`CheckpointError` that names the file."""
+    :class:`CheckpointError` that names the file (or ``name``, where the
+    file stands for something else, a URL)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path!r}')
+    name = name or repr(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return _torch_load(path, map_location)
     except pickle.UnpicklingError as error:
         refused = _refused_object(str(error))
         if refused:
             raise UntrustedCheckpointError(
-                f'refusing to load checkpoint {path!r}: it holds {refused}, '
+                f'refusing to load checkpoint {name}: it holds {refused}, '
                 f'which a checkpoint of weights never needs; the file is not '
                 f'trusted, so it was not loaded') from None
         # an opcode or a structure the safe unpickler does not know
         raise CorruptCheckpointError(
-            f'cannot read checkpoint {path!r}: the file is truncated or '
+            f'cannot read checkpoint {name}: the file is truncated or '
             f'corrupt, or not a checkpoint ({_reason(error)})') from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError,
-            IndexError, TypeError) as error:
+            IndexError, TypeError, AttributeError) as error:
         # torch's zip reader, or the legacy format's unpickler, on a file
         # that is cut short or is no checkpoint at all
         raise CorruptCheckpointError(
-            f'cannot read checkpoint {path!r}: the file is truncated or '
+            f'cannot read checkpoint {name}: the file is truncated or '
             f'corrupt ({type(error).__name__}: {_first_line(error)})'
         ) from None
+
+
+def is_url(path) -> bool:
+    return isinstance(path, str) and path.startswith(('http://', 'https://'))
+
+
+def cached_download(url: str, model_dir: str = None) -> str:
+    """Where the download of ``url`` is kept: ``<torch hub dir>/checkpoints/
+    <file name>``, as ``torch.hub`` and mmengine keep it (``TORCH_HOME``
+    moves it)."""
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    return osp.join(model_dir, osp.basename(urllib.parse.urlparse(url).path))
+
+
+#: Seconds a download may wait for data before it gives up.
+DOWNLOAD_TIMEOUT = 60
+
+
+def load_url(url: str, map_location='cpu', model_dir: str = None):
+    """The checkpoint at ``url``, downloaded once into
+    :func:`cached_download` and read by :func:`load_file`.
+
+    The download goes to a temporary file beside the cache entry and takes
+    its place only when it arrived whole (its ``Content-Length``, and the
+    hash prefix in its name where it has one, as ``torch.hub`` checks) and
+    loaded safely: a download cut short, corrupt or untrusted is never kept.
+
+    Raises:
+        DownloadError: no network, or the server has no such file; the
+            message names the URL, where the file is expected and how to
+            use a local copy.
+        UntrustedCheckpointError, CorruptCheckpointError: as
+            :func:`load_file`.
+    """
+    path = cached_download(url, model_dir)
+    if osp.isfile(path):
+        try:
+            return load_file(path, map_location)
+        except CorruptCheckpointError as error:
+            raise CorruptCheckpointError(
+                f'{error}; it is the cached download of {url}: delete it to '
+                f'download the file again') from None
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    partial = f'{path}.{uuid.uuid4().hex[:8]}.partial'
+    try:
+        _download(url, partial, path)
+        checkpoint = load_file(partial, map_location, name=repr(url))
+        os.replace(partial, path)
+        return checkpoint
+    finally:
+        if osp.exists(partial):
+            os.remove(partial)
+
+
+def _download(url: str, dst: str, cache: str) -> None:
+    from mmengine.logging import print_log
+    print_log(f'downloading {url} to {cache}', 'current')
+    digest, size, expected = hashlib.sha256(), 0, None
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as reply, \
+                open(dst, 'wb') as out:
+            expected = reply.headers.get('Content-Length')
+            while True:
+                chunk = reply.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+    except (urllib.error.URLError, OSError, ValueError,
+            http.client.HTTPException) as error:
+        reason = (f'HTTP {error.code} {error.reason}'
+                  if isinstance(error, urllib.error.HTTPError) else
+                  getattr(error, 'reason', None) or _first_line(error))
+        raise DownloadError(
+            f'cannot download checkpoint {url} ({reason}); it is expected at '
+            f'{cache}: put the file there, or point the config at a local '
+            f'copy (init_cfg=dict(type=\'Pretrained\', checkpoint=PATH), '
+            f'load_from=PATH)') from None
+    if expected is not None and size != int(expected):
+        raise CorruptCheckpointError(
+            f'the download of {url} was cut short ({size} of {expected} '
+            f'bytes arrived) and was not kept: run again')
+    prefix = re.search(r'-([a-f0-9]{8,})\.', osp.basename(cache))
+    if prefix and not digest.hexdigest().startswith(prefix[1]):
+        raise CorruptCheckpointError(
+            f'the download of {url} is corrupt (its SHA-256 does not start '
+            f'with {prefix[1]}, as its name says) and was not kept')
 
 
 def _refused_object(message: str):
@@ -128,10 +294,31 @@ def _load_from_local(filename: str, map_location=None):
     return load_file(osp.expanduser(filename), map_location)
 
 
+def _load_from_http(filename: str, map_location=None, model_dir=None,
+                    **kwargs):
+    """mmengine's loader of http(s) URLs, by :func:`load_url` (rank 0
+    downloads first, as mmengine's does)."""
+    from mmengine.dist import barrier, get_dist_info
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        checkpoint = load_url(filename, map_location, model_dir)
+    if world_size > 1:
+        barrier()
+        if rank > 0:
+            checkpoint = load_url(filename, map_location, model_dir)
+    return checkpoint
+
+
 def install() -> None:
-    """Allow-list mmengine's checkpoint contents and give mmengine's local
-    checkpoint loader clean errors. Called by ``import mmcmt``."""
+    """Allow-list mmengine's checkpoint contents and give mmengine's
+    checkpoint loaders of local files and URLs safe reading and clean
+    errors. Called by ``import mmcmt``."""
     allow_mmengine_checkpoints()
-    from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(
-        prefixes='', loader=_load_from_local, force=True)
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    loader = mmengine_checkpoint.CheckpointLoader
+    loader.register_scheme(prefixes='', loader=_load_from_local, force=True)
+    loader.register_scheme(prefixes=('http://', 'https://'),
+                           loader=_load_from_http, force=True)
+    # open-mmlab://, torchvision:// and mmcls:// call this module-level
+    # function directly, not through the scheme
+    mmengine_checkpoint.load_from_http = _load_from_http

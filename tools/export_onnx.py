@@ -22,6 +22,7 @@ import warnings
 
 import torch
 
+from mmcmt.compat import ONNX_EXPORT_KWARGS
 from mmcmt.engine import run_main
 from mmcmt.models import CMT
 
@@ -59,7 +60,7 @@ def export(model: CMT, out: str, shape, opset: int = 17) -> None:
         # cannot yet solve the floor divisions of dynamic sizes.)
         torch.onnx.export(model, (x, ), out, input_names=['input'],
                           output_names=names, dynamic_axes=dynamic,
-                          opset_version=opset, dynamo=False)
+                          opset_version=opset, **ONNX_EXPORT_KWARGS)
 
 
 def check(model: CMT, out: str, shapes):

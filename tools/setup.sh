@@ -1,21 +1,48 @@
 #!/usr/bin/env bash
-# Sets up everything mmcmt needs in a virtual environment inside the checkout
-# (.venv): torch 2.13.0 (CPU), mmcv 2.1.0 built from source with its ops,
-# mmengine, mmdet 3.3.0, mmsegmentation 1.2.2, pycocotools, onnx and
-# onnxruntime (the optional export extras, which the tests cover), psutil
-# and openmim (for mmdet's benchmark tool and `mim`, also tested) and mmcmt
-# itself (editable). Safe to run again: what is already installed is kept, so a second
-# run takes seconds and never rebuilds mmcv.
+# Sets up everything mmcmt needs in a virtual environment inside the checkout.
+#
+#   bash tools/setup.sh                 # newest stack, into .venv
+#   bash tools/setup.sh --stack torch2.1  # oldest supported stack, .venv-torch2.1
+#
+# newest:   torch 2.13.0 (CPU), numpy 2.x
+# torch2.1: torch 2.1.2 (the package index's build, which runs on a CPU),
+#           numpy 1.x: the stack most mmdet 3.3 users have
+# Both: mmcv 2.1.0 built from source with its ops, mmengine 0.10, mmdet
+# 3.3.0, mmsegmentation 1.2.2, pycocotools, onnx and onnxruntime (the optional
+# export extras, which the tests cover), psutil and openmim (for mmdet's
+# benchmark tool and `mim`, also tested) and mmcmt itself (editable).
+#
+# Safe to run again: what is installed is kept, so a second run takes seconds.
+# The mmcv wheel is built once per (Python, torch) and kept in
+# ~/.cache/mmcmt/mmcv-wheels/<python>-torch<version>/: pip's own wheel cache
+# is keyed on mmcv's source only and would hand a wheel compiled against one
+# torch to the other (`import mmcv.ops`: undefined symbol), so it is not used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV=${MMCMT_VENV:-.venv}
+STACK=${MMCMT_STACK:-newest}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stack) STACK=${2:?--stack needs a name: newest or torch2.1}; shift 2 ;;
+    --stack=*) STACK=${1#--stack=}; shift ;;
+    *) echo "tools/setup.sh: unknown argument '$1' (use --stack newest|torch2.1)" >&2; exit 2 ;;
+  esac
+done
+case "$STACK" in
+  newest)   TORCH=torch==2.13.0; NUMPY='numpy>=2,<3'; DEFAULT_VENV=.venv ;;
+  torch2.1) TORCH=torch==2.1.2;  NUMPY='numpy>=1.24,<2'; DEFAULT_VENV=.venv-torch2.1 ;;
+  *) echo "tools/setup.sh: unknown stack '$STACK' (use newest or torch2.1)" >&2; exit 2 ;;
+esac
+VENV=${MMCMT_VENV:-$DEFAULT_VENV}
 if [ ! -x "$VENV/bin/python" ]; then
-  echo "[setup] creating virtual environment $VENV"
+  echo "[setup] creating virtual environment $VENV (stack $STACK)"
   python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip install --disable-pip-version-check -q)
+# every install keeps the stack's torch and numpy: nothing may upgrade them
+CONSTRAINTS="$VENV/mmcmt-constraints.txt"
+printf '%s\n%s\n' "$TORCH" "$NUMPY" > "$CONSTRAINTS"
+PIP=("$PY" -m pip install --disable-pip-version-check -q -c "$CONSTRAINTS")
 
 has() { "$PY" - "$@" <<'PY' 2>/dev/null
 import importlib.metadata as md, sys
@@ -30,24 +57,37 @@ for spec in sys.argv[1:]:
 PY
 }
 
-if ! has torch==2.13.0; then
-  echo "[setup] installing torch 2.13.0"
-  "${PIP[@]}" torch==2.13.0
+if ! has "$TORCH"; then
+  echo "[setup] installing $TORCH"
+  "${PIP[@]}" "$TORCH" "$NUMPY"
 fi
-if ! has ninja mmengine; then
-  echo "[setup] installing build tools and mmengine"
-  "${PIP[@]}" 'setuptools>=77,<81' wheel ninja 'mmengine>=0.10,<1'
+if ! has ninja mmengine numpy; then
+  echo "[setup] installing build tools, numpy and mmengine"
+  "${PIP[@]}" 'setuptools>=77,<81' wheel ninja "$NUMPY" 'mmengine>=0.10,<0.11'
 fi
 if ! has mmcv==2.1.0 || ! "$PY" -c 'import mmcv.ops' 2>/dev/null; then
-  echo "[setup] building mmcv 2.1.0 with CPU ops from source: about 15 minutes on 2 cores the first time (pip caches the wheel for later set-ups)"
-  # pip is quiet while it compiles: say every minute that the build is alive
-  ( start=$SECONDS; while sleep 60; do
-      echo "[setup]   still building mmcv: $(( (SECONDS - start) / 60 )) min so far"
-    done ) &
-  heartbeat=$!
-  trap 'kill $heartbeat 2>/dev/null || true' EXIT
-  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation mmcv==2.1.0
-  kill $heartbeat 2>/dev/null || true
+  WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/mmcmt/mmcv-wheels/$("$PY" -c \
+    'import sys, torch; print(f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}")')"
+  if ! ls "$WHEELS"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+    echo "[setup] building mmcv 2.1.0 with CPU ops from source for $(basename "$WHEELS"): about 18 minutes on 2 cores (kept in $WHEELS for later set-ups)"
+    # pip is quiet while it compiles: say every minute that the build is alive
+    ( start=$SECONDS; while sleep 60; do
+        echo "[setup]   still building mmcv: $(( (SECONDS - start) / 60 )) min so far"
+      done ) &
+    heartbeat=$!
+    trap 'kill $heartbeat 2>/dev/null || true' EXIT
+    build=$(mktemp -d)
+    MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip wheel --disable-pip-version-check -q \
+      --no-cache-dir --no-build-isolation --no-deps -w "$build" mmcv==2.1.0
+    mkdir -p "$WHEELS"
+    mv "$build"/mmcv-2.1.0-*.whl "$WHEELS"/
+    rm -rf "$build"
+    kill $heartbeat 2>/dev/null || true
+  fi
+  echo "[setup] installing mmcv 2.1.0 from $WHEELS"
+  "${PIP[@]}" --force-reinstall --no-deps "$WHEELS"/mmcv-2.1.0-*.whl
+  "${PIP[@]}" "$(ls "$WHEELS"/mmcv-2.1.0-*.whl)"  # its dependencies
+  "$PY" -c 'import mmcv.ops' || { echo "[setup] mmcv.ops does not import: remove $WHEELS and run again" >&2; exit 1; }
 fi
 if ! has mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest; then
   echo "[setup] installing mmdet, mmsegmentation, pycocotools and test tools"
@@ -72,4 +112,4 @@ if ! has mmcmt; then
   echo "[setup] installing mmcmt (editable)"
   "${PIP[@]}" --no-build-isolation --no-deps -e .
 fi
-echo "[setup] ready: $("$PY" -c 'import torch, mmcv, mmdet, mmseg; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}")')"
+echo "[setup] ready ($STACK, $VENV): $("$PY" -c 'import numpy, torch, mmcv, mmdet, mmseg; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, numpy {numpy.__version__}")')"

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
+from ..compat import register_load_state_dict_pre_hook
 from .backbones.cmt import CMT, init_cmt_weights
 from .utils.fuse import fold_bn_into_producer
 from .utils.checkpoint import (load_checked, pop_official_cmt,
@@ -61,7 +62,7 @@ class CMTClassifier(BaseModule):
         self.backbone = CMT(arch, out_indices=(3, ), **kwargs)
         self.head = CMTClsHead(self.backbone.embed_dims[-1], fc_dim,
                                num_classes, dropout)
-        self.register_load_state_dict_pre_hook(_convert_official_classifier)
+        register_load_state_dict_pre_hook(self, _convert_official_classifier)
 
     def init_weights(self):
         """Released initialisation, or the checkpoint of a ``Pretrained``

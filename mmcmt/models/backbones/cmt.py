@@ -22,6 +22,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...compat import register_load_state_dict_pre_hook
 from ..utils.attention import biased_attention, factored_biased_attention
 from ..utils.fuse import (fold_bn_into_consumer, fold_bn_into_producer,
                           folded_weights)
@@ -360,7 +361,7 @@ class CMTStage(nn.Module):
         self.with_cp = with_cp
         self._bias_cache = None  # (key, bias) of the last eval-mode grid
         self._bias_memory = None  # its memory, kept for the next size
-        self.register_load_state_dict_pre_hook(self._resize_loaded_bias)
+        register_load_state_dict_pre_hook(self, self._resize_loaded_bias)
 
     def key_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
         return grid[0] // self.sr_ratio, grid[1] // self.sr_ratio
@@ -558,7 +559,7 @@ class CMT(BaseModule):
             rates = rates[depth:]
             channels = self.embed_dims[i]
         self.fused = False
-        self.register_load_state_dict_pre_hook(_convert_official_backbone)
+        register_load_state_dict_pre_hook(self, _convert_official_backbone)
         self._freeze_stages()
 
     @classmethod

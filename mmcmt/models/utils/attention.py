@@ -1,6 +1,7 @@
 """Attention with a learnt additive bias: ``softmax(q kᵀ * scale + bias) v``.
 
-PyTorch's fused CPU kernel (flash attention) takes an additive mask but no
+PyTorch's fused CPU kernel (flash attention) takes an additive mask (torch
+2.3+; before it, the forward below runs a block of queries at a time) but no
 gradient for it: when the mask requires grad, ``scaled_dot_product_attention``
 falls back to its unfused path, which keeps every attention matrix for the
 backward pass (gigabytes at detection sizes). :func:`biased_attention` keeps
@@ -17,6 +18,8 @@ math path, 1.08x through the fused kernel.)
 """
 import torch
 import torch.nn.functional as F
+
+from ...compat import HAS_CPU_FLASH_ATTENTION_MASK
 
 #: Elements of one block of the recomputed attention matrix (64 MB in fp32).
 BLOCK_ELEMENTS = 1 << 24
@@ -68,14 +71,43 @@ def factored_biased_attention(q: torch.Tensor, k: torch.Tensor,
     return F.scaled_dot_product_attention(q, k, v, scale=1.)
 
 
+def _query_blocks(q: torch.Tensor, k: torch.Tensor):
+    """Slices of the queries whose logits take :data:`BLOCK_ELEMENTS`."""
+    B, heads, N, _ = q.shape
+    step = max(1, BLOCK_ELEMENTS // (B * heads * k.shape[2]))
+    return (slice(i, i + step) for i in range(0, N, step))
+
+
+def _blockwise_attention(q, k, v, bias, scale):
+    """The fused kernel's outputs, a block of queries at a time (torch
+    without a masked CPU flash kernel): the attention and its log-sum-exp
+    (float32 at least), never the whole ``N x Nk`` matrix."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    out = torch.empty_like(q)
+    lse = q.new_empty(q.shape[:3], dtype=acc)
+    for rows in _query_blocks(q, k):
+        logits = torch.matmul(q[:, :, rows], k.transpose(-2, -1)).to(acc)
+        logits.mul_(scale).add_(bias[:, rows])
+        lse[:, :, rows] = torch.logsumexp(logits, -1)
+        weights = logits.sub_(lse[:, :, rows, None]).exp_()
+        out[:, :, rows] = torch.matmul(weights.to(v.dtype), v)
+    return out, lse
+
+
 class _CPUBiasedAttention(torch.autograd.Function):
-    """Fused forward; blockwise backward (the flash-attention gradients,
-    ``dS = P * (dP - rowsum(dO * O))``, in float32 at least)."""
+    """Fused forward (blockwise where torch lacks the masked CPU kernel);
+    blockwise backward (the flash-attention gradients, ``dS = P * (dP -
+    rowsum(dO * O))``, in float32 at least)."""
 
     @staticmethod
     def forward(ctx, q, k, v, bias, scale):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, attn_mask=bias.to(q.dtype).unsqueeze(0), scale=scale)
+        if HAS_CPU_FLASH_ATTENTION_MASK:
+            out, lse = \
+                torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    q, k, v, attn_mask=bias.to(q.dtype).unsqueeze(0),
+                    scale=scale)
+        else:
+            out, lse = _blockwise_attention(q, k, v, bias, scale)
         ctx.save_for_backward(q, k, v, bias, out, lse)
         ctx.scale = scale
         return out
@@ -91,10 +123,7 @@ class _CPUBiasedAttention(torch.autograd.Function):
         dq = torch.empty_like(q32)
         dk, dv = torch.zeros_like(k32), torch.zeros_like(v32)
         dbias = torch.empty_like(bias, dtype=acc)
-        B, heads, N, _ = q.shape
-        step = max(1, BLOCK_ELEMENTS // (B * heads * k.shape[2]))
-        for i in range(0, N, step):
-            rows = slice(i, i + step)
+        for rows in _query_blocks(q, k):
             q_i, do_i = q32[:, :, rows], grad_out[:, :, rows]
             # P, recomputed from the saved log-sum-exp
             p = torch.matmul(q_i, k32.transpose(-2, -1)).mul_(scale)

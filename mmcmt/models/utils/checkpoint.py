@@ -18,10 +18,14 @@ from typing import Dict, Iterable, Optional
 import torch
 from mmengine.logging import print_log
 
-from ...safe_load import load_file
+from ...safe_load import is_url, load_file, load_url
 
-WEIGHTS_URL = ('https://github.com/huawei-noah/Efficient-AI-Backbones/'
-               'releases (CMT)')
+#: The release of the official CMT code with the ImageNet weights.
+RELEASE_URL = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1'
+#: The released file of each arch (the configs name them by URL).
+RELEASED_FILES = dict(
+    tiny='cmt_tiny.pth', xs='cmt_xs.pth', small='cmt_small.pth',
+    base='cmt_base.pth')
 STAGE_NAMES = 'abcd'
 _OFFICIAL_KEY = re.compile(
     r'^(stem_(conv|norm)\d|patch_embed_[abcd]\.|blocks_[abcd]\.|'
@@ -135,20 +139,19 @@ def read_checkpoint(path: str, prefix: Optional[str] = None
     detector checkpoint) with that prefix removed. Files are read by
     :func:`mmcmt.safe_load.load_file` (``torch.load(weights_only=True)``,
     one-line errors for untrusted or corrupt files); http(s) URLs are
-    downloaded by torch.
+    downloaded once into torch's hub cache by
+    :func:`mmcmt.safe_load.load_url` and read the same way.
     """
-    if path.startswith(('http://', 'https://')):
-        checkpoint = torch.hub.load_state_dict_from_url(
-            path, map_location='cpu', weights_only=True)
+    if is_url(path):
+        checkpoint = load_url(path)
     else:
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f'CMT checkpoint not found: {path!r}. Download the released '
-                f'ImageNet weights (cmt_tiny.pth, cmt_xs.pth, cmt_small.pth '
-                f'or cmt_base.pth) from {WEIGHTS_URL} and put the file at '
-                f'that path (configs expect checkpoints/cmt_small.pth etc. '
-                f'under the directory you run from), or set init_cfg=None '
-                f'to start from random weights.')
+                f'CMT checkpoint not found: {path!r}. The released ImageNet '
+                f'weights are {RELEASE_URL}/cmt_tiny.pth (cmt_xs.pth, '
+                f'cmt_small.pth, cmt_base.pth): name the URL as the '
+                f'checkpoint, or download the file to that path, or set '
+                f'init_cfg=None to start from random weights.')
         checkpoint = load_file(path)
     state_dict = checkpoint
     for wrapper in ('model', 'state_dict'):

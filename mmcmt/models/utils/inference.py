@@ -31,13 +31,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...compat import autocast_enabled, is_compiling
 from .fuse import bn_affine
 
 
 def inference_path(module: nn.Module) -> bool:
     """Whether ``module`` may run its eval-mode inference path now."""
     return not (module.training or torch.is_grad_enabled()
-                or torch.jit.is_tracing() or torch.compiler.is_compiling())
+                or torch.jit.is_tracing() or is_compiling())
 
 
 def onednn(x: torch.Tensor) -> bool:
@@ -45,7 +46,7 @@ def onednn(x: torch.Tensor) -> bool:
     autocast (whose casts they would skip)."""
     return (x.device.type == 'cpu' and torch.backends.mkldnn.is_available()
             and x.dtype in (torch.float32, torch.bfloat16)
-            and not torch.is_autocast_enabled('cpu'))
+            and not autocast_enabled('cpu'))
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
