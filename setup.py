@@ -7,15 +7,22 @@ def read_requirements(path='requirements.txt'):
                 if line.strip() and not line.startswith('#')]
 
 
+def read_version(path='mmcmt/version.py'):
+    scope = {}
+    with open(path) as f:
+        exec(f.read(), scope)
+    return scope['__version__']
+
+
 setup(
     name='mmcmt',
-    version='0.1.0',
+    version=read_version(),
     description='CMT (CNNs Meet Transformers) backbones for MMDetection and '
     'MMSegmentation',
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmcmt', 'mmcmt.*']),
-    python_requires='>=3.8',
+    python_requires='>=3.11,<3.12',  # the tested one (README)
     install_requires=read_requirements(),
     extras_require={
         'export': ['onnx', 'onnxruntime'],

@@ -2,8 +2,8 @@
 from . import safe_load
 from .models import CMT, CMTClassifier
 from .registry import register_detection_hooks, register_models
+from .version import __version__
 
-__version__ = '0.1.0'
 __all__ = ['CMT', 'CMTClassifier', '__version__']
 
 safe_load.install()

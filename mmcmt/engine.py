@@ -8,7 +8,8 @@ from typing import Callable, Iterator, List, Optional
 
 from mmengine.config import Config
 
-from .safe_load import CheckpointError
+from .datasets.image_check import bad_images, describe, image_problem
+from .safe_load import CheckpointError, is_url
 
 LIBRARIES = {'mmdet': 'detection', 'mmseg': 'segmentation'}
 
@@ -86,7 +87,120 @@ def check_data(cfg: Config, dataloaders: List[str]) -> None:
                     f'{name}.dataset.data_root=PATH')
 
 
+def check_images(cfg: Config, dataloaders: List[str],
+                 skip: bool = False) -> None:
+    """Fail before the run, naming them, when image files (or segmentation
+    maps) that a data set lists are unreadable: empty, truncated, not
+    images (:func:`mmcmt.datasets.image_problem`). With ``skip`` the data
+    sets leave them out instead (their ``indices``; a COCO-style evaluator
+    gets a copy of its annotation file without them, in the work dir), so
+    that the run evaluates on the rest, and a warning says how many."""
+    from mmengine.logging import print_log
+    from mmengine.registry import DATASETS, init_default_scope
+
+    init_default_scope(cfg.default_scope)
+    for name in dataloaders:
+        loader = cfg.get(name)
+        if not loader:
+            continue
+        for dataset_cfg in _datasets(loader['dataset']):
+            dataset = DATASETS.build(
+                dict(dataset_cfg, pipeline=[], lazy_init=False))
+            found = bad_images(dataset)
+            if not found:
+                continue
+            if not skip:
+                raise UsageError(
+                    f'{name}: {len(found)} unreadable image file(s) of '
+                    f'{len(dataset)}: {describe(found)}; replace them, or '
+                    f'pass --skip-bad-images to run without them')
+            bad = {index for index, _, _ in found}
+            keep = [i for i in range(len(dataset)) if i not in bad]
+            given = dataset_cfg.get('indices')
+            if given is not None:  # positions in the subset it selected
+                given = range(given) if isinstance(given, int) else given
+                dataset_cfg['indices'] = [given[i] for i in keep]
+            else:
+                dataset_cfg['indices'] = keep
+            _evaluate_without(cfg, name, dataset, bad)
+            print_log(
+                f'{name}: skipping {len(bad)} image(s) with unreadable '
+                f'files ({describe(found)}); running on the other '
+                f'{len(keep)}', 'current', level=30)
+
+
+def _evaluate_without(cfg: Config, dataloader: str, dataset,
+                      bad: set) -> None:
+    """Point the evaluators that read the data set's annotation file (COCO
+    AP) at a copy without the images ``bad`` (indices of ``dataset``)."""
+    import json
+    evaluators = cfg.get(dataloader.replace('_dataloader', '_evaluator'))
+    if not evaluators:
+        return
+    ann_file = getattr(dataset, 'ann_file', None)
+    for metric in (evaluators if isinstance(evaluators, list) else
+                   [evaluators]):
+        if not ann_file or not metric.get('ann_file') or \
+                osp.abspath(metric['ann_file']) != osp.abspath(ann_file):
+            continue
+        with open(ann_file) as f:
+            annotations = json.load(f)
+        dropped = {dataset.get_data_info(i)['img_id'] for i in bad}
+        annotations['images'] = [image for image in annotations['images']
+                                 if image['id'] not in dropped]
+        annotations['annotations'] = [
+            a for a in annotations.get('annotations', [])
+            if a['image_id'] not in dropped]
+        os.makedirs(cfg.work_dir, exist_ok=True)
+        copy = osp.join(cfg.work_dir, osp.basename(ann_file).replace(
+            '.json', '.readable_images.json'))
+        with open(copy, 'w') as f:
+            json.dump(annotations, f)
+        metric['ann_file'] = osp.abspath(copy)
+
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+
+
+def list_images(path: str) -> List[str]:
+    """The image ``path`` (failing at once, in one line, when it is no
+    readable image) or the image files of the folder ``path``, in name
+    order (checked one by one by :func:`process_images`)."""
+    if not osp.isdir(path):
+        check_file(path, 'image')
+        problem = image_problem(path, decode=True)
+        if problem:
+            raise UsageError(f'image {path!r} {problem}')
+        return [path]
+    paths = sorted(osp.join(path, name) for name in os.listdir(path)
+                   if name.lower().endswith(IMAGE_SUFFIXES))
+    if not paths:
+        raise UsageError(f'no image files ({", ".join(IMAGE_SUFFIXES)}) in '
+                         f'folder {path!r}')
+    return paths
+
+
+def process_images(paths: List[str], process: Callable[[str], object]):
+    """``process`` each readable image of ``paths``; the unreadable ones
+    (empty, truncated, not images) are passed over and, once the others
+    are done, reported in one line (:class:`UsageError`)."""
+    bad = []
+    for path in paths:
+        problem = image_problem(path, decode=True)
+        if problem:
+            bad.append(f'{path!r} {problem}')
+        else:
+            process(path)
+    if bad:
+        raise UsageError(f'{len(bad)} of {len(paths)} images were not read: '
+                         + ', '.join(bad))
+
+
 def check_file(path: str, what: str) -> None:
+    """Fail naming ``path`` when it is not a file; a checkpoint may also be
+    an http(s) URL (downloaded by the loader, with its own errors)."""
+    if what == 'checkpoint' and is_url(path):
+        return
     if not osp.isfile(path):
         raise FileNotFoundError(
             f'{what} not found: {path!r} (working directory {os.getcwd()})')
@@ -152,6 +266,10 @@ def add_runner_arguments(parser) -> None:
                         help='override config settings, key=value')
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument(
+        '--skip-bad-images', action='store_true',
+        help='leave out images whose files are unreadable (empty, truncated, '
+        'not images) instead of stopping before the run')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 

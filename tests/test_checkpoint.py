@@ -235,8 +235,9 @@ def test_missing_file_error():
         model.init_weights()
     message = str(err.value)
     assert "'checkpoints/cmt_small.pth'" in message
-    assert 'Download the released' in message and 'github.com' in message
-    assert 'put the file at that path' in message
+    assert 'https://github.com/ggjy/CMT.pytorch/releases/download/' \
+        'release-v1/cmt_tiny.pth' in message
+    assert 'name the URL as the checkpoint' in message
 
 
 def test_missing_keys_are_an_error(tmp_path, official_tiny):

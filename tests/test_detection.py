@@ -14,6 +14,7 @@ from helpers import (check_resume, coco_options, free_port, get_flops_rows,
 from mmcmt.datasets import make_synthetic_coco
 from mmcmt.datasets.synthetic_coco import CLASSES
 from mmcmt.engine import load_config
+from mmcmt.models.utils.checkpoint import RELEASE_URL, RELEASED_FILES
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COCO_CONFIGS = sorted(
@@ -107,8 +108,9 @@ def test_coco_config_settings(config):
             'small': [64, 128, 256, 512], 'base': [76, 152, 304, 608]}
     assert backbone.type == 'CMT'
     assert cfg.model.neck.in_channels == dims[backbone.arch]
-    assert backbone.init_cfg.checkpoint == \
-        f'checkpoints/cmt_{backbone.arch}.pth'
+    # the released weights by URL, as mmdet's Swin/PVT configs name theirs
+    assert backbone.init_cfg.checkpoint == cfg.pretrained == \
+        f'{RELEASE_URL}/{RELEASED_FILES[backbone.arch]}'
     if '_3x_' in config:  # mmdet's Swin / ConvNeXt 3x multi-scale recipe
         assert cfg.train_cfg.max_epochs == 36
         assert cfg.param_scheduler[-1].milestones == [27, 33]

@@ -17,6 +17,7 @@ from helpers import (check_resume, free_port, get_flops_rows,
 from mmcmt.datasets import make_synthetic_ade
 from mmcmt.datasets.synthetic_ade import CLASSES
 from mmcmt.engine import load_config
+from mmcmt.models.utils.checkpoint import RELEASE_URL, RELEASED_FILES
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ADE_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*_ade20k.py')))
@@ -138,7 +139,8 @@ def test_ade20k_config_settings(config):
     assert backbone.type == 'CMT' and backbone.out_indices == (0, 1, 2, 3)
     assert 'embed_dims' not in backbone and 'norm_cfg' not in backbone
     assert backbone.init_cfg == dict(
-        type='Pretrained', checkpoint=f'checkpoints/cmt_{backbone.arch}.pth')
+        type='Pretrained',
+        checkpoint=f'{RELEASE_URL}/{RELEASED_FILES[backbone.arch]}')
     assert cfg.model.get('pretrained') is None
     assert cfg.model.decode_head.num_classes == 150
     assert cfg.model.decode_head.norm_cfg.type == 'SyncBN'

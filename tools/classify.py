@@ -2,7 +2,10 @@
 
     python tools/classify.py demo.jpg --arch small --checkpoint cmt_small.pth
 
-Prints the top-5 ImageNet classes: a quick check of a downloaded checkpoint.
+Prints the top-5 ImageNet classes: a quick check of a downloaded checkpoint
+(a path or the release's URL). IMAGE may be a folder: each of its images in
+turn, headed by its name; unreadable files (empty, truncated, not images)
+are passed over and listed at the end (exit code 2).
 The image is resized (shorter side to 256/224 of the input size) and
 centre-cropped to the arch's ImageNet resolution, then normalised with the
 ImageNet mean and std, as the released models were evaluated.
@@ -14,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from mmcmt.engine import UsageError, check_file, run_main
+from mmcmt.engine import UsageError, list_images, process_images, run_main
 from mmcmt.models import CMT, CMTClassifier
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -39,10 +42,7 @@ def class_names(path=None, num_classes=1000):
 
 
 def preprocess(path, size):
-    check_file(path, 'image')
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise UsageError(f'cannot read image {path!r}: not an image file')
+    image = cv2.imread(path, cv2.IMREAD_COLOR)  # readable: list_images
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     short = int(size * 256 / 224)
     h, w = image.shape[:2]
@@ -62,7 +62,8 @@ def main(argv=None):
     parser.add_argument('--arch', default='small',
                         help='tiny, xs, small or base')
     parser.add_argument('--checkpoint', required=True,
-                        help='released checkpoint, e.g. cmt_small.pth')
+                        help='released checkpoint (cmt_small.pth ...), a '
+                        'path or a URL')
     parser.add_argument('--topk', type=int, default=5)
     parser.add_argument(
         '--classes',
@@ -70,7 +71,7 @@ def main(argv=None):
         '(default: mmpretrain\'s list if installed, else indices)')
     args = parser.parse_args(argv)
     classes = class_names(args.classes)
-    check_file(args.image, 'image')
+    images = list_images(args.image)
     try:
         size = CMT.parse_arch(args.arch)['pretrain_img_size']
     except ValueError as error:
@@ -80,10 +81,16 @@ def main(argv=None):
         init_cfg=dict(type='Pretrained', checkpoint=args.checkpoint))
     model.init_weights()
     model.eval()
-    with torch.no_grad():
-        probs = model(preprocess(args.image, size)).softmax(-1)[0]
-    for p, i in zip(*probs.topk(args.topk)):
-        print(f'{p.item():7.2%}  {i.item():4d}  {classes[i]}')
+
+    def classify(path):
+        if len(images) > 1:
+            print(path)
+        with torch.no_grad():
+            probs = model(preprocess(path, size)).softmax(-1)[0]
+        for p, i in zip(*probs.topk(args.topk)):
+            print(f'{p.item():7.2%}  {i.item():4d}  {classes[i]}')
+
+    process_images(images, classify)
 
 
 if __name__ == '__main__':

@@ -23,8 +23,8 @@ import argparse
 import os
 
 from mmcmt.engine import (UsageError, add_runner_arguments, build_runner,
-                          check_data, check_file, load_config,
-                          parse_runner_args, run_main)
+                          check_data, check_file, check_images,
+                          load_config, parse_runner_args, run_main)
 
 
 def parse_args(argv=None):
@@ -81,6 +81,7 @@ def main(argv=None):
     else:
         check_file(args.checkpoint, 'checkpoint')
     check_data(cfg, ['test_dataloader'])
+    check_images(cfg, ['test_dataloader'], args.skip_bad_images)
     cfg.load_from = args.checkpoint
     if args.show_dir:
         hook = cfg.default_hooks.visualization

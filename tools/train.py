@@ -10,8 +10,8 @@ import quiet_imports  # noqa: F401  (first: third-party import noise)
 import argparse
 
 from mmcmt.engine import (UsageError, add_runner_arguments, build_runner,
-                          check_data, load_config, parse_runner_args,
-                          run_main)
+                          check_data, check_images, load_config,
+                          parse_runner_args, run_main)
 
 
 def parse_args(argv=None):
@@ -46,6 +46,8 @@ def main(argv=None):
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     check_data(cfg, ['train_dataloader', 'val_dataloader'])
+    check_images(cfg, ['train_dataloader', 'val_dataloader'],
+                 args.skip_bad_images)
     build_runner(cfg).train()
 
 
