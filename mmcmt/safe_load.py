@@ -116,8 +116,12 @@ def _restricted_pickle() -> types.ModuleType:
     """A ``pickle_module`` for ``torch.load`` (torch < 2.4) whose unpickler
     builds only what ``weights_only=True`` builds (torch's own list) and
     mmengine's objects (:func:`_mmengine_globals`)."""
+    import _codecs
     from torch._weights_only_unpickler import _get_allowed_globals
     allowed = dict(_get_allowed_globals(), **_mmengine_globals())
+    # protocol 2 pickles bytes (numpy arrays' data) as _codecs.encode(str),
+    # which newer torch allows too
+    allowed['_codecs.encode'] = _codecs.encode
 
     class Unpickler(pickle.Unpickler):
 

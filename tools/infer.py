@@ -46,54 +46,50 @@ def main(argv=None):
     cfg.model.backbone.init_cfg = None  # the checkpoint has the weights
     os.makedirs(args.out_dir, exist_ok=True)
     if cfg.default_scope == 'mmseg':
+        from mmseg.apis import inference_model as infer
         from mmseg.apis import init_model
+        from mmseg.visualization import SegLocalVisualizer as Visualizer
         model = init_model(cfg, args.checkpoint, device=args.device)
-        draw = draw_segmentation
+        options, describe = dict(with_labels=True), segmentation_summary
     else:
+        from mmdet.apis import inference_detector as infer
         from mmdet.apis import init_detector
+        from mmdet.visualization import DetLocalVisualizer as Visualizer
         if args.onnx:
             from mmcmt.deploy import load_onnx_detector
             model = load_onnx_detector(args.onnx, cfg)
         else:
             model = init_detector(cfg, args.checkpoint, device=args.device)
-        draw = draw_detections
-    process_images(images, lambda path: draw(model, path, args))
+        options = dict(pred_score_thr=args.score_thr)
+        describe = detection_summary
+
+    def draw(path):
+        out_file = osp.join(args.out_dir, osp.basename(path))
+        result = infer(model, path)
+        visualizer = Visualizer()
+        visualizer.dataset_meta = model.dataset_meta
+        visualizer.add_datasample(
+            'result', mmcv.imread(path, channel_order='rgb'), result,
+            draw_gt=False, out_file=out_file, **options)
+        for line in describe(result, model.dataset_meta['classes'], args):
+            print(line)
+        print(f'wrote {out_file}')
+
+    process_images(images, draw)
 
 
-def draw_segmentation(model, path, args):
-    from mmseg.apis import inference_model
-    from mmseg.visualization import SegLocalVisualizer
-    out_file = osp.join(args.out_dir, osp.basename(path))
-    result = inference_model(model, path)
-    visualizer = SegLocalVisualizer()
-    visualizer.dataset_meta = model.dataset_meta
-    visualizer.add_datasample('result', mmcv.imread(path, channel_order='rgb'),
-                              result, draw_gt=False, out_file=out_file,
-                              with_labels=True)
+def segmentation_summary(result, classes, args):
     labels = result.pred_sem_seg.data.unique().tolist()
-    names = [model.dataset_meta['classes'][i] for i in labels]
-    print(f'classes present: {", ".join(names)}')
-    print(f'wrote {out_file}')
+    yield f'classes present: {", ".join(classes[i] for i in labels)}'
 
 
-def draw_detections(model, path, args):
-    from mmdet.apis import inference_detector
-    from mmdet.visualization import DetLocalVisualizer
-    out_file = osp.join(args.out_dir, osp.basename(path))
-    result = inference_detector(model, path)
-    visualizer = DetLocalVisualizer()
-    visualizer.dataset_meta = model.dataset_meta
-    visualizer.add_datasample('result', mmcv.imread(path, channel_order='rgb'),
-                              result, draw_gt=False, out_file=out_file,
-                              pred_score_thr=args.score_thr)
+def detection_summary(result, classes, args):
     pred = result.pred_instances
     keep = pred.scores >= args.score_thr
-    classes = model.dataset_meta['classes']
     for box, score, label in zip(pred.bboxes[keep], pred.scores[keep],
                                  pred.labels[keep]):
-        print(f'{classes[label]:>12s} {score:.2f} '
-              f'{[round(v) for v in box.tolist()]}')
-    print(f'wrote {out_file}')
+        yield (f'{classes[label]:>12s} {score:.2f} '
+               f'{[round(v) for v in box.tolist()]}')
 
 
 if __name__ == '__main__':
