@@ -13,11 +13,13 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from mmcmt.testing import (custom_arch_official_shapes,  # noqa: F401
                            random_official_state_dict)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+METAFILE = osp.join(ROOT, 'configs', 'metafile.yml')
 SHAPES_FILE = os.path.join(os.path.dirname(__file__), 'data',
                            'official_cmt_shapes.json')
 ARCH_OF_VARIANT = {'cmt_ti': 'tiny', 'cmt_xs': 'xs', 'cmt_s': 'small',
@@ -40,32 +42,13 @@ def relative_error(a, b):
 TIMEOUT = float(os.environ.get('MMCMT_TEST_TIMEOUT', 900))
 
 
-def readme_tables():
-    """The markdown tables of README.md, each a list of rows, a row a dict
-    from column header to cell text."""
-    tables, rows = [], None
-    with open(osp.join(ROOT, 'README.md')) as f:
-        for line in f:
-            line = line.strip()
-            if not line.startswith('|'):
-                rows = None
-                continue
-            cells = [c.strip() for c in line.strip('|').split('|')]
-            if rows is None:
-                header, rows = cells, []
-                tables.append(rows)
-            elif not all(set(c) <= set('-: ') for c in cells):
-                rows.append(dict(zip(header, cells)))
-    return tables
-
-
-def readme_row(column, first_cell, **cells):
-    """The README table row with a column named ``column`` whose first cell
-    is ``first_cell`` (and whose other cells equal ``cells``)."""
-    found = [row for table in readme_tables() for row in table
-             if column in row and next(iter(row.values())) == first_cell
-             and all(row.get(k) == v for k, v in cells.items())]
-    assert len(found) == 1, (column, first_cell, found)
+def metafile_model(name):
+    """The model called ``name`` in configs/metafile.yml (OpenMMLab's
+    metafile), which holds the figures that the docs' tables show."""
+    with open(METAFILE) as f:
+        models = yaml.safe_load(f)['Models']
+    found = [model for model in models if model['Name'] == name]
+    assert len(found) == 1, (name, [model['Name'] for model in models])
     return found[0]
 
 

@@ -8,8 +8,7 @@ import sys
 import pytest
 import torch
 from helpers import (check_resume, coco_options, free_port, get_flops_rows,
-                     readme_row,
-                     run_command, run_tool)
+                     metafile_model, run_command, run_tool)
 
 from mmcmt.datasets import make_synthetic_coco
 from mmcmt.datasets.synthetic_coco import CLASSES
@@ -190,31 +189,33 @@ def test_missing_checkpoint_is_a_clear_error(coco_root, tmp_path):
     assert f"checkpoint not found: '{tmp_path}/no.pth'" in result.stderr
 
 
-def test_get_flops_reports_the_readme_figures():
+def test_get_flops_reports_the_metafile_figures():
     """tools/get_flops.py on RetinaNet CMT-S at 1280x800 prints the figures
-    of the README's tables (the same numbers at the printed precision): the
-    detector's from 'Detector size and FLOPs against the paper', the
-    backbone's from the parameters and FLOPs table."""
+    of configs/metafile.yml (the same numbers at the printed precision),
+    from which the docs' tables are printed: the detector's, and the CMT-S
+    backbone's (``Backbone Only`` of the ImageNet model)."""
     out = run_tool('tools/get_flops.py',
                    'configs/retinanet_cmt_s_fpn_1x_coco.py', '--shape', '1280',
                    '800').stdout
     rows = get_flops_rows(out)
-    detector = readme_row('FLOPs without attention products (G)',
-                          'RetinaNet CMT-S')
-    assert rows['whole model'][0] == float(detector['params (M)'])
-    assert rows['whole model'][1] == float(
-        detector['FLOPs with attention products (G)'])
-    assert rows['whole model'][3] == float(
-        detector['FLOPs without attention products (G)'])
-    backbone = readme_row('of which attention products (G)', 'CMT-small',
-                          **{'input (W x H)': '1280x800'})
-    assert rows['backbone'][:3] == [float(backbone['params (M)']),
-                                    float(backbone['FLOPs macs (G)']),
-                                    float(backbone['FLOPs mmengine (G)'])]
+    detector = metafile_model('retinanet_cmt_s_fpn_1x_coco')
+    assert detector['Config'] == 'configs/retinanet_cmt_s_fpn_1x_coco.py'
+    detector = detector['Metadata']
+    assert detector['Input Size (W x H)'] == '1280x800'
+    assert rows['whole model'][0] == detector['Parameters (M)']
+    assert rows['whole model'][1] == detector['FLOPs (G)']
+    assert rows['whole model'][3] == detector[
+        'FLOPs without attention products (G)']
+    backbone = metafile_model('cmt-small_3rdparty_in1k')['Metadata']
+    assert backbone['Arch'] == 'small'
+    backbone = backbone['Backbone Only']
+    assert backbone['Input Size (W x H)'] == '1280x800'
+    assert rows['backbone'][:3] == [backbone['Parameters (M)'],
+                                    backbone['FLOPs (G)'],
+                                    backbone['FLOPs mmengine (G)']]
     # without the attention products: the two rounded figures' difference
     assert rows['backbone'][3] == pytest.approx(
-        float(backbone['FLOPs macs (G)']) -
-        float(backbone['of which attention products (G)']), abs=0.11)
+        backbone['FLOPs (G)'] - backbone['Attention Products (G)'], abs=0.11)
     from mmcmt.models import CMT
     params = sum(p.numel() for p in CMT('small').parameters())
     assert rows['backbone'][0] == round(params / 1e6, 2)

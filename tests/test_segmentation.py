@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import (check_resume, free_port, get_flops_rows,
-                     loader_options, readme_row, run_command, run_tool)
+                     loader_options, metafile_model, run_command, run_tool)
 
 from mmcmt.datasets import make_synthetic_ade
 from mmcmt.datasets.synthetic_ade import CLASSES
@@ -312,22 +312,24 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
         assert f'{tmp_path}/none/{path}' in result.stderr
 
 
-def test_get_flops_reports_the_readme_figures():
+def test_get_flops_reports_the_metafile_figures():
     """tools/get_flops.py on a segmentor with CMT-Ti at 1280x800 prints the
-    backbone figures of the README's parameters and FLOPs table (the same
-    numbers at the printed precision)."""
+    CMT-Ti backbone's figures of configs/metafile.yml (``Backbone Only`` of
+    the ImageNet model; the same numbers at the printed precision), from
+    which the docs' tables are printed."""
     out = run_tool('tools/get_flops.py', SYNTHETIC, '--shape', '1280',
                    '800').stdout
     rows = get_flops_rows(out)
-    backbone = readme_row('of which attention products (G)', 'CMT-tiny',
-                          **{'input (W x H)': '1280x800'})
-    assert rows['backbone'][:3] == [float(backbone['params (M)']),
-                                    float(backbone['FLOPs macs (G)']),
-                                    float(backbone['FLOPs mmengine (G)'])]
+    backbone = metafile_model('cmt-tiny_3rdparty_in1k')['Metadata']
+    assert backbone['Arch'] == 'tiny'
+    backbone = backbone['Backbone Only']
+    assert backbone['Input Size (W x H)'] == '1280x800'
+    assert rows['backbone'][:3] == [backbone['Parameters (M)'],
+                                    backbone['FLOPs (G)'],
+                                    backbone['FLOPs mmengine (G)']]
     # without the attention products: the two rounded figures' difference
     assert rows['backbone'][3] == pytest.approx(
-        float(backbone['FLOPs macs (G)']) -
-        float(backbone['of which attention products (G)']), abs=0.11)
+        backbone['FLOPs (G)'] - backbone['Attention Products (G)'], abs=0.11)
     from mmcmt.models import CMT
     params = sum(p.numel() for p in CMT('tiny').parameters())
     assert rows['backbone'][0] == round(params / 1e6, 2)
