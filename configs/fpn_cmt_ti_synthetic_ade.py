@@ -85,12 +85,17 @@ test_evaluator = val_evaluator
 
 # Schedule.
 max_iters = 600
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
-                 val_interval=max_iters)
+train_cfg = dict(
+    type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='PolyLR', eta_min=0., power=1.0, begin=50, end=max_iters,
-         by_epoch=False)
+    dict(
+        type='PolyLR',
+        eta_min=0.,
+        power=1.0,
+        begin=50,
+        end=max_iters,
+        by_epoch=False)
 ]
 optim_wrapper = dict(
     optimizer=dict(lr=1e-3, weight_decay=0.01),
@@ -99,7 +104,10 @@ auto_scale_lr = dict(enable=False, base_batch_size=8)
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False,
-                    interval=max_iters // 2, max_keep_ckpts=2))
+    checkpoint=dict(
+        type='CheckpointHook',
+        by_epoch=False,
+        interval=max_iters // 2,
+        max_keep_ckpts=2))
 log_processor = dict(by_epoch=False, window_size=10)
 randomness = dict(seed=0)

@@ -39,7 +39,8 @@ sync_bn = 'torch'
 
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(_delete_=True, type='AdamW', lr=0.0001, weight_decay=0.0001),
+    optimizer=dict(
+        _delete_=True, type='AdamW', lr=0.0001, weight_decay=0.0001),
     paramwise_cfg=dict(
         custom_keys={
             'norm': dict(decay_mult=0.),

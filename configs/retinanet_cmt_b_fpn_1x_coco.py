@@ -6,6 +6,5 @@ pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/c
 
 model = dict(
     backbone=dict(
-        arch='base',
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+        arch='base', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[76, 152, 304, 608]))  # CMT-B embed dims

@@ -44,20 +44,20 @@ model = dict(
         add_extra_convs='on_input',
         num_outs=5))
 
-# BatchNorm. CMT has BatchNorms in its stem, in every block's IRFFN (three)
-# and after every spatial-reduction convolution of the attention: 100 layers
-# in CMT-S (besides 54 LayerNorms), unlike the LayerNorm-only PVT and Swin. Two images per GPU
-# give noisy per-GPU batch statistics, so, in distributed training, mmengine's
-# Runner turns every BatchNorm of the model into a torch SyncBatchNorm, which
-# computes the statistics over the whole batch of 16 images. The alternative,
-# norm_eval=True (as for ResNet in mmdet), would keep all these layers at
-# running statistics estimated on 160-256 pixel ImageNet crops, while the
-# features they normalise change with the 800x1333 detection inputs and with
-# fine-tuning: as the BatchNorms sit inside every block, their statistics
-# are part of how the whole network adapts. Without distributed training
-# (one GPU, or the CPU) the Runner ignores sync_bn and the BatchNorms use the
-# statistics of each (small) batch; set
-# model.backbone.norm_eval=True there if the batch is very small.
+# BatchNorm. CMT has BatchNorms in its stem, in every block's IRFFN (three) and
+# after every spatial-reduction convolution of the attention: 100 layers in
+# CMT-S (besides 54 LayerNorms), unlike the LayerNorm-only PVT and Swin. Two
+# images per GPU give noisy per-GPU batch statistics, so, in distributed
+# training, mmengine's Runner turns every BatchNorm of the model into a torch
+# SyncBatchNorm, which computes the statistics over the whole batch of 16
+# images. The alternative, norm_eval=True (as for ResNet in mmdet), would keep
+# all these layers at running statistics estimated on 160-256 pixel ImageNet
+# crops, while the features they normalise change with the 800x1333 detection
+# inputs and with fine-tuning: as the BatchNorms sit inside every block, their
+# statistics are part of how the whole network adapts. Without distributed
+# training (one GPU, or the CPU) the Runner ignores sync_bn and the BatchNorms
+# use the statistics of each (small) batch; set model.backbone.norm_eval=True
+# there if the batch is very small.
 sync_bn = 'torch'
 
 # Optimizer. The CMT paper does not state the optimizer of its COCO
@@ -70,7 +70,8 @@ sync_bn = 'torch'
 # of the full parameter name, longest key first.
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(_delete_=True, type='AdamW', lr=0.0001, weight_decay=0.0001),
+    optimizer=dict(
+        _delete_=True, type='AdamW', lr=0.0001, weight_decay=0.0001),
     paramwise_cfg=dict(
         custom_keys={
             'norm': dict(decay_mult=0.),

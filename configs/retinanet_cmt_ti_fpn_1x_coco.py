@@ -6,6 +6,5 @@ pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/c
 
 model = dict(
     backbone=dict(
-        arch='tiny',
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+        arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[46, 92, 184, 368]))  # CMT-Ti embed dims

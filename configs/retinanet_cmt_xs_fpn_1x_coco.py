@@ -6,6 +6,5 @@ pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/c
 
 model = dict(
     backbone=dict(
-        arch='xs',
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+        arch='xs', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[52, 104, 208, 416]))  # CMT-XS embed dims

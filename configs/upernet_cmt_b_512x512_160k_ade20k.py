@@ -6,7 +6,6 @@ pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/c
 
 model = dict(
     backbone=dict(
-        arch='base',
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+        arch='base', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(in_channels=[76, 152, 304, 608]),  # CMT-B embed dims
     auxiliary_head=dict(in_channels=304))  # stage 3

@@ -21,7 +21,8 @@
 # Test images are not padded (a 512x683 image reaches the backbone as it is;
 # CMT pads internally to a multiple of 32 and crops its outputs back). For
 # sliding-window inference add
-#   --cfg-options model.test_cfg.mode=slide model.test_cfg.crop_size=[512,512] model.test_cfg.stride=[341,341]
+#   --cfg-options model.test_cfg.mode=slide \
+#       model.test_cfg.crop_size=[512,512] model.test_cfg.stride=[341,341]
 _base_ = [
     'mmseg::_base_/models/upernet_swin.py',
     'mmseg::_base_/datasets/ade20k.py',

@@ -6,7 +6,6 @@ pretrained = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/c
 
 model = dict(
     backbone=dict(
-        arch='tiny',
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+        arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(in_channels=[46, 92, 184, 368]),  # CMT-Ti embed dims
     auxiliary_head=dict(in_channels=184))  # stage 3

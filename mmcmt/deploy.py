@@ -61,14 +61,22 @@ DENSE_OUTPUTS = ('cls_score', 'bbox_pred')
 #: :func:`op_time_shares` with ``grouped=True``: ONNX Runtime's fused
 #: kernels under the operation they compute.
 OP_GROUPS = {
-    'Erf': 'Gelu', 'Gelu': 'Gelu', 'BiasGelu': 'Gelu', 'FastGelu': 'Gelu',
-    'FusedConv': 'Conv', 'NhwcFusedConv': 'Conv', 'QLinearConv': 'Conv',
-    'FusedMatMul': 'MatMul', 'Gemm': 'MatMul', 'FusedGemm': 'MatMul',
+    'Erf': 'Gelu',
+    'Gelu': 'Gelu',
+    'BiasGelu': 'Gelu',
+    'FastGelu': 'Gelu',
+    'FusedConv': 'Conv',
+    'NhwcFusedConv': 'Conv',
+    'QLinearConv': 'Conv',
+    'FusedMatMul': 'MatMul',
+    'Gemm': 'MatMul',
+    'FusedGemm': 'MatMul',
     'SkipLayerNormalization': 'LayerNormalization',
     'SimplifiedLayerNormalization': 'LayerNormalization',
     'SkipSimplifiedLayerNormalization': 'LayerNormalization',
     # torch exports GroupNorm as InstanceNormalization below opset 18
-    'InstanceNormalization': 'GroupNorm', 'GroupNorm': 'GroupNorm',
+    'InstanceNormalization': 'GroupNorm',
+    'GroupNorm': 'GroupNorm',
 }
 
 
@@ -120,8 +128,8 @@ def detector_parts(model: nn.Module) -> List[Part]:
             heads), which this module does not handle.
     """
     from mmdet.models.detectors import SingleStageDetector, TwoStageDetector
-    paths = ['backbone'] + (['neck'] if getattr(model, 'with_neck', False)
-                            else [])
+    paths = ['backbone'
+             ] + (['neck'] if getattr(model, 'with_neck', False) else [])
     parts = [Part('features', paths, 'features')]
     if isinstance(model, SingleStageDetector):
         return parts + [Part('bbox_head', ['bbox_head'], 'dense')]
@@ -142,9 +150,8 @@ def detector_parts(model: nn.Module) -> List[Part]:
         module = getattr(roi_head, head, None)
         if module is None:
             continue
-        names = ([f'roi_head.{head}.{i}' for i in range(len(module))]
-                 if isinstance(module, nn.ModuleList) else
-                 [f'roi_head.{head}'])
+        names = ([f'roi_head.{head}.{i}' for i in range(len(module))] if
+                 isinstance(module, nn.ModuleList) else [f'roi_head.{head}'])
         parts += [Part(name, [name], 'roi') for name in names]
     return parts
 
@@ -164,9 +171,10 @@ class _Features(nn.Module):
 def _module(model: nn.Module, part: Part) -> nn.Module:
     """The PyTorch module that computes ``part`` in ``model``."""
     if part.role == 'features':
-        return _Features(model.get_submodule(part.paths[0]),
-                         model.get_submodule(part.paths[1])
-                         if len(part.paths) > 1 else None)
+        return _Features(
+            model.get_submodule(part.paths[0]),
+            model.get_submodule(part.paths[1])
+            if len(part.paths) > 1 else None)
     return model.get_submodule(part.paths[0])
 
 
@@ -181,6 +189,7 @@ def _structure_digest(module: nn.Module) -> Tuple[str, int]:
 
 # --------------------------------------------------------------------------
 # Nested structures <-> flat lists of named tensors
+
 
 def _template(value, names):
     """The names template of a (nested) tuple/list of tensors: a name for a
@@ -246,8 +255,9 @@ def _input_names(role: str, args):
         return ['image']
     if role == 'dense':
         return _template(args, lambda p: f'feat{p[-1]}')
-    return _template(args, lambda p: 'roi_feats' if p == (0, ) else
-                     'in' + '_'.join(map(str, p)))
+    return _template(
+        args, lambda p: 'roi_feats'
+        if p == (0, ) else 'in' + '_'.join(map(str, p)))
 
 
 class _Flat(nn.Module):
@@ -282,14 +292,19 @@ def dummy_data_samples(inputs: torch.Tensor) -> list:
     detector's ``_forward`` needs."""
     from mmdet.structures import DetDataSample
     height, width = inputs.shape[-2:]
-    meta = dict(img_shape=(height, width), ori_shape=(height, width),
-                pad_shape=(height, width), batch_input_shape=(height, width),
-                scale_factor=(1.0, 1.0))
+    meta = dict(
+        img_shape=(height, width),
+        ori_shape=(height, width),
+        pad_shape=(height, width),
+        batch_input_shape=(height, width),
+        scale_factor=(1.0, 1.0))
     return [DetDataSample(metainfo=meta) for _ in range(len(inputs))]
 
 
-def capture_part_inputs(model: nn.Module, parts: List[Part],
-                        inputs: torch.Tensor, data_samples=None) -> Dict:
+def capture_part_inputs(model: nn.Module,
+                        parts: List[Part],
+                        inputs: torch.Tensor,
+                        data_samples=None) -> Dict:
     """Run ``model._forward`` (networks only, no post-processing) on
     ``inputs`` ``(B, 3, H, W)`` and return, for each part name, the
     positional arguments of its module's first call (for a dense head:
@@ -308,8 +323,9 @@ def capture_part_inputs(model: nn.Module, parts: List[Part],
         patched.append(module)
     try:
         with torch.no_grad():
-            model._forward(inputs, data_samples if data_samples is not None
-                           else dummy_data_samples(inputs))
+            model._forward(
+                inputs, data_samples
+                if data_samples is not None else dummy_data_samples(inputs))
     finally:
         for module in patched:
             del module.forward  # back to the class's method
@@ -329,15 +345,15 @@ def _preprocessor_meta(model: nn.Module) -> dict:
     """What the data preprocessor (mmdet's Python code, not exported)
     does, to check the config used with the exported graphs."""
     pre = model.data_preprocessor
-    mean = getattr(pre, 'mean', None) if getattr(
-        pre, '_enable_normalize', False) else None
+    mean = getattr(pre, 'mean', None) if getattr(pre, '_enable_normalize',
+                                                 False) else None
     std = getattr(pre, 'std', None) if mean is not None else None
     return dict(
         type=type(pre).__name__,
-        mean=None if mean is None else [round(v, 4) for v in
-                                        mean.flatten().tolist()],
-        std=None if std is None else [round(v, 4) for v in
-                                      std.flatten().tolist()],
+        mean=None
+        if mean is None else [round(v, 4) for v in mean.flatten().tolist()],
+        std=None
+        if std is None else [round(v, 4) for v in std.flatten().tolist()],
         bgr_to_rgb=bool(getattr(pre, '_channel_conversion', False)),
         pad_size_divisor=int(getattr(pre, 'pad_size_divisor', 1)))
 
@@ -422,8 +438,9 @@ def _export_parts(model, fresh, parts, examples, cfg, out_dir, shape, opset,
     manifest.update(meta or {})
     for part in parts:
         manifest['parts'].append(
-            _export_part(_module(model, part), part, examples[part.name],
-                         _module(fresh, part), out_dir, opset))
+            _export_part(
+                _module(model, part), part, examples[part.name],
+                _module(fresh, part), out_dir, opset))
     cfg.dump(osp.join(out_dir, CONFIG))
     with open(osp.join(out_dir, MANIFEST), 'w') as f:
         f.write(_dumps(manifest) + '\n')
@@ -435,11 +452,13 @@ def _dumps(value, indent: int = 0) -> str:
     line (shapes, names, palette colours)."""
     pad = '  ' * (indent + 1)
     if isinstance(value, dict) and value:
-        items = [f'{pad}{json.dumps(k)}: {_dumps(v, indent + 1)}'
-                 for k, v in value.items()]
+        items = [
+            f'{pad}{json.dumps(k)}: {_dumps(v, indent + 1)}'
+            for k, v in value.items()
+        ]
         return '{\n' + ',\n'.join(items) + '\n' + '  ' * indent + '}'
-    if isinstance(value, list) and any(isinstance(v, (dict, list))
-                                       for v in value):
+    if isinstance(value, list) and any(
+            isinstance(v, (dict, list)) for v in value):
         items = [pad + _dumps(v, indent + 1) for v in value]
         return '[\n' + ',\n'.join(items) + '\n' + '  ' * indent + ']'
     return json.dumps(value)
@@ -449,12 +468,15 @@ def _versions() -> dict:
     import mmdet
     import onnx
     import onnxruntime
-    return dict(torch=torch.__version__, mmdet=mmdet.__version__,
-                onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
+    return dict(
+        torch=torch.__version__,
+        mmdet=mmdet.__version__,
+        onnx=onnx.__version__,
+        onnxruntime=onnxruntime.__version__)
 
 
-def _export_part(module: nn.Module, part: Part, args: tuple,
-                 fresh: nn.Module, out_dir: str, opset: int) -> dict:
+def _export_part(module: nn.Module, part: Part, args: tuple, fresh: nn.Module,
+                 out_dir: str, opset: int) -> dict:
     """Export one part traced on ``args`` and check it in ONNX Runtime."""
     with torch.no_grad():
         outputs = module(*args)
@@ -463,8 +485,10 @@ def _export_part(module: nn.Module, part: Part, args: tuple,
     flat_in = _flatten(args, in_template)
     flat_out = _flatten(outputs, out_template)
     in_names, out_names = _names(in_template), _names(out_template)
-    dynamic = {n: _dynamic_axes(part.role, n, t.dim())
-               for n, t in zip(in_names + out_names, flat_in + flat_out)}
+    dynamic = {
+        n: _dynamic_axes(part.role, n, t.dim())
+        for n, t in zip(in_names + out_names, flat_in + flat_out)
+    }
     path = osp.join(out_dir, f'{part.name}.onnx')
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')  # tracer and deprecation chatter
@@ -472,33 +496,56 @@ def _export_part(module: nn.Module, part: Part, args: tuple,
         # padding and bias resizing, FPN's upsampling to the previous
         # level's size) into the graph; see the README for the dynamo one.
         torch.onnx.export(
-            _Flat(module, in_template, out_template).eval(), tuple(flat_in),
+            _Flat(module, in_template, out_template).eval(),
+            tuple(flat_in),
             path,
-            input_names=in_names, output_names=out_names,
-            dynamic_axes=dynamic, opset_version=opset,
+            input_names=in_names,
+            output_names=out_names,
+            dynamic_axes=dynamic,
+            opset_version=opset,
             **ONNX_EXPORT_KWARGS)
     session = ort_session(path)
-    got = session.run(out_names, {n: t.numpy()
-                                  for n, t in zip(in_names, flat_in)})
-    error = max(float((torch.from_numpy(g) - e).abs().max())
-                for g, e in zip(got, flat_out))
+    got = session.run(out_names, {
+        n: t.numpy()
+        for n, t in zip(in_names, flat_in)
+    })
+    error = max(
+        float((torch.from_numpy(g) - e).abs().max())
+        for g, e in zip(got, flat_out))
     digest, num_params = _structure_digest(fresh)
     return dict(
-        name=part.name, file=f'{part.name}.onnx', replaces=part.paths,
-        role=part.role, inputs=in_template, outputs=out_template,
-        input_shapes={n: list(t.shape) for n, t in zip(in_names, flat_in)},
-        output_shapes={n: list(t.shape) for n, t in zip(out_names, flat_out)},
-        dynamic_axes={n: {str(k): v for k, v in d.items()}
-                      for n, d in dynamic.items()},
+        name=part.name,
+        file=f'{part.name}.onnx',
+        replaces=part.paths,
+        role=part.role,
+        inputs=in_template,
+        outputs=out_template,
+        input_shapes={
+            n: list(t.shape)
+            for n, t in zip(in_names, flat_in)
+        },
+        output_shapes={
+            n: list(t.shape)
+            for n, t in zip(out_names, flat_out)
+        },
+        dynamic_axes={
+            n: {
+                str(k): v
+                for k, v in d.items()
+            }
+            for n, d in dynamic.items()
+        },
         max_abs_error_at_trace=error,
-        structure_sha256=digest, num_parameters=num_params)
+        structure_sha256=digest,
+        num_parameters=num_params)
 
 
 # --------------------------------------------------------------------------
 # ONNX Runtime
 
 
-def ort_session(path: str, threads: Optional[int] = None,
+def ort_session(path: str,
+                threads: Optional[int] = None,
                 profile_prefix: Optional[str] = None):
     """An ONNX Runtime session on the CPU for the graph at ``path``.
 
@@ -528,8 +575,8 @@ def ort_session(path: str, threads: Optional[int] = None,
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(path, options,
-                                providers=['CPUExecutionProvider'])
+    return ort.InferenceSession(
+        path, options, providers=['CPUExecutionProvider'])
 
 
 class OnnxRuntimeModule(nn.Module):
@@ -556,12 +603,16 @@ class OnnxRuntimeModule(nn.Module):
 
     def forward(self, *args):
         flat = _flatten(args, self.spec['inputs'])
-        feeds = {n: t.detach().to('cpu', torch.float32).contiguous().numpy()
-                 for n, t in zip(self.input_names, flat)}
-        outs = [torch.from_numpy(o).to(flat[0].device)
-                for o in self.session.run(self.output_names, feeds)]
-        result = _unflatten(dict(zip(self.output_names, outs)),
-                            self.spec['outputs'])
+        feeds = {
+            n: t.detach().to('cpu', torch.float32).contiguous().numpy()
+            for n, t in zip(self.input_names, flat)
+        }
+        outs = [
+            torch.from_numpy(o).to(flat[0].device)
+            for o in self.session.run(self.output_names, feeds)
+        ]
+        result = _unflatten(
+            dict(zip(self.output_names, outs)), self.spec['outputs'])
         if self.record:
             self.last = (args, result)
         return result
@@ -609,7 +660,8 @@ def _strip_weights(module: nn.Module) -> None:
             delattr(module, name)
 
 
-def attach_onnx(model: nn.Module, onnx_dir: str,
+def attach_onnx(model: nn.Module,
+                onnx_dir: str,
                 threads: Optional[int] = None,
                 profile_prefix: Optional[str] = None) -> nn.Module:
     """Replace the exported parts of ``model`` (an mmdet detector built from
@@ -706,12 +758,14 @@ def _dataset_meta(meta: dict) -> dict:
     tuples)."""
     meta = dict(meta)
     if isinstance(meta.get('palette'), list):
-        meta['palette'] = [tuple(c) if isinstance(c, list) else c
-                           for c in meta['palette']]
+        meta['palette'] = [
+            tuple(c) if isinstance(c, list) else c for c in meta['palette']
+        ]
     return meta
 
 
-def load_onnx_detector(onnx_dir: str, cfg=None,
+def load_onnx_detector(onnx_dir: str,
+                       cfg=None,
                        threads: Optional[int] = None,
                        profile_prefix: Optional[str] = None) -> nn.Module:
     """Build the detector from ``cfg`` (default: the config saved with the
@@ -736,8 +790,10 @@ def load_onnx_detector(onnx_dir: str, cfg=None,
     attach_onnx(model, onnx_dir, threads, profile_prefix)
     if not hasattr(model, 'dataset_meta'):
         from mmdet.evaluation import get_classes
-        model.dataset_meta = {'classes': get_classes('coco'),
-                              'palette': 'random'}
+        model.dataset_meta = {
+            'classes': get_classes('coco'),
+            'palette': 'random'
+        }
     model.cfg = cfg
     return model
 
@@ -745,8 +801,10 @@ def load_onnx_detector(onnx_dir: str, cfg=None,
 def onnx_modules(model: nn.Module) -> Dict[str, OnnxRuntimeModule]:
     """The :class:`OnnxRuntimeModule` of each part of an attached model,
     by part name (their ``session`` is the ONNX Runtime session)."""
-    return {m.spec['name']: m for m in model.modules()
-            if isinstance(m, OnnxRuntimeModule)}
+    return {
+        m.spec['name']: m
+        for m in model.modules() if isinstance(m, OnnxRuntimeModule)
+    }
 
 
 def end_profiling(model: nn.Module) -> List[str]:
@@ -794,16 +852,20 @@ def op_time_shares(profile_path: Union[str, Iterable[str]],
     if not total:
         raise ValueError(f'no node timings in {paths} (was the session run '
                          f'with profiling on?)')
-    return {op: t / total for op, t in
-            sorted(times.items(), key=lambda item: -item[1])}
+    return {
+        op: t / total
+        for op, t in sorted(times.items(), key=lambda item: -item[1])
+    }
 
 
 # --------------------------------------------------------------------------
 # Checks against PyTorch
 
 
-def compare_parts(torch_model: nn.Module, onnx_model: nn.Module,
-                  inputs: torch.Tensor, data_samples=None) -> Dict[str, dict]:
+def compare_parts(torch_model: nn.Module,
+                  onnx_model: nn.Module,
+                  inputs: torch.Tensor,
+                  data_samples=None) -> Dict[str, dict]:
     """Run the networks of ``onnx_model`` (``_forward``: no
     post-processing) on ``inputs`` ``(B, 3, H, W)``, then each PyTorch part
     of ``torch_model`` on the same inputs as its ONNX counterpart got.
@@ -819,8 +881,9 @@ def compare_parts(torch_model: nn.Module, onnx_model: nn.Module,
         module.record, module.last = True, None
     try:
         with torch.no_grad():
-            onnx_model._forward(inputs, data_samples if data_samples is not
-                                None else dummy_data_samples(inputs))
+            onnx_model._forward(
+                inputs, data_samples
+                if data_samples is not None else dummy_data_samples(inputs))
     finally:
         for module in modules.values():
             module.record = False
@@ -833,11 +896,12 @@ def compare_parts(torch_model: nn.Module, onnx_model: nn.Module,
             expected = _module(torch_model, parts[name])(*args)
         template = module.spec['outputs']
         got, expected = _flatten(got, template), _flatten(expected, template)
-        max_abs = max(float((g - e).abs().max()) if g.shape == e.shape
-                      else float('inf') for g, e in zip(got, expected))
+        max_abs = max(
+            float((g - e).abs().max()) if g.shape == e.shape else float('inf')
+            for g, e in zip(got, expected))
         scale = max(float(e.abs().max()) for e in expected)
-        errors[name] = dict(max_abs=max_abs,
-                            max_rel=max_abs / max(scale, 1e-12))
+        errors[name] = dict(
+            max_abs=max_abs, max_rel=max_abs / max(scale, 1e-12))
     return errors
 
 
@@ -866,7 +930,10 @@ def match_detections(a, b, iou_thr: float = 0.99) -> dict:
             taken[j] = True
             pairs.append((i, j, float(iou[j])))
     return dict(
-        count_a=len(a), count_b=len(b), matched=len(pairs),
+        count_a=len(a),
+        count_b=len(b),
+        matched=len(pairs),
         min_iou=min((p[2] for p in pairs), default=1.0),
-        max_score_diff=max((abs(float(a.scores[i] - b.scores[j]))
-                            for i, j, _ in pairs), default=0.0))
+        max_score_diff=max(
+            (abs(float(a.scores[i] - b.scores[j])) for i, j, _ in pairs),
+            default=0.0))

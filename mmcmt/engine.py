@@ -30,7 +30,8 @@ def run_main(main: Callable[[], object]) -> None:
         sys.exit(2)
 
 
-def load_config(path: str, cfg_options: Optional[dict] = None,
+def load_config(path: str,
+                cfg_options: Optional[dict] = None,
                 work_dir: Optional[str] = None,
                 launcher: str = 'none') -> Config:
     """Load a detection or segmentation config, apply ``--cfg-options`` and
@@ -87,7 +88,8 @@ def check_data(cfg: Config, dataloaders: List[str]) -> None:
                     f'{name}.dataset.data_root=PATH')
 
 
-def check_images(cfg: Config, dataloaders: List[str],
+def check_images(cfg: Config,
+                 dataloaders: List[str],
                  skip: bool = False) -> None:
     """Fail before the run, naming them, when image files (or segmentation
     maps) that a data set lists are unreadable: empty, truncated, not
@@ -126,11 +128,12 @@ def check_images(cfg: Config, dataloaders: List[str],
             print_log(
                 f'{name}: skipping {len(bad)} image(s) with unreadable '
                 f'files ({describe(found)}); running on the other '
-                f'{len(keep)}', 'current', level=30)
+                f'{len(keep)}',
+                'current',
+                level=30)
 
 
-def _evaluate_without(cfg: Config, dataloader: str, dataset,
-                      bad: set) -> None:
+def _evaluate_without(cfg: Config, dataloader: str, dataset, bad: set) -> None:
     """Point the evaluators that read the data set's annotation file (COCO
     AP) at a copy without the images ``bad`` (indices of ``dataset``)."""
     import json
@@ -138,22 +141,26 @@ def _evaluate_without(cfg: Config, dataloader: str, dataset,
     if not evaluators:
         return
     ann_file = getattr(dataset, 'ann_file', None)
-    for metric in (evaluators if isinstance(evaluators, list) else
-                   [evaluators]):
+    for metric in (evaluators
+                   if isinstance(evaluators, list) else [evaluators]):
         if not ann_file or not metric.get('ann_file') or \
                 osp.abspath(metric['ann_file']) != osp.abspath(ann_file):
             continue
         with open(ann_file) as f:
             annotations = json.load(f)
         dropped = {dataset.get_data_info(i)['img_id'] for i in bad}
-        annotations['images'] = [image for image in annotations['images']
-                                 if image['id'] not in dropped]
+        annotations['images'] = [
+            image for image in annotations['images']
+            if image['id'] not in dropped
+        ]
         annotations['annotations'] = [
             a for a in annotations.get('annotations', [])
-            if a['image_id'] not in dropped]
+            if a['image_id'] not in dropped
+        ]
         os.makedirs(cfg.work_dir, exist_ok=True)
-        copy = osp.join(cfg.work_dir, osp.basename(ann_file).replace(
-            '.json', '.readable_images.json'))
+        copy = osp.join(
+            cfg.work_dir,
+            osp.basename(ann_file).replace('.json', '.readable_images.json'))
         with open(copy, 'w') as f:
             json.dump(annotations, f)
         metric['ann_file'] = osp.abspath(copy)
@@ -172,8 +179,9 @@ def list_images(path: str) -> List[str]:
         if problem:
             raise UsageError(f'image {path!r} {problem}')
         return [path]
-    paths = sorted(osp.join(path, name) for name in os.listdir(path)
-                   if name.lower().endswith(IMAGE_SUFFIXES))
+    paths = sorted(
+        osp.join(path, name) for name in os.listdir(path)
+        if name.lower().endswith(IMAGE_SUFFIXES))
     if not paths:
         raise UsageError(f'no image files ({", ".join(IMAGE_SUFFIXES)}) in '
                          f'folder {path!r}')
@@ -192,8 +200,8 @@ def process_images(paths: List[str], process: Callable[[str], object]):
         else:
             process(path)
     if bad:
-        raise UsageError(f'{len(bad)} of {len(paths)} images were not read: '
-                         + ', '.join(bad))
+        raise UsageError(f'{len(bad)} of {len(paths)} images were not read: ' +
+                         ', '.join(bad))
 
 
 def check_file(path: str, what: str) -> None:
@@ -226,9 +234,11 @@ def setup_cpu_distributed(cfg: Config) -> None:
         dist.init_process_group('gloo')
     cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel')
     if cfg.get('sync_bn'):
-        print_log('sync_bn ignored: SyncBatchNorm needs GPUs; each CPU '
-                  'process normalises with its own batch', 'current',
-                  level=30)
+        print_log(
+            'sync_bn ignored: SyncBatchNorm needs GPUs; each CPU '
+            'process normalises with its own batch',
+            'current',
+            level=30)
         cfg.sync_bn = None
 
 
@@ -245,10 +255,14 @@ def _register_cpu_ddp():
             from mmengine.logging import print_log
             from mmengine.model import revert_sync_batchnorm
             kwargs.setdefault('broadcast_buffers', False)
-            if any(isinstance(m, torch.nn.SyncBatchNorm)
-                   for m in module.modules()):
-                print_log('SyncBN layers of the model run as BatchNorm: '
-                          'SyncBatchNorm needs GPUs', 'current', level=30)
+            if any(
+                    isinstance(m, torch.nn.SyncBatchNorm)
+                    for m in module.modules()):
+                print_log(
+                    'SyncBN layers of the model run as BatchNorm: '
+                    'SyncBatchNorm needs GPUs',
+                    'current',
+                    level=30)
                 module = revert_sync_batchnorm(module)
             super().__init__(module=module, device_ids=None, **kwargs)
 
@@ -262,12 +276,18 @@ def add_runner_arguments(parser) -> None:
     """The flags train.py and test.py share, as mmdet spells them."""
     from mmengine.config import DictAction
     parser.add_argument('--work-dir', help='the dir to save logs and models')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument(
-        '--skip-bad-images', action='store_true',
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value')
+    parser.add_argument(
+        '--launcher',
+        default='none',
+        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument(
+        '--skip-bad-images',
+        action='store_true',
         help='leave out images whose files are unreadable (empty, truncated, '
         'not images) instead of stopping before the run')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)

@@ -34,5 +34,4 @@ def register_detection_hooks():
     except ImportError:
         return
     from .visualization import ClassAgnosticDetVisualizationHook
-    HOOKS.register_module(module=ClassAgnosticDetVisualizationHook,
-                          force=True)
+    HOOKS.register_module(module=ClassAgnosticDetVisualizationHook, force=True)

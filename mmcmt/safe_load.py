@@ -91,10 +91,13 @@ def _mmengine_globals() -> dict:
 
     multiarray = np.core.multiarray if np.__version__ < '2' else \
         np._core.multiarray
-    allowed = [HistoryBuffer, multiarray._reconstruct, multiarray.scalar,
-               np.ndarray, np.dtype] + [
-                   type(np.dtype(t)) for t in (np.float64, np.float32,
-                                               np.int64, np.int32, np.bool_)]
+    allowed = [
+        HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray,
+        np.dtype
+    ] + [
+        type(np.dtype(t))
+        for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)
+    ]
     names = {f'{obj.__module__}.{obj.__name__}': obj for obj in allowed}
     names['builtins.getattr'] = history_buffer_method
     return names
@@ -117,6 +120,7 @@ def _restricted_pickle() -> types.ModuleType:
     builds only what ``weights_only=True`` builds (torch's own list) and
     mmengine's objects (:func:`_mmengine_globals`)."""
     import _codecs
+
     from torch._weights_only_unpickler import _get_allowed_globals
     allowed = dict(_get_allowed_globals(), **_mmengine_globals())
     # protocol 2 pickles bytes (numpy arrays' data) as _codecs.encode(str),
@@ -148,8 +152,11 @@ def _torch_load(path: str, map_location):
     global _RESTRICTED_PICKLE
     if _RESTRICTED_PICKLE is None:
         _RESTRICTED_PICKLE = _restricted_pickle()
-    return torch.load(path, map_location=map_location,
-                      pickle_module=_RESTRICTED_PICKLE, weights_only=False)
+    return torch.load(
+        path,
+        map_location=map_location,
+        pickle_module=_RESTRICTED_PICKLE,
+        weights_only=False)
 
 
 _RESTRICTED_PICKLE = None
@@ -175,8 +182,8 @@ def load_file(path: str, map_location='cpu', name: str = None):
         raise CorruptCheckpointError(
             f'cannot read checkpoint {name}: the file is truncated or '
             f'corrupt, or not a checkpoint ({_reason(error)})') from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError,
-            IndexError, TypeError, AttributeError) as error:
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, IndexError,
+            TypeError, AttributeError) as error:
         # torch's zip reader, or the legacy format's unpickler, on a file
         # that is cut short or is no checkpoint at all
         raise CorruptCheckpointError(
@@ -254,9 +261,9 @@ def _download(url: str, dst: str, cache: str) -> None:
                 size += len(chunk)
     except (urllib.error.URLError, OSError, ValueError,
             http.client.HTTPException) as error:
-        reason = (f'HTTP {error.code} {error.reason}'
-                  if isinstance(error, urllib.error.HTTPError) else
-                  getattr(error, 'reason', None) or _first_line(error))
+        reason = (f'HTTP {error.code} {error.reason}' if isinstance(
+            error, urllib.error.HTTPError) else getattr(error, 'reason', None)
+                  or _first_line(error))
         raise DownloadError(
             f'cannot download checkpoint {url} ({reason}); it is expected at '
             f'{cache}: put the file there, or point the config at a local '
@@ -298,7 +305,9 @@ def _load_from_local(filename: str, map_location=None):
     return load_file(osp.expanduser(filename), map_location)
 
 
-def _load_from_http(filename: str, map_location=None, model_dir=None,
+def _load_from_http(filename: str,
+                    map_location=None,
+                    model_dir=None,
                     **kwargs):
     """mmengine's loader of http(s) URLs, by :func:`load_url` (rank 0
     downloads first, as mmengine's does)."""
@@ -321,8 +330,8 @@ def install() -> None:
     from mmengine.runner import checkpoint as mmengine_checkpoint
     loader = mmengine_checkpoint.CheckpointLoader
     loader.register_scheme(prefixes='', loader=_load_from_local, force=True)
-    loader.register_scheme(prefixes=('http://', 'https://'),
-                           loader=_load_from_http, force=True)
+    loader.register_scheme(
+        prefixes=('http://', 'https://'), loader=_load_from_http, force=True)
     # open-mmlab://, torchvision:// and mmcls:// call this module-level
     # function directly, not through the scheme
     mmengine_checkpoint.load_from_http = _load_from_http

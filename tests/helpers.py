@@ -15,15 +15,19 @@ import pytest
 import torch
 import yaml
 
-from mmcmt.testing import (custom_arch_official_shapes,  # noqa: F401
-                           random_official_state_dict)
+from mmcmt.testing import (  # noqa: F401 (the tests import them from here)
+    custom_arch_official_shapes, random_official_state_dict)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METAFILE = osp.join(ROOT, 'configs', 'metafile.yml')
-SHAPES_FILE = os.path.join(os.path.dirname(__file__), 'data',
-                           'official_cmt_shapes.json')
-ARCH_OF_VARIANT = {'cmt_ti': 'tiny', 'cmt_xs': 'xs', 'cmt_s': 'small',
-                   'cmt_b': 'base'}
+SHAPES_FILE = os.path.join(
+    os.path.dirname(__file__), 'data', 'official_cmt_shapes.json')
+ARCH_OF_VARIANT = {
+    'cmt_ti': 'tiny',
+    'cmt_xs': 'xs',
+    'cmt_s': 'small',
+    'cmt_b': 'base'
+}
 
 
 def official_shapes():
@@ -70,9 +74,14 @@ def run_command(command, timeout=None, env=None, cwd=ROOT):
     (default :data:`TIMEOUT`) the whole group (torchrun's workers too) is
     killed and the test fails."""
     timeout = TIMEOUT if timeout is None else timeout
-    process = subprocess.Popen(command, cwd=cwd, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -124,9 +133,9 @@ def check_resume(config, options, full, checkpoint, final, resumed, log_line):
     os.makedirs(resumed)
     shutil.copy(osp.join(full, checkpoint), resumed)
     before = open(osp.join(resumed, checkpoint), 'rb').read()
-    out = run_tool('tools/train.py', config, '--work-dir', resumed,
-                   '--resume', osp.join(resumed, checkpoint),
-                   '--cfg-options', *options).stdout
+    out = run_tool('tools/train.py', config, '--work-dir', resumed, '--resume',
+                   osp.join(resumed, checkpoint), '--cfg-options',
+                   *options).stdout
     assert log_line in out
     assert open(osp.join(resumed, checkpoint), 'rb').read() == before
     a, b = scalars(full), scalars(resumed)
@@ -155,8 +164,7 @@ def check_resume(config, options, full, checkpoint, final, resumed, log_line):
                                torch.as_tensor(opt_b['state'][index][name])), \
                 (index, name)
     assert len(opt_a['param_groups']) == len(opt_b['param_groups'])
-    for group_a, group_b in zip(opt_a['param_groups'],
-                                opt_b['param_groups']):
+    for group_a, group_b in zip(opt_a['param_groups'], opt_b['param_groups']):
         assert group_a['params'] == group_b['params']
         assert group_a['lr'] == pytest.approx(group_b['lr'], rel=1e-9)
         assert group_a['weight_decay'] == group_b['weight_decay']
@@ -168,9 +176,11 @@ def loader_options(root, workers=0):
     options = []
     for split in ('train', 'val', 'test'):
         loader = f'{split}_dataloader'
-        options += [f'{loader}.dataset.data_root={root}',
-                    f'{loader}.num_workers={workers}',
-                    f'{loader}.persistent_workers=False']
+        options += [
+            f'{loader}.dataset.data_root={root}',
+            f'{loader}.num_workers={workers}',
+            f'{loader}.persistent_workers=False'
+        ]
     return options
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from helpers import coco_options, loader_options, run_tool
 
-from mmcmt.datasets import image_problem, make_synthetic_ade, \
-    make_synthetic_coco
+from mmcmt.datasets import (image_problem, make_synthetic_ade,
+                            make_synthetic_coco)
 from mmcmt.models import CMT
 
 SYNTHETIC = 'configs/retinanet_cmt_ti_fpn_synthetic.py'
@@ -37,8 +37,8 @@ def _cases():
         'good.png': (png, None),
         'good.jpg': (jpeg, None),
         'gray.png': (_encoded('.png', picture[..., 0]), None),
-        'rgba.png': (_encoded('.png', np.dstack([picture, picture[..., :1]])),
-                     None),
+        'rgba.png': (_encoded('.png', np.dstack([picture,
+                                                 picture[..., :1]])), None),
         'tiny.png': (_encoded('.png', picture[:10, :10]), None),
         # data after the end marker (some cameras append a trailer)
         'trailer.jpg': (jpeg + b'\0' * 300 + b'trailer', None),
@@ -76,8 +76,13 @@ def test_image_problem(images, name):
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp('ckpt') / 'backbone.pth'
-    torch.save({'state_dict': {f'backbone.{k}': v for k, v in
-                               CMT('tiny').state_dict().items()}}, path)
+    torch.save(
+        {
+            'state_dict': {
+                f'backbone.{k}': v
+                for k, v in CMT('tiny').state_dict().items()
+            }
+        }, path)
     return str(path)
 
 
@@ -99,13 +104,18 @@ BAD = ['third.png', 'half.jpg', 'empty.png', 'text.png']
 def test_tools_name_a_bad_image(images, checkpoint, tmp_path, tool, name):
     path = str(images / name)
     command = {
-        'infer.py': ['tools/infer.py', path, SYNTHETIC, checkpoint,
-                     '--out-dir', str(tmp_path / 'out')],
-        'classify.py': ['tools/classify.py', path, '--arch', 'tiny',
-                        '--checkpoint', checkpoint],
+        'infer.py': [
+            'tools/infer.py', path, SYNTHETIC, checkpoint, '--out-dir',
+            str(tmp_path / 'out')
+        ],
+        'classify.py': [
+            'tools/classify.py', path, '--arch', 'tiny', '--checkpoint',
+            checkpoint
+        ],
     }[tool]
-    line = one_line(run_tool(*command, check=False), repr(path),
-                    _cases()[name][1])
+    line = one_line(
+        run_tool(*command, check=False), repr(path),
+        _cases()[name][1])
     print(line)
     assert not (tmp_path / 'out' / name).exists()
 
@@ -113,21 +123,35 @@ def test_tools_name_a_bad_image(images, checkpoint, tmp_path, tool, name):
 def test_infer_folder_goes_past_bad_images(images, checkpoint, tmp_path):
     before = {p: open(p, 'rb').read() for p in glob.glob(f'{images}/*')}
     out = tmp_path / 'out'
-    result = run_tool('tools/infer.py', str(images), SYNTHETIC, checkpoint,
-                      '--out-dir', str(out), check=False)
+    result = run_tool(
+        'tools/infer.py',
+        str(images),
+        SYNTHETIC,
+        checkpoint,
+        '--out-dir',
+        str(out),
+        check=False)
     line = one_line(result, f'4 of {len(before)} images were not read')
     for name in BAD:
         assert f"{str(images / name)!r} {_cases()[name][1]}" in line
     good = sorted(n for n, (_, problem) in _cases().items() if not problem)
     assert sorted(os.listdir(out)) == good
     assert result.stdout.count('wrote ') == len(good)
-    assert before == {p: open(p, 'rb').read()
-                      for p in glob.glob(f'{images}/*')}
+    assert before == {
+        p: open(p, 'rb').read()
+        for p in glob.glob(f'{images}/*')
+    }
 
 
 def test_classify_folder_goes_past_bad_images(images, checkpoint):
-    result = run_tool('tools/classify.py', str(images), '--arch', 'tiny',
-                      '--checkpoint', checkpoint, check=False)
+    result = run_tool(
+        'tools/classify.py',
+        str(images),
+        '--arch',
+        'tiny',
+        '--checkpoint',
+        checkpoint,
+        check=False)
     one_line(result, '4 of 10 images were not read', 'third.png')
     good = [n for n, (_, problem) in _cases().items() if not problem]
     for name in good:
@@ -150,9 +174,10 @@ def coco(tmp_path_factory):
 
 
 def _snapshot(root):
-    return {p: open(p, 'rb').read()
-            for p in glob.glob(f'{root}/**/*', recursive=True)
-            if osp.isfile(p)}
+    return {
+        p: open(p, 'rb').read()
+        for p in glob.glob(f'{root}/**/*', recursive=True) if osp.isfile(p)
+    }
 
 
 def test_test_tool_on_a_set_with_bad_images(coco, checkpoint, tmp_path):
@@ -160,15 +185,20 @@ def test_test_tool_on_a_set_with_bad_images(coco, checkpoint, tmp_path):
     options = ['--cfg-options'] + coco_options(f'{coco}/')
     bad_3 = str(coco / 'val2017' / '000000000003.jpg')
     bad_5 = str(coco / 'val2017' / '000000000005.jpg')
-    result = run_tool('tools/test.py', SYNTHETIC, checkpoint, '--work-dir',
-                      str(tmp_path / 'refused'), *options, check=False)
+    result = run_tool(
+        'tools/test.py',
+        SYNTHETIC,
+        checkpoint,
+        '--work-dir',
+        str(tmp_path / 'refused'),
+        *options,
+        check=False)
     line = one_line(result, 'test_dataloader: 2 unreadable image file(s) of 6',
                     f'{bad_3} is truncated', f'{bad_5} is empty',
                     '--skip-bad-images')
     print(line)
     result = run_tool('tools/test.py', SYNTHETIC, checkpoint, '--work-dir',
-                      str(tmp_path / 'skipped'), '--skip-bad-images',
-                      *options)
+                      str(tmp_path / 'skipped'), '--skip-bad-images', *options)
     out = result.stdout + result.stderr
     assert 'skipping 2 image(s) with unreadable files' in out
     assert 'running on the other 4' in out
@@ -183,8 +213,13 @@ def test_test_tool_on_a_set_with_bad_images(coco, checkpoint, tmp_path):
 
 def test_train_tool_refuses_before_the_run(coco, tmp_path):
     options = ['--cfg-options'] + coco_options(f'{coco}/')
-    result = run_tool('tools/train.py', SYNTHETIC, '--work-dir',
-                      str(tmp_path / 'work'), *options, check=False)
+    result = run_tool(
+        'tools/train.py',
+        SYNTHETIC,
+        '--work-dir',
+        str(tmp_path / 'work'),
+        *options,
+        check=False)
     one_line(result, 'val_dataloader: 2 unreadable image file(s)',
              '--skip-bad-images')
     assert not glob.glob(f'{tmp_path}/work/*/*.log')  # no run started
@@ -197,14 +232,18 @@ def test_segmentation_test_skips_bad_images(tmp_path, checkpoint):
     data = open(images[1], 'rb').read()
     open(images[1], 'wb').write(data[:len(data) // 2])
     options = ['--cfg-options'] + loader_options(str(root))
-    result = run_tool('tools/test.py', SEG_SYNTHETIC, checkpoint,
-                      '--work-dir', str(tmp_path / 'refused'), *options,
-                      check=False)
+    result = run_tool(
+        'tools/test.py',
+        SEG_SYNTHETIC,
+        checkpoint,
+        '--work-dir',
+        str(tmp_path / 'refused'),
+        *options,
+        check=False)
     one_line(result, 'unreadable image file(s) of 4', images[1],
              'is truncated')
-    result = run_tool('tools/test.py', SEG_SYNTHETIC, checkpoint,
-                      '--work-dir', str(tmp_path / 'skipped'),
-                      '--skip-bad-images', *options)
+    result = run_tool('tools/test.py', SEG_SYNTHETIC, checkpoint, '--work-dir',
+                      str(tmp_path / 'skipped'), '--skip-bad-images', *options)
     out = result.stdout + result.stderr
     assert 'skipping 1 image(s)' in out and 'running on the other 3' in out
     assert 'mIoU' in out

@@ -180,8 +180,11 @@ def test_key_mapping_against_hand_written_table():
 
     # the table covers every kind of tensor of the model (BN step counters
     # aside; kv is checked above)
-    kinds = {_kind(k) for k in own
-             if not k.endswith('num_batches_tracked') and '.attn.kv.' not in k}
+    kinds = {
+        _kind(k)
+        for k in own
+        if not k.endswith('num_batches_tracked') and '.attn.kv.' not in k
+    }
     assert kinds == {_kind(dst) for _, dst in KEY_TABLE}
 
 
@@ -189,7 +192,9 @@ def test_key_mapping_against_hand_written_table():
 def test_init_cfg_loads_released_file(tmp_path, official_tiny, layout):
     path = tmp_path / 'cmt_tiny.pth'
     payload = official_tiny if layout == 'top-level' else {
-        layout: official_tiny, 'epoch': 300}
+        layout: official_tiny,
+        'epoch': 300
+    }
     torch.save(payload, path)
     model = CMT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
@@ -198,8 +203,10 @@ def test_init_cfg_loads_released_file(tmp_path, official_tiny, layout):
 
 def test_ddp_prefix_and_detector_checkpoint(tmp_path, official_tiny):
     path = tmp_path / 'ddp.pth'
-    torch.save({'model': {f'module.{k}': v
-                          for k, v in official_tiny.items()}}, path)
+    torch.save({'model': {
+        f'module.{k}': v
+        for k, v in official_tiny.items()
+    }}, path)
     model = CMT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
     _assert_loaded(model, official_tiny)
@@ -229,8 +236,10 @@ def test_classifier_loads_released_file_with_head(tmp_path, official_tiny):
 
 
 def test_missing_file_error():
-    model = CMT('small', init_cfg=dict(
-        type='Pretrained', checkpoint='checkpoints/cmt_small.pth'))
+    model = CMT(
+        'small',
+        init_cfg=dict(
+            type='Pretrained', checkpoint='checkpoints/cmt_small.pth'))
     with pytest.raises(FileNotFoundError) as err:
         model.init_weights()
     message = str(err.value)
@@ -241,8 +250,10 @@ def test_missing_file_error():
 
 
 def test_missing_keys_are_an_error(tmp_path, official_tiny):
-    partial = {k: v for k, v in official_tiny.items()
-               if not k.startswith('blocks_c.3.')}
+    partial = {
+        k: v
+        for k, v in official_tiny.items() if not k.startswith('blocks_c.3.')
+    }
     partial['unrelated.weight'] = torch.zeros(2)
     path = tmp_path / 'partial.pth'
     torch.save(partial, path)
@@ -274,14 +285,15 @@ def test_unexpected_keys_are_reported_not_fatal(tmp_path, official_tiny):
     torch.save(extra, path)
     model = CMT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     logger = MMLogger.get_current_instance()  # where print_log(.., 'current')
-    handler = _Records()                      # writes
+    handler = _Records()  # writes
     logger.addHandler(handler)
     try:
         model.init_weights()
     finally:
         logger.removeHandler(handler)
-    warnings = [r.getMessage() for r in handler.records
-                if r.levelno == logging.WARNING]
+    warnings = [
+        r.getMessage() for r in handler.records if r.levelno == logging.WARNING
+    ]
     assert len(warnings) == 1, [r.getMessage() for r in handler.records]
     assert f'CMT from {path}: unexpected keys (1): extra.weight (ignored)' \
         == warnings[0]
@@ -292,7 +304,8 @@ def test_unexpected_keys_are_reported_not_fatal(tmp_path, official_tiny):
 def test_wrong_arch_is_a_clear_error(tmp_path, official_tiny):
     path = tmp_path / 'cmt_tiny.pth'
     torch.save(official_tiny, path)
-    model = CMT('small', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model = CMT(
+        'small', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     with pytest.raises(RuntimeError, match='size mismatch'):
         model.init_weights()
 
@@ -306,14 +319,18 @@ def test_not_a_state_dict(tmp_path):
 
 def test_reads_with_weights_only(tmp_path, official_tiny, capsys):
     """A pickle that is not plain tensors is refused, not executed."""
+
     class Evil:
+
         def __reduce__(self):
-            return (print, ('executed',))
+            return (print, ('executed', ))
 
     path = tmp_path / 'evil.pth'
     torch.save({'model': official_tiny, 'evil': Evil()}, path)
-    with pytest.raises(Exception, match='refusing to load checkpoint .*: it '
-                       'holds print.* not trusted, so it was not loaded'):
+    with pytest.raises(
+            Exception,
+            match='refusing to load checkpoint .*: it '
+            'holds print.* not trusted, so it was not loaded'):
         read_checkpoint(str(path))
     assert 'executed' not in capsys.readouterr().out
 
@@ -351,11 +368,11 @@ def test_classify_tool_prints_top5(tmp_path, official_tiny):
     import numpy as np
     path = tmp_path / 'cmt_tiny.pth'
     torch.save({'model': official_tiny}, path)
-    image = (np.random.default_rng(0).random((200, 300, 3)) * 255).astype(
-        np.uint8)
+    image = (np.random.default_rng(0).random(
+        (200, 300, 3)) * 255).astype(np.uint8)
     cv2.imwrite(str(tmp_path / 'image.png'), image)
-    out = run_tool('tools/classify.py', str(tmp_path / 'image.png'),
-                   '--arch', 'tiny', '--checkpoint', str(path)).stdout
+    out = run_tool('tools/classify.py', str(tmp_path / 'image.png'), '--arch',
+                   'tiny', '--checkpoint', str(path)).stdout
     rows = [line.split() for line in out.strip().splitlines()[-5:]]
     assert len(rows) == 5 and all(r[0].endswith('%') for r in rows)
 

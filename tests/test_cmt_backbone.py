@@ -20,8 +20,7 @@ TINY = dict(
 
 
 @pytest.mark.parametrize('arch', ['tiny', 'xs', 'small', 'base'])
-@pytest.mark.parametrize('size', [(224, 224), (800, 1199), (33, 47),
-                                  (64, 96)])
+@pytest.mark.parametrize('size', [(224, 224), (800, 1199), (33, 47), (64, 96)])
 def test_output_shapes(arch, size):
     model = CMT(arch).eval()
     H, W = size
@@ -76,9 +75,10 @@ def test_padding_equals_padded_input():
     'arch, message',
     [('huge', "unknown CMT arch 'huge'; choose one of"),
      (dict(TINY, depths=[1, 1, 1]), "'depths' must list 4 values"),
-     ({k: v for k, v in TINY.items() if k != 'sr_ratios'},
-      "missing ['sr_ratios']"),
-     (dict(TINY, window=7), "unknown ['window']"),
+     ({
+         k: v
+         for k, v in TINY.items() if k != 'sr_ratios'
+     }, "missing ['sr_ratios']"), (dict(TINY, window=7), "unknown ['window']"),
      (dict(TINY, num_heads=[3, 2, 2, 4]), 'not divisible by num_heads'),
      (dict(TINY, sr_ratios=[3, 4, 2, 1]), 'sr_ratios[0]=3 must divide 8'),
      (7, 'arch must be a name or a dict')])
@@ -103,8 +103,10 @@ def test_bad_argument_errors(kwargs, message):
 
 def test_input_errors():
     model = CMT(TINY)
-    with pytest.raises(ValueError, match=r'\(B, 3, H, W\) input .* got shape '
-                       r'\(1, 1, 64, 64\)'):
+    with pytest.raises(
+            ValueError,
+            match=r'\(B, 3, H, W\) input .* got shape '
+            r'\(1, 1, 64, 64\)'):
         model(torch.rand(1, 1, 64, 64))
     with pytest.raises(ValueError, match='at least 32x32 .* got 31x64'):
         model(torch.rand(1, 3, 31, 64))
@@ -176,11 +178,11 @@ def test_with_cp_same_outputs_and_gradients():
         torch.manual_seed(7)  # same drop-path draws
         inp = x.clone().requires_grad_()
         outs = model(inp)
-        loss = sum((o * torch.arange(o.numel()).view_as(o).sin()).sum()
-                   for o in outs)
+        loss = sum(
+            (o * torch.arange(o.numel()).view_as(o).sin()).sum() for o in outs)
         loss.backward()
-        results.append((outs, inp.grad,
-                        [p.grad.clone() for p in model.parameters()]))
+        results.append(
+            (outs, inp.grad, [p.grad.clone() for p in model.parameters()]))
     (o1, gx1, g1), (o2, gx2, g2) = results
     for a, b in zip(o1, o2):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -222,9 +224,11 @@ CP_ARCH = dict(
 CP_MIN_FACTOR = 6
 
 
-@pytest.mark.parametrize('frozen_stages, freeze_downsample',
-                         [(-1, False), (1, False), (2, False), (1, True),
-                          (2, True)])
+@pytest.mark.parametrize('frozen_stages, freeze_downsample', [(-1, False),
+                                                              (1, False),
+                                                              (2, False),
+                                                              (1, True),
+                                                              (2, True)])
 def test_with_cp_checkpoints(frozen_stages, freeze_downsample):
     """with_cp really checkpoints: autograd keeps several times fewer bytes,
     also after frozen stages, and behind a patch aggregation frozen by hand
@@ -242,8 +246,8 @@ def test_with_cp_checkpoints(frozen_stages, freeze_downsample):
             model.stages[frozen_stages].downsample.requires_grad_(False)
         model.train()
         saved, outs = _saved_bytes(model, x)
-        loss = sum((o * torch.arange(o.numel()).view_as(o).cos()).sum()
-                   for o in outs)
+        loss = sum(
+            (o * torch.arange(o.numel()).view_as(o).cos()).sum() for o in outs)
         loss.backward()
         results.append((saved, outs, [p.grad for p in model.parameters()]))
     (saved_plain, o1, g1), (saved_cp, o2, g2) = results
@@ -265,8 +269,8 @@ def test_with_cp_checkpoints_what_needs_gradients():
     (behind a frozen patch aggregation); frozen ones and inference do
     not."""
     from mmcmt.models.backbones import cmt
-    model = CMT(CP_ARCH, pretrain_img_size=64, frozen_stages=1,
-                with_cp=True).train()
+    model = CMT(
+        CP_ARCH, pretrain_img_size=64, frozen_stages=1, with_cp=True).train()
     model.stages[1].downsample.requires_grad_(False)
     calls = []
     real = cmt.cp.checkpoint
@@ -339,8 +343,7 @@ def test_bias_used_unchanged_at_pretrain_size_and_resized_elsewhere():
         assert resized.shape == (2, 96, 6)
         assert stage.bias_for((12, 8)) is resized  # eval cache hit
         other = stage.bias_for((8, 12))
-        assert other.shape == (2, 96, 6) and stage.bias_for(
-            (8, 12)) is other
+        assert other.shape == (2, 96, 6) and stage.bias_for((8, 12)) is other
         # an in-place update of the parameter invalidates the cache
         stage.relative_position_bias.add_(1)
         assert stage.bias_for((8, 12)) is not other
@@ -371,8 +374,8 @@ def _smooth_bias(qy, qx, ky, kx, head=0):
     argument, so that swapping rows and columns or queries and keys changes
     it."""
     return ((1 + 0.5 * head) * torch.sin(2.1 * qy + 0.3) +
-            0.6 * torch.cos(1.7 * qx - 0.4) + 0.8 * (ky - 0.3)**2 -
-            0.5 * kx + 0.4 * qy * kx - 0.3 * qx * ky + 0.2 * head)
+            0.6 * torch.cos(1.7 * qx - 0.4) + 0.8 * (ky - 0.3)**2 - 0.5 * kx +
+            0.4 * qy * kx - 0.3 * qx * ky + 0.2 * head)
 
 
 def _centres(n):
@@ -385,10 +388,9 @@ def _sample_bias(query, key, heads=2, swap=None):
     of the query and key grids (row-major). ``swap`` evaluates a wrong
     reading of the axes instead: 'hw' (rows and columns swapped), 'qk'
     (queries and keys swapped)."""
-    qy, qx = torch.meshgrid(_centres(query[0]), _centres(query[1]),
-                            indexing='ij')
-    ky, kx = torch.meshgrid(_centres(key[0]), _centres(key[1]),
-                            indexing='ij')
+    qy, qx = torch.meshgrid(
+        _centres(query[0]), _centres(query[1]), indexing='ij')
+    ky, kx = torch.meshgrid(_centres(key[0]), _centres(key[1]), indexing='ij')
     q = [c.reshape(-1, 1) for c in (qy, qx)]
     k = [c.reshape(1, -1) for c in (ky, kx)]
     if swap == 'hw':
@@ -471,16 +473,19 @@ def test_forward_resizes_bias_to_the_running_grid():
     seen = []
     real = cmt.biased_attention
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cmt, 'biased_attention', lambda q, k, v, bias, scale:
-                      seen.append(bias) or real(q, k, v, bias, scale))
+        patch.setattr(
+            cmt, 'biased_attention',
+            lambda q, k, v, bias, scale: seen.append(bias) or real(
+                q, k, v, bias, scale))
         with torch.no_grad():
             model(torch.rand(1, 3, 320, 192))
     biases = [b for b in seen if b.shape == (2, 20 * 12, 10 * 6)]
     assert len(biases) == TINY['depths'][2]
     expected = _sample_bias((20, 12), (10, 6))
     assert (biases[0].double() - expected).abs().max() < RESIZE_TOL
-    assert (_sample_bias((20, 12), (10, 6), swap='hw') -
-            biases[0].double()).abs().max() > 5 * RESIZE_TOL
+    assert (_sample_bias(
+        (20, 12),
+        (10, 6), swap='hw') - biases[0].double()).abs().max() > 5 * RESIZE_TOL
 
 
 def test_load_state_dict_resizes_bias_saved_at_another_grid():
@@ -493,11 +498,10 @@ def test_load_state_dict_resizes_bias_saved_at_another_grid():
         stride, sr = 4 * 2**i, TINY['sr_ratios'][i]
         src_q, dst_q = (96 // stride, ) * 2, (64 // stride, ) * 2
         expected = resize_relative_position_bias(
-            s.relative_position_bias.detach(), src_q,
-            (src_q[0] // sr, ) * 2, dst_q, (dst_q[0] // sr, ) * 2)
+            s.relative_position_bias.detach(), src_q, (src_q[0] // sr, ) * 2,
+            dst_q, (dst_q[0] // sr, ) * 2)
         assert d.relative_position_bias.shape == expected.shape
-        torch.testing.assert_close(d.relative_position_bias.detach(),
-                                   expected)
+        torch.testing.assert_close(d.relative_position_bias.detach(), expected)
 
 
 def test_pretrained_argument_is_not_dropped(tmp_path):

@@ -21,8 +21,10 @@ def test_pip_install_replaces_nothing(tmp_path):
     report = tmp_path / 'report.json'
     result = run_command([
         sys.executable, '-m', 'pip', 'install', '--dry-run', '--no-index',
-        '--no-build-isolation', '--quiet', '--report', str(report), '-e', ROOT
-    ], timeout=300)
+        '--no-build-isolation', '--quiet', '--report',
+        str(report), '-e', ROOT
+    ],
+                         timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     installs = json.loads(report.read_text())['install']
     assert [item['metadata']['name'] for item in installs] == ['mmcmt']
@@ -55,8 +57,8 @@ def test_blockwise_attention_forward_is_sdpa(dtype, monkeypatch):
     bias = torch.randn(3, 50, 40, generator=g, dtype=dtype)
     out, lse = attention._blockwise_attention(q, k, v, bias, 0.3)
     logits = q @ k.transpose(-2, -1) * 0.3 + bias
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                              scale=0.3)
+    expected = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias, scale=0.3)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert (out - expected).abs().max() < tol
     assert (lse - logits.logsumexp(-1)).abs().max() < tol
@@ -76,10 +78,11 @@ def test_training_attention_either_forward(forward, monkeypatch):
     monkeypatch.setattr(attention, 'HAS_CPU_FLASH_ATTENTION_MASK',
                         forward == 'fused')
     g = torch.Generator().manual_seed(1)
-    tensors = [torch.randn(*shape, generator=g, dtype=torch.float64,
-                           requires_grad=True)
-               for shape in ((2, 2, 30, 8), (2, 2, 12, 8), (2, 2, 12, 8),
-                             (2, 30, 12))]
+    tensors = [
+        torch.randn(
+            *shape, generator=g, dtype=torch.float64, requires_grad=True)
+        for shape in ((2, 2, 30, 8), (2, 2, 12, 8), (2, 2, 12, 8), (2, 30, 12))
+    ]
     out = attention.biased_attention(*tensors, 0.25)
     grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
     got = torch.autograd.grad(out, tensors, grad)
@@ -99,10 +102,13 @@ def _mmengine_checkpoint(path, extra=None):
     hub = MessageHub.get_instance('test_compat')
     for value in (1.0, 0.5, 0.25):
         hub.update_scalar('train/loss', value)
-    checkpoint = dict(state_dict={'w': torch.arange(3.)},
-                      message_hub=hub.state_dict(),
-                      meta=dict(seed=np.int64(3), scale=np.float64(0.5),
-                                stats=np.arange(4, dtype=np.float32)))
+    checkpoint = dict(
+        state_dict={'w': torch.arange(3.)},
+        message_hub=hub.state_dict(),
+        meta=dict(
+            seed=np.int64(3),
+            scale=np.float64(0.5),
+            stats=np.arange(4, dtype=np.float32)))
     checkpoint.update(extra or {})
     torch.save(checkpoint, path)
 
@@ -152,8 +158,12 @@ def test_load_state_dict_pre_hook_either_form():
             layer._register_load_state_dict_pre_hook(hook, with_module=True)
         else:
             compat.register_load_state_dict_pre_hook(layer, hook)
-        torch.nn.Sequential(layer).load_state_dict(
-            {'0.weight': torch.zeros(2, 2), '0.bias': torch.zeros(2)})
+        torch.nn.Sequential(layer).load_state_dict({
+            '0.weight':
+            torch.zeros(2, 2),
+            '0.bias':
+            torch.zeros(2)
+        })
     assert calls[0] == calls[1] == ('Linear', '0.', ['0.bias', '0.weight'])
 
 
@@ -166,7 +176,9 @@ def test_capabilities_are_what_torch_has():
         assert compat.autocast_enabled('cpu') is True
     # torch 2.1's exporter has no dynamo argument; the newest defaults to it
     assert compat.ONNX_EXPORT_KWARGS in ({}, {'dynamo': False})
-    print(f'torch {torch.__version__}: add_safe_globals '
-          f'{compat.HAS_SAFE_GLOBALS}, masked CPU flash attention '
-          f'{compat.HAS_CPU_FLASH_ATTENTION_MASK}, onnx '
-          f'{compat.ONNX_EXPORT_KWARGS}', file=sys.stderr)
+    print(
+        f'torch {torch.__version__}: add_safe_globals '
+        f'{compat.HAS_SAFE_GLOBALS}, masked CPU flash attention '
+        f'{compat.HAS_CPU_FLASH_ATTENTION_MASK}, onnx '
+        f'{compat.ONNX_EXPORT_KWARGS}',
+        file=sys.stderr)

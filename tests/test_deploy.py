@@ -27,9 +27,13 @@ from mmcmt.engine import UsageError, load_config
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SYNTHETIC = osp.join(ROOT, 'configs', 'retinanet_cmt_ti_fpn_synthetic.py')
 SIZE = 128  # images, training and tracing size
-SMALL_ARCH = dict(embed_dims=[16, 32, 48, 64], depths=[1, 2, 1, 1],
-                  num_heads=[1, 2, 3, 4], mlp_ratios=[2, 3.5, 4, 2.25],
-                  sr_ratios=[4, 2, 2, 1], stem_channels=8)
+SMALL_ARCH = dict(
+    embed_dims=[16, 32, 48, 64],
+    depths=[1, 2, 1, 1],
+    num_heads=[1, 2, 3, 4],
+    mlp_ratios=[2, 3.5, 4, 2.25],
+    sr_ratios=[4, 2, 2, 1],
+    stem_channels=8)
 
 
 def synthetic_options(root):
@@ -37,8 +41,8 @@ def synthetic_options(root):
     images; training (on the 4 validation images, to get a detector worth
     comparing in seconds) for 20 epochs of 2 iterations, no flips."""
     return coco_options(root) + [
-        f'train_dataloader.dataset.ann_file=annotations/'
-        f'instances_val2017.json',
+        'train_dataloader.dataset.ann_file=annotations/'
+        'instances_val2017.json',
         'train_dataloader.dataset.data_prefix.img=val2017/',
         f'train_dataloader.dataset.pipeline.2.scale=({SIZE},{SIZE})',
         'train_dataloader.dataset.pipeline.3.prob=0.0',
@@ -69,19 +73,26 @@ def retinanet(tmp_path_factory):
     checkpoint = str(tmp / 'train' / 'epoch_20.pth')
     onnx_dir = str(tmp / 'onnx')
     image = osp.join(root, 'val2017', '000000000001.jpg')
-    deployed = run_tool('tools/deploy_onnx.py', SYNTHETIC, checkpoint,
-                        onnx_dir, '--shape', str(SIZE), str(SIZE),
-                        '--check-image', image, '--cfg-options',
+    deployed = run_tool('tools/deploy_onnx.py',
+                        SYNTHETIC, checkpoint, onnx_dir, '--shape', str(SIZE),
+                        str(SIZE), '--check-image', image, '--cfg-options',
                         *options).stdout
-    return dict(tmp=tmp, root=root, options=options, checkpoint=checkpoint,
-                onnx_dir=onnx_dir, image=image, deployed=deployed,
-                cfg=config_with(SYNTHETIC, options))
+    return dict(
+        tmp=tmp,
+        root=root,
+        options=options,
+        checkpoint=checkpoint,
+        onnx_dir=onnx_dir,
+        image=image,
+        deployed=deployed,
+        cfg=config_with(SYNTHETIC, options))
 
 
 def coco_ap(out):
     """bbox AP, AP50, AP75 of mmdet's test log line."""
-    found = re.search(r'coco/bbox_mAP: ([\d.]+) +coco/bbox_mAP_50: ([\d.]+) '
-                      r'+coco/bbox_mAP_75: ([\d.]+)', out)
+    found = re.search(
+        r'coco/bbox_mAP: ([\d.]+) +coco/bbox_mAP_50: ([\d.]+) '
+        r'+coco/bbox_mAP_75: ([\d.]+)', out)
     assert found, out[-2000:]
     return [float(v) for v in found.groups()]
 
@@ -90,9 +101,10 @@ def kept(result, score_thr=0.05):
     """The detections of a dumped result scoring ``score_thr`` or more."""
     pred = result['pred_instances']
     keep = pred['scores'] >= score_thr
-    return InstanceData(bboxes=pred['bboxes'][keep],
-                        scores=pred['scores'][keep],
-                        labels=pred['labels'][keep])
+    return InstanceData(
+        bboxes=pred['bboxes'][keep],
+        scores=pred['scores'][keep],
+        labels=pred['labels'][keep])
 
 
 def test_deploy_tool_checks_itself(retinanet):
@@ -109,10 +121,10 @@ def test_deploy_tool_checks_itself(retinanet):
     assert count_torch > 0 and count_torch == count_onnx == matched
     manifest = read_manifest(retinanet['onnx_dir'])
     assert manifest['traced_shape'] == [1, 3, SIZE, SIZE]
-    assert [p['name'] for p in manifest['parts']] == ['features',
-                                                      'bbox_head']
+    assert [p['name'] for p in manifest['parts']] == ['features', 'bbox_head']
     assert manifest['dataset_meta']['classes'] == [
-        'circle', 'square', 'triangle', 'cross']
+        'circle', 'square', 'triangle', 'cross'
+    ]
 
 
 def test_coco_ap_of_the_deployed_detector(retinanet):
@@ -163,15 +175,18 @@ def test_any_input_size_from_one_export(retinanet):
         with torch.no_grad():
             cls_scores, _ = onnx_model._forward(inputs)
         # 9 anchors x 4 classes at strides 8 to 128, ceil(size / stride)
-        assert [tuple(c.shape) for c in cls_scores] == [
-            (shape[0], 9 * 4, -(-shape[2] // s), -(-shape[3] // s))
-            for s in (8, 16, 32, 64, 128)]
+        assert [tuple(c.shape) for c in cls_scores
+                ] == [(shape[0], 9 * 4, -(-shape[2] // s), -(-shape[3] // s))
+                      for s in (8, 16, 32, 64, 128)]
 
 
 def test_no_pytorch_weights_left_and_profiling(retinanet, tmp_path):
     cfg = retinanet['cfg']
-    model = load_onnx_detector(retinanet['onnx_dir'], cfg, threads=1,
-                               profile_prefix=str(tmp_path / 'profile_'))
+    model = load_onnx_detector(
+        retinanet['onnx_dir'],
+        cfg,
+        threads=1,
+        profile_prefix=str(tmp_path / 'profile_'))
     assert list(model.parameters()) == []
     assert model.neck is None
     assert not hasattr(model.bbox_head, 'retina_cls')
@@ -196,11 +211,11 @@ def small_two_stage_config(path):
     """A Mask R-CNN config with a small CMT, 32-channel FPN and heads, 4
     classes, 160x160 test images."""
     cfg = load_config(path)
-    cfg.model.backbone.update(arch=SMALL_ARCH, init_cfg=None,
-                              drop_path_rate=0.)
+    cfg.model.backbone.update(
+        arch=SMALL_ARCH, init_cfg=None, drop_path_rate=0.)
     channels = 32
-    cfg.model.neck.update(in_channels=SMALL_ARCH['embed_dims'],
-                          out_channels=channels)
+    cfg.model.neck.update(
+        in_channels=SMALL_ARCH['embed_dims'], out_channels=channels)
     cfg.model.rpn_head.update(in_channels=channels, feat_channels=channels)
     roi = cfg.model.roi_head
     roi.bbox_roi_extractor.out_channels = channels
@@ -208,14 +223,15 @@ def small_two_stage_config(path):
     for head in roi.bbox_head if isinstance(roi.bbox_head, list) else \
             [roi.bbox_head]:
         head.update(in_channels=channels, fc_out_channels=64, num_classes=4)
-    roi.mask_head.update(in_channels=channels, conv_out_channels=channels,
-                         num_classes=4)
+    roi.mask_head.update(
+        in_channels=channels, conv_out_channels=channels, num_classes=4)
     cfg.test_dataloader.dataset.pipeline[1].scale = (160, 160)
     return cfg
 
 
-@pytest.mark.parametrize('config', ['mask_rcnn_cmt_s_fpn_1x_coco.py',
-                                    'cascade_mask_rcnn_cmt_s_fpn_1x_coco.py'])
+@pytest.mark.parametrize('config', [
+    'mask_rcnn_cmt_s_fpn_1x_coco.py', 'cascade_mask_rcnn_cmt_s_fpn_1x_coco.py'
+])
 def test_two_stage_detector(config, retinanet, tmp_path):
     """Random weights (the classifiers scaled down so that scores are not
     all saturated): RPN, RoI heads (each cascade stage) and mask head run in
@@ -237,17 +253,21 @@ def test_two_stage_detector(config, retinanet, tmp_path):
     names = [p['name'] for p in manifest['parts']]
     if 'cascade' in config:
         assert names == ['features', 'rpn_head'] + [
-            f'roi_head.bbox_head.{i}' for i in range(3)] + [
-            f'roi_head.mask_head.{i}' for i in range(3)]
+            f'roi_head.bbox_head.{i}' for i in range(3)
+        ] + [f'roi_head.mask_head.{i}' for i in range(3)]
     else:
-        assert names == ['features', 'rpn_head', 'roi_head.bbox_head',
-                         'roi_head.mask_head']
+        assert names == [
+            'features', 'rpn_head', 'roi_head.bbox_head', 'roi_head.mask_head'
+        ]
     onnx_model = load_onnx_detector(str(tmp_path / 'onnx'), cfg)
     assert list(onnx_model.parameters()) == []
-    images = [osp.join(retinanet['root'], 'val2017', f'00000000000{i}.jpg')
-              for i in (1, 2)]
-    for a, b in zip(inference_detector(model, images),
-                    inference_detector(onnx_model, images)):
+    images = [
+        osp.join(retinanet['root'], 'val2017', f'00000000000{i}.jpg')
+        for i in (1, 2)
+    ]
+    for a, b in zip(
+            inference_detector(model, images),
+            inference_detector(onnx_model, images)):
         a, b = a.pred_instances, b.pred_instances
         assert len(a) == len(b) > 10
         assert b.bboxes.shape == (len(b), 4)
@@ -268,12 +288,14 @@ def test_infer_with_onnx_draws_the_same_detections(retinanet, tmp_path):
     lines, pictures = {}, {}
     for name, source in (('torch', [retinanet['checkpoint']]),
                          ('onnx', ['--onnx', retinanet['onnx_dir']])):
-        out = run_tool('tools/infer.py', retinanet['image'], SYNTHETIC,
-                       *source, '--out-dir', str(tmp_path / name),
-                       '--score-thr', '0.2').stdout
-        lines[name] = [line.split() for line in out.splitlines()
-                       if line.strip().startswith(
-                           ('circle', 'square', 'triangle', 'cross'))]
+        out = run_tool('tools/infer.py',
+                       retinanet['image'], SYNTHETIC, *source, '--out-dir',
+                       str(tmp_path / name), '--score-thr', '0.2').stdout
+        lines[name] = [
+            line.split() for line in out.splitlines()
+            if line.strip().startswith(('circle', 'square', 'triangle',
+                                        'cross'))
+        ]
         pictures[name] = mmcv.imread(
             str(tmp_path / name / '000000000001.jpg')).astype(np.int16)
     assert len(lines['torch']) == len(lines['onnx']) > 0
@@ -303,15 +325,21 @@ class Payload:
     """Code in a checkpoint: the safe loader must refuse it."""
 
     def __reduce__(self):
-        return (os.system, ('echo pwned',))
+        return (os.system, ('echo pwned', ))
 
 
 def test_error_paths(retinanet, tmp_path):
     options = retinanet['options']
     # through run_main: one line, exit code 2
     missing = str(tmp_path / 'missing')
-    result = run_tool('tools/test.py', SYNTHETIC, '--onnx', missing,
-                      '--cfg-options', *options, check=False)
+    result = run_tool(
+        'tools/test.py',
+        SYNTHETIC,
+        '--onnx',
+        missing,
+        '--cfg-options',
+        *options,
+        check=False)
     assert result.returncode == 2
     assert f"ONNX export not found: '{missing}' is not a folder" in \
         result.stderr
@@ -319,28 +347,34 @@ def test_error_paths(retinanet, tmp_path):
 
     os.makedirs(tmp_path / 'empty')
     with pytest.raises(FileNotFoundError, match='has no manifest.json'):
-        tool('test').main([SYNTHETIC, '--onnx', str(tmp_path / 'empty'),
-                           '--cfg-options', *options])
-    for source in ([], [retinanet['checkpoint'], '--onnx',
-                        retinanet['onnx_dir']]):
+        tool('test').main([
+            SYNTHETIC, '--onnx',
+            str(tmp_path / 'empty'), '--cfg-options', *options
+        ])
+    for source in ([],
+                   [retinanet['checkpoint'], '--onnx', retinanet['onnx_dir']]):
         with pytest.raises(UsageError, match='give a CHECKPOINT or --onnx'):
-            tool('test').main([SYNTHETIC, *source, '--cfg-options',
-                               *options])
+            tool('test').main([SYNTHETIC, *source, '--cfg-options', *options])
         with pytest.raises(UsageError, match='give a CHECKPOINT or --onnx'):
-            tool('infer').main([retinanet['image'], SYNTHETIC, *source,
-                                '--out-dir', str(tmp_path / 'pictures')])
+            tool('infer').main([
+                retinanet['image'], SYNTHETIC, *source, '--out-dir',
+                str(tmp_path / 'pictures')
+            ])
     with pytest.raises(FileNotFoundError, match='has no manifest.json'):
-        tool('infer').main([retinanet['image'], SYNTHETIC, '--onnx',
-                            str(tmp_path / 'empty'), '--out-dir',
-                            str(tmp_path / 'pictures')])
+        tool('infer').main([
+            retinanet['image'], SYNTHETIC, '--onnx',
+            str(tmp_path / 'empty'), '--out-dir',
+            str(tmp_path / 'pictures')
+        ])
 
     # an existing folder is never written to
     taken = tmp_path / 'taken'
     os.makedirs(taken)
     (taken / 'notes.txt').write_text('mine')
     with pytest.raises(UsageError, match='exists and is not empty'):
-        tool('deploy_onnx').main([SYNTHETIC, retinanet['checkpoint'],
-                                  str(taken)])
+        tool('deploy_onnx').main(
+            [SYNTHETIC, retinanet['checkpoint'],
+             str(taken)])
     assert os.listdir(taken) == ['notes.txt']
     assert (taken / 'notes.txt').read_text() == 'mine'
     with pytest.raises(FileExistsError, match='exists and is not empty'):
@@ -349,20 +383,24 @@ def test_error_paths(retinanet, tmp_path):
     # an untrusted checkpoint: one line, nothing written
     untrusted = str(tmp_path / 'untrusted.pth')
     torch.save(dict(state_dict={}, payload=Payload()), untrusted)
-    result = run_tool('tools/deploy_onnx.py', SYNTHETIC, untrusted,
-                      str(tmp_path / 'never'), check=False)
+    result = run_tool(
+        'tools/deploy_onnx.py',
+        SYNTHETIC,
+        untrusted,
+        str(tmp_path / 'never'),
+        check=False)
     assert result.returncode == 2 and 'Traceback' not in result.stderr
     assert 'not trusted' in result.stderr and 'pwned' not in result.stdout
     assert not osp.exists(tmp_path / 'never')
 
     # a model that is not the exported one
-    cfg = config_with(SYNTHETIC, options + [
-        'model.bbox_head.num_classes=3'])
-    with pytest.raises(UsageError, match='model.bbox_head is not the '
-                       'exported one'):
+    cfg = config_with(SYNTHETIC, options + ['model.bbox_head.num_classes=3'])
+    with pytest.raises(
+            UsageError, match='model.bbox_head is not the '
+            'exported one'):
         load_onnx_detector(retinanet['onnx_dir'], cfg)
-    cfg = config_with(SYNTHETIC, options + [
-        'model.data_preprocessor.bgr_to_rgb=False'])
+    cfg = config_with(SYNTHETIC,
+                      options + ['model.data_preprocessor.bgr_to_rgb=False'])
     with pytest.raises(UsageError, match='data_preprocessor.bgr_to_rgb'):
         load_onnx_detector(retinanet['onnx_dir'], cfg)
     # a graph file missing

@@ -16,8 +16,7 @@ from mmcmt.engine import load_config
 from mmcmt.models.utils.checkpoint import RELEASE_URL, RELEASED_FILES
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-COCO_CONFIGS = sorted(
-    glob.glob(osp.join(ROOT, 'configs', '*_coco.py')))
+COCO_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*_coco.py')))
 SYNTHETIC = osp.join(ROOT, 'configs', 'retinanet_cmt_ti_fpn_synthetic.py')
 
 
@@ -31,8 +30,9 @@ def coco_root(tmp_path_factory):
 def small_config(path, root):
     """A config pointed at generated data, images resized to 128x96 (no
     ImageNet weights here)."""
-    from mmengine.config import DictAction
     import argparse
+
+    from mmengine.config import DictAction
     parser = argparse.ArgumentParser()
     parser.add_argument('--o', nargs='+', action=DictAction)
     options = parser.parse_args(['--o'] + coco_options(root)).o
@@ -59,8 +59,8 @@ def small_resizes(transforms):
             small_resizes(transform.transforms)
 
 
-@pytest.mark.parametrize('config', COCO_CONFIGS + [SYNTHETIC],
-                         ids=osp.basename)
+@pytest.mark.parametrize(
+    'config', COCO_CONFIGS + [SYNTHETIC], ids=osp.basename)
 def test_config_trains_one_step_and_predicts(config, coco_root):
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import build_optim_wrapper
@@ -73,9 +73,11 @@ def test_config_trains_one_step_and_predicts(config, coco_root):
     data = pseudo_collate([dataset[0], dataset[1]])
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     # no weight decay on norms and relative position biases
-    decay = {id(p): g['weight_decay']
-             for g in optim_wrapper.optimizer.param_groups
-             for p in g['params']}
+    decay = {
+        id(p): g['weight_decay']
+        for g in optim_wrapper.optimizer.param_groups
+        for p in g['params']
+    }
     stage = model.backbone.stages[0]
     assert decay[id(stage.relative_position_bias)] == 0
     assert decay[id(stage.blocks[0].norm1.weight)] == 0
@@ -103,8 +105,12 @@ def test_config_trains_one_step_and_predicts(config, coco_root):
 def test_coco_config_settings(config):
     cfg = load_config(config)
     backbone = cfg.model.backbone
-    dims = {'tiny': [46, 92, 184, 368], 'xs': [52, 104, 208, 416],
-            'small': [64, 128, 256, 512], 'base': [76, 152, 304, 608]}
+    dims = {
+        'tiny': [46, 92, 184, 368],
+        'xs': [52, 104, 208, 416],
+        'small': [64, 128, 256, 512],
+        'base': [76, 152, 304, 608]
+    }
     assert backbone.type == 'CMT'
     assert cfg.model.neck.in_channels == dims[backbone.arch]
     # the released weights by URL, as mmdet's Swin/PVT configs name theirs
@@ -113,8 +119,10 @@ def test_coco_config_settings(config):
     if '_3x_' in config:  # mmdet's Swin / ConvNeXt 3x multi-scale recipe
         assert cfg.train_cfg.max_epochs == 36
         assert cfg.param_scheduler[-1].milestones == [27, 33]
-        choice = [t for t in cfg.train_dataloader.dataset.pipeline
-                  if t.type == 'RandomChoice']
+        choice = [
+            t for t in cfg.train_dataloader.dataset.pipeline
+            if t.type == 'RandomChoice'
+        ]
         scales = choice[0].transforms[0][0].scales
         assert [min(s) for s in scales] == list(range(480, 801, 32))
     else:
@@ -143,18 +151,20 @@ def test_train_test_resume_cycle(coco_root, tmp_path):
     assert load_config(SYNTHETIC).train_dataloader.dataset.pipeline[3].type \
         == 'RandomFlip'
     full = str(tmp_path / 'full')
-    run_tool('tools/train.py', SYNTHETIC, '--work-dir', full,
-             '--cfg-options', *options)
+    run_tool('tools/train.py', SYNTHETIC, '--work-dir', full, '--cfg-options',
+             *options)
     assert osp.isfile(osp.join(full, 'epoch_2.pth'))
 
     # test: COCO metrics printed, pictures written
     show = str(tmp_path / 'show')
-    out = run_tool('tools/test.py', SYNTHETIC, osp.join(full, 'epoch_2.pth'),
-                   '--work-dir', str(tmp_path / 'test'), '--show-dir', show,
-                   '--out', str(tmp_path / 'results.pkl'), '--cfg-options',
+    out = run_tool('tools/test.py', SYNTHETIC,
+                   osp.join(full, 'epoch_2.pth'), '--work-dir',
+                   str(tmp_path / 'test'), '--show-dir', show, '--out',
+                   str(tmp_path / 'results.pkl'), '--cfg-options',
                    *coco_options(coco_root)).stdout
-    assert re.search(r'coco/bbox_mAP: [\d.]+ +coco/bbox_mAP_50: [\d.]+ +'
-                     r'coco/bbox_mAP_75: [\d.]+', out), out[-2000:]
+    assert re.search(
+        r'coco/bbox_mAP: [\d.]+ +coco/bbox_mAP_50: [\d.]+ +'
+        r'coco/bbox_mAP_75: [\d.]+', out), out[-2000:]
     assert len(os.listdir(show)) == 2
     assert osp.getsize(tmp_path / 'results.pkl') > 0
 
@@ -172,10 +182,14 @@ def test_train_test_resume_cycle(coco_root, tmp_path):
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
-    result = run_tool('tools/train.py', SYNTHETIC, '--work-dir',
-                      str(tmp_path), '--cfg-options',
-                      f'train_dataloader.dataset.data_root={tmp_path}/none/',
-                      check=False)
+    result = run_tool(
+        'tools/train.py',
+        SYNTHETIC,
+        '--work-dir',
+        str(tmp_path),
+        '--cfg-options',
+        f'train_dataloader.dataset.data_root={tmp_path}/none/',
+        check=False)
     assert result.returncode != 0
     assert 'train_dataloader: dataset not found, expected' in result.stderr
     assert f'{tmp_path}/none/annotations/instances_train2017.json' in \
@@ -183,8 +197,13 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 
 
 def test_missing_checkpoint_is_a_clear_error(coco_root, tmp_path):
-    result = run_tool('tools/test.py', SYNTHETIC, str(tmp_path / 'no.pth'),
-                      '--cfg-options', *coco_options(coco_root), check=False)
+    result = run_tool(
+        'tools/test.py',
+        SYNTHETIC,
+        str(tmp_path / 'no.pth'),
+        '--cfg-options',
+        *coco_options(coco_root),
+        check=False)
     assert result.returncode != 0
     assert f"checkpoint not found: '{tmp_path}/no.pth'" in result.stderr
 
@@ -210,9 +229,10 @@ def test_get_flops_reports_the_metafile_figures():
     assert backbone['Arch'] == 'small'
     backbone = backbone['Backbone Only']
     assert backbone['Input Size (W x H)'] == '1280x800'
-    assert rows['backbone'][:3] == [backbone['Parameters (M)'],
-                                    backbone['FLOPs (G)'],
-                                    backbone['FLOPs mmengine (G)']]
+    assert rows['backbone'][:3] == [
+        backbone['Parameters (M)'], backbone['FLOPs (G)'],
+        backbone['FLOPs mmengine (G)']
+    ]
     # without the attention products: the two rounded figures' difference
     assert rows['backbone'][3] == pytest.approx(
         backbone['FLOPs (G)'] - backbone['Attention Products (G)'], abs=0.11)
@@ -229,8 +249,10 @@ def test_distributed_training_two_processes(coco_root, tmp_path):
         'train_cfg.val_interval=1'
     ]
     result = run_command(
-        ['bash', 'tools/dist_train.sh', SYNTHETIC, '2', '--work-dir',
-         str(tmp_path)] + ['--cfg-options'] + options,
+        [
+            'bash', 'tools/dist_train.sh', SYNTHETIC, '2', '--work-dir',
+            str(tmp_path)
+        ] + ['--cfg-options'] + options,
         env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Distributed launcher: pytorch' in result.stdout

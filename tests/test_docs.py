@@ -50,8 +50,11 @@ def test_tables_are_the_tools_output(path):
 
 
 def test_every_table_is_shown():
-    shown = {name for path in MARKDOWN
-             for name, _ in tables.REGION.findall(_read(path))}
+    shown = {
+        name
+        for path in MARKDOWN
+        for name, _ in tables.REGION.findall(_read(path))
+    }
     assert shown == set(tables.TABLES)
     assert 'metafile_tables.py readme -->' in _read(README)
 
@@ -70,10 +73,14 @@ def test_metafile_names_the_configs_and_weights():
     for model in models:
         if 'Config' in model:
             assert model['Name'] == osp.basename(model['Config'])[:-3]
-    weights = {model['Metadata']['Arch']: model['Weights']
-               for model in models if model['In Collection'] == 'CMT'}
-    assert weights == {arch: f'{RELEASE_URL}/{name}'
-                       for arch, name in RELEASED_FILES.items()}
+    weights = {
+        model['Metadata']['Arch']: model['Weights']
+        for model in models if model['In Collection'] == 'CMT'
+    }
+    assert weights == {
+        arch: f'{RELEASE_URL}/{name}'
+        for arch, name in RELEASED_FILES.items()
+    }
 
 
 def _without_code(text):
@@ -117,8 +124,11 @@ def test_readme_is_the_front_door():
     # CI (.ci/run) runs exactly the README's test commands
     with open(osp.join(ROOT, '.ci', 'run')) as f:
         ci = [line for line in f.read().splitlines() if 'pytest' in line]
-    shown = {line for block in re.findall(r'```bash\n(.*?)```', text, re.S)
-             for line in block.splitlines()}
+    shown = {
+        line
+        for block in re.findall(r'```bash\n(.*?)```', text, re.S)
+        for line in block.splitlines()
+    }
     assert ci and all(line in shown for line in ci), ci
     assert 'bash tools/setup.sh && bash tools/demo.sh' in shown
     # no dated measurement before the install command

@@ -23,21 +23,23 @@ ITERS_PER_EPOCH = 3
 def options(root):
     """2 epochs of 3 iterations on generated data, a checkpoint per epoch,
     no evaluation."""
-    result = ['train_dataloader.batch_size=2', 'train_cfg.max_epochs=2',
-              'train_cfg.val_interval=100', 'default_hooks.logger.interval=1',
-              'default_hooks.checkpoint.max_keep_ckpts=2']
+    result = [
+        'train_dataloader.batch_size=2', 'train_cfg.max_epochs=2',
+        'train_cfg.val_interval=100', 'default_hooks.logger.interval=1',
+        'default_hooks.checkpoint.max_keep_ckpts=2'
+    ]
     return result + coco_options(f'{root}/')
 
 
 def log_text(work_dir):
-    return ''.join(open(p).read() for p in glob.glob(
-        osp.join(work_dir, '*', '*.log')))
+    return ''.join(
+        open(p).read() for p in glob.glob(osp.join(work_dir, '*', '*.log')))
 
 
 def snapshot(work_dir):
     """The bytes of every checkpoint and of last_checkpoint."""
-    files = glob.glob(osp.join(work_dir, '*.pth')) + [
-        osp.join(work_dir, 'last_checkpoint')]
+    files = glob.glob(osp.join(
+        work_dir, '*.pth')) + [osp.join(work_dir, 'last_checkpoint')]
     return {osp.basename(p): open(p, 'rb').read() for p in files}
 
 
@@ -46,13 +48,20 @@ def killed(tmp_path_factory):
     """A run killed (SIGKILL) at iteration 1 of its second epoch, after the
     first epoch's checkpoint was written."""
     tmp = tmp_path_factory.mktemp('faults')
-    make_synthetic_coco(str(tmp / 'coco'), num_train=2 * ITERS_PER_EPOCH,
-                        num_val=1, img_size=(96, 96))
+    make_synthetic_coco(
+        str(tmp / 'coco'),
+        num_train=2 * ITERS_PER_EPOCH,
+        num_val=1,
+        img_size=(96, 96))
     work = str(tmp / 'work')
     process = subprocess.Popen(
-        [sys.executable, 'tools/train.py', SYNTHETIC, '--work-dir', work,
-         '--cfg-options'] + options(tmp / 'coco'), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable, 'tools/train.py', SYNTHETIC, '--work-dir', work,
+            '--cfg-options'
+        ] + options(tmp / 'coco'),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
     deadline = time.time() + TIMEOUT
     try:
         while 'Epoch(train) [2][1/' not in log_text(work):
@@ -75,8 +84,8 @@ def test_killed_in_second_epoch_resumes(killed, tmp_path):
     assert before['last_checkpoint'].decode().endswith('epoch_1.pth')
     resumed = tmp_path / 'work'
     shutil.copytree(work, resumed)  # keep the fixture's copy intact
-    out = run_tool('tools/train.py', SYNTHETIC, '--work-dir', str(resumed),
-                   '--resume', '--cfg-options',
+    out = run_tool('tools/train.py', SYNTHETIC, '--work-dir',
+                   str(resumed), '--resume', '--cfg-options',
                    *options(killed['tmp'] / 'coco')).stdout
     assert f'resumed epoch: 1, iter: {ITERS_PER_EPOCH}' in out
     after = snapshot(str(resumed))
@@ -97,8 +106,8 @@ def test_checkpoint_cut_short_is_not_resumed(killed, tmp_path):
     shutil.copytree(killed['work'], resumed)
     complete = (resumed / 'epoch_1.pth').read_bytes()
     (resumed / 'epoch_2.pth').write_bytes(complete[:len(complete) // 3])
-    out = run_tool('tools/train.py', SYNTHETIC, '--work-dir', str(resumed),
-                   '--resume', '--cfg-options',
+    out = run_tool('tools/train.py', SYNTHETIC, '--work-dir',
+                   str(resumed), '--resume', '--cfg-options',
                    *options(killed['tmp'] / 'coco')).stdout
     assert f'resumed epoch: 1, iter: {ITERS_PER_EPOCH}' in out
     assert (resumed / 'epoch_1.pth').read_bytes() == complete
@@ -107,8 +116,14 @@ def test_checkpoint_cut_short_is_not_resumed(killed, tmp_path):
     assert second['meta']['iter'] == 2 * ITERS_PER_EPOCH
     # and naming the truncated file itself is one clean line, exit code 2
     (resumed / 'cut.pth').write_bytes(complete[:len(complete) // 3])
-    result = run_tool('tools/train.py', SYNTHETIC, '--work-dir',
-                      str(resumed), '--resume', str(resumed / 'cut.pth'),
-                      '--cfg-options', *options(killed['tmp'] / 'coco'),
-                      check=False)
+    result = run_tool(
+        'tools/train.py',
+        SYNTHETIC,
+        '--work-dir',
+        str(resumed),
+        '--resume',
+        str(resumed / 'cut.pth'),
+        '--cfg-options',
+        *options(killed['tmp'] / 'coco'),
+        check=False)
     assert result.returncode == 2 and 'truncated or corrupt' in result.stderr

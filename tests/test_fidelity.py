@@ -12,8 +12,8 @@ from helpers import (ARCH_OF_VARIANT, custom_arch_official_shapes,
                      relative_error)
 
 from mmcmt.models import CMT, CMTClassifier
-from mmcmt.testing import reference_cmt
 from mmcmt.models.utils import resize_relative_position_bias
+from mmcmt.testing import reference_cmt
 
 TOL = 1e-5
 SHAPES = official_shapes()
@@ -106,8 +106,10 @@ def test_training_mode_outputs_and_gradients_match_reference():
     float64, so that the comparison is not limited by round-off amplified
     through the batch statistics (float32 gives about 1e-5 on gradients)."""
     shapes = custom_arch_official_shapes(CMT, SMALL_ARCH, img_size=64)
-    sd = {k: v.double() if v.is_floating_point() else v
-          for k, v in random_official_state_dict(shapes, seed=4).items()}
+    sd = {
+        k: v.double() if v.is_floating_point() else v
+        for k, v in random_official_state_dict(shapes, seed=4).items()
+    }
     model = CMT(SMALL_ARCH, pretrain_img_size=64).double().train()
     model.load_state_dict(sd)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64, requires_grad=True)
@@ -117,12 +119,18 @@ def test_training_mode_outputs_and_gradients_match_reference():
     grads = torch.autograd.grad(
         sum((o * c).sum() for o, c in zip(outs, cotangents)), [x] + biases)
 
-    ref_sd = {k: v.clone().requires_grad_(k.startswith('relative_pos'))
-              for k, v in sd.items()}
+    ref_sd = {
+        k: v.clone().requires_grad_(k.startswith('relative_pos'))
+        for k, v in sd.items()
+    }
     ref_x = x.detach().clone().requires_grad_()
-    ref_outs, _ = reference_cmt(ref_sd, ref_x, SMALL_ARCH['depths'],
-                                SMALL_ARCH['num_heads'],
-                                SMALL_ARCH['sr_ratios'], bn_training=True)
+    ref_outs, _ = reference_cmt(
+        ref_sd,
+        ref_x,
+        SMALL_ARCH['depths'],
+        SMALL_ARCH['num_heads'],
+        SMALL_ARCH['sr_ratios'],
+        bn_training=True)
     ref_grads = torch.autograd.grad(
         sum((o * c).sum() for o, c in zip(ref_outs, cotangents)),
         [ref_x] + [ref_sd[f'relative_pos_{s}'] for s in 'abcd'])
@@ -165,8 +173,7 @@ def test_fused_inference_attention_matches_reference(monkeypatch):
 
 
 @pytest.mark.parametrize('norm_eval', [True, False])
-def test_training_attention_float32_matches_reference(norm_eval,
-                                                      monkeypatch):
+def test_training_attention_float32_matches_reference(norm_eval, monkeypatch):
     """Training in float32 through the fused forward and blockwise backward
     of _CPUBiasedAttention (several blocks of queries per backward), against
     the reference computed in float64: outputs and the gradients of the
@@ -205,16 +212,24 @@ def test_training_attention_float32_matches_reference(norm_eval,
     grads = torch.autograd.grad(
         sum((o * c).sum() for o, c in zip(outs, cotangents)), [x] + biases)
     queries = [(96 // (4 << i))**2 for i in range(4)]
-    assert sorted(calls) == sorted([('forward', n) for n in queries] +
-                                   [('backward', n) for n in queries])
+    assert sorted(calls) == sorted([('forward', n)
+                                    for n in queries] + [('backward', n)
+                                                         for n in queries])
 
-    ref_sd = {k: v.double().requires_grad_(k.startswith('relative_pos'))
-              if v.is_floating_point() else v for k, v in sd.items()}
+    ref_sd = {
+        k:
+        v.double().requires_grad_(k.startswith('relative_pos'))
+        if v.is_floating_point() else v
+        for k, v in sd.items()
+    }
     ref_x = x.detach().double().requires_grad_()
-    ref_outs, _ = reference_cmt(ref_sd, ref_x, FUSED_ARCH['depths'],
-                                FUSED_ARCH['num_heads'],
-                                FUSED_ARCH['sr_ratios'],
-                                bn_training=not norm_eval)
+    ref_outs, _ = reference_cmt(
+        ref_sd,
+        ref_x,
+        FUSED_ARCH['depths'],
+        FUSED_ARCH['num_heads'],
+        FUSED_ARCH['sr_ratios'],
+        bn_training=not norm_eval)
     ref_grads = torch.autograd.grad(
         sum((o * c.double()).sum() for o, c in zip(ref_outs, cotangents)),
         [ref_x] + [ref_sd[f'relative_pos_{s}'] for s in 'abcd'])

@@ -49,13 +49,13 @@ def _cases():
             H, W = [(32, 32), (1400, 1400), (32, 1399), (1399, 37)][i]
             big = True
         batch = 1 if big else rng.randint(1, 3)
-        cases.append(('fuzz', batch, H, W, rng.random() < 0.4,
-                      rng.random() < 0.5, rng.random() < 0.3))
+        cases.append(('fuzz', batch, H, W, rng.random() < 0.4, rng.random()
+                      < 0.5, rng.random() < 0.3))
     for arch in ('tiny', 'xs', 'small', 'base'):
         for _ in range(RELEASED_CASES):
             cases.append((arch, rng.randint(1, 2), rng.randint(32, 130),
-                          rng.randint(32, 130), rng.random() < 0.4,
-                          rng.random() < 0.5, rng.random() < 0.3))
+                          rng.randint(32, 130), rng.random()
+                          < 0.4, rng.random() < 0.5, rng.random() < 0.3))
     return cases
 
 
@@ -100,8 +100,9 @@ def test_fuzz_forward(one_thread):
         if train and batch * math.ceil(H / 32) * math.ceil(W / 32) == 1:
             # training-mode BatchNorm over a single value per channel (the
             # stride-32 map of one image of at most 32x32): torch's error
-            with pytest.raises(ValueError, match='more than 1 value per '
-                               'channel'):
+            with pytest.raises(
+                    ValueError, match='more than 1 value per '
+                    'channel'):
                 _run(model, x, bf16)
             continue
         backward = train and H * W <= 160 * 160
@@ -112,21 +113,22 @@ def test_fuzz_forward(one_thread):
             s = 4 * 2**i
             assert out.shape == (batch, dims, math.ceil(H / s),
                                  math.ceil(W / s)), case
-            assert out.dtype == (torch.bfloat16 if bf16 else
-                                 torch.float32), case
+            assert out.dtype == (torch.bfloat16
+                                 if bf16 else torch.float32), case
             assert torch.isfinite(out).all(), case
         if backward:
             sum(o.float().square().mean() for o in outs).backward()
-            assert all(torch.isfinite(p.grad).all()
-                       for p in model.parameters() if p.grad is not None)
+            assert all(
+                torch.isfinite(p.grad).all() for p in model.parameters()
+                if p.grad is not None)
             model.zero_grad(set_to_none=True)
         if not train:
             padded = F.pad(x, (0, -W % 32, 0, -H % 32))
             with torch.no_grad():
                 ref = _run(model, padded, bf16)
             for out, full in zip(outs, ref):
-                assert torch.equal(out, full[..., :out.shape[2],
-                                             :out.shape[3]]), case
+                assert torch.equal(
+                    out, full[..., :out.shape[2], :out.shape[3]]), case
 
 
 @pytest.fixture(scope='module')
@@ -137,8 +139,8 @@ def model():
     return model.eval()
 
 
-@pytest.mark.parametrize('dtype', [torch.uint8, torch.int64, torch.bool,
-                                   torch.complex64])
+@pytest.mark.parametrize(
+    'dtype', [torch.uint8, torch.int64, torch.bool, torch.complex64])
 def test_non_float_input_is_a_clear_error(model, dtype):
     x = torch.zeros(1, 3, 64, 64, dtype=dtype)
     with pytest.raises(TypeError, match=f'floating-point input, got {dtype}'):
@@ -166,8 +168,10 @@ def test_empty_batch_is_a_clear_error(model, train):
     check, the attention's reshapes fail with an obscure error)."""
     model.train(train)
     try:
-        with pytest.raises(ValueError, match=r'empty batch \(input shape '
-                           r'\(0, 3, 70, 100\)\)'):
+        with pytest.raises(
+                ValueError,
+                match=r'empty batch \(input shape '
+                r'\(0, 3, 70, 100\)\)'):
             model(torch.zeros(0, 3, 70, 100))
     finally:
         model.eval()

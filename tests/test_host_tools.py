@@ -14,11 +14,9 @@ import sys
 
 import pytest
 import torch
-
 from helpers import ROOT, run_command
 
 from mmcmt.datasets import make_synthetic_ade, make_synthetic_coco
-
 
 
 def host_tool(package, name):
@@ -65,36 +63,46 @@ def det(tmp_path_factory):
     """A user's detection config, trained for 2 epochs by mmdet's
     tools/train.py."""
     tmp = tmp_path_factory.mktemp('det')
-    make_synthetic_coco(str(tmp / 'coco'), num_train=4, num_val=2,
-                        img_size=(96, 96))
+    make_synthetic_coco(
+        str(tmp / 'coco'), num_train=4, num_val=2, img_size=(96, 96))
     config = tmp / 'my_retinanet_cmt.py'
-    config.write_text(DET_CONFIG.format(
-        base=osp.join(ROOT, 'configs', 'retinanet_cmt_ti_fpn_synthetic.py'),
-        root=tmp / 'coco'))
+    config.write_text(
+        DET_CONFIG.format(
+            base=osp.join(ROOT, 'configs',
+                          'retinanet_cmt_ti_fpn_synthetic.py'),
+            root=tmp / 'coco'))
     work = tmp / 'work'
-    out = python(host_tool('mmdet', 'train.py'), config, '--work-dir', work,
-                 cwd=tmp).stdout
+    out = python(
+        host_tool('mmdet', 'train.py'), config, '--work-dir', work,
+        cwd=tmp).stdout
     assert 'coco/bbox_mAP' in out
     for name in ('epoch_1.pth', 'epoch_2.pth'):
         assert (work / name).is_file()
-    return dict(tmp=tmp, config=config, work=work,
-                checkpoint=work / 'epoch_2.pth')
+    return dict(
+        tmp=tmp, config=config, work=work, checkpoint=work / 'epoch_2.pth')
 
 
 @pytest.fixture(scope='module')
 def det_results(det):
     """mmdet's tools/test.py: the COCO table, and the raw results."""
     results = det['tmp'] / 'results.pkl'
-    out = python(host_tool('mmdet', 'test.py'), det['config'],
-                 det['checkpoint'], '--work-dir', det['tmp'] / 'test',
-                 '--out', results, cwd=det['tmp']).stdout
+    out = python(
+        host_tool('mmdet', 'test.py'),
+        det['config'],
+        det['checkpoint'],
+        '--work-dir',
+        det['tmp'] / 'test',
+        '--out',
+        results,
+        cwd=det['tmp']).stdout
     return out, results
 
 
 def test_mmdet_test_prints_coco_table(det_results):
     out, results = det_results
-    assert re.search(r'coco/bbox_mAP: [\d.]+ +coco/bbox_mAP_50: [\d.]+ +'
-                     r'coco/bbox_mAP_75: [\d.]+', out), out[-2000:]
+    assert re.search(
+        r'coco/bbox_mAP: [\d.]+ +coco/bbox_mAP_50: [\d.]+ +'
+        r'coco/bbox_mAP_75: [\d.]+', out), out[-2000:]
     assert 'Average Precision  (AP) @[ IoU=0.50:0.95' in out
     # the per-class table of the synthetic config (classwise=True)
     assert re.search(r'\| circle +\|', out)
@@ -105,9 +113,14 @@ def test_mmdet_resume(det):
     work = det['tmp'] / 'resumed'
     work.mkdir()
     shutil.copy(det['work'] / 'epoch_1.pth', work)
-    out = python(host_tool('mmdet', 'train.py'), det['config'],
-                 '--work-dir', work, '--resume', work / 'epoch_1.pth',
-                 cwd=det['tmp']).stdout
+    out = python(
+        host_tool('mmdet', 'train.py'),
+        det['config'],
+        '--work-dir',
+        work,
+        '--resume',
+        work / 'epoch_1.pth',
+        cwd=det['tmp']).stdout
     assert 'resumed epoch: 1, iter: 2' in out
     resumed = torch.load(work / 'epoch_2.pth', weights_only=True)
     assert resumed['meta']['epoch'] == 2 and resumed['meta']['iter'] == 4
@@ -116,8 +129,12 @@ def test_mmdet_resume(det):
 def test_mmdet_get_flops(det):
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
-    out = python(host_tool('mmdet', 'analysis_tools/get_flops.py'),
-                 det['config'], '--num-images', '1', cwd=det['tmp']).stdout
+    out = python(
+        host_tool('mmdet', 'analysis_tools/get_flops.py'),
+        det['config'],
+        '--num-images',
+        '1',
+        cwd=det['tmp']).stdout
     params = float(re.search(r'Params: ([\d.]+)M', out)[1])
     assert float(re.search(r'Flops: ([\d.]+)G', out)[1]) > 0
     cfg = Config.fromfile(str(det['config']))
@@ -129,34 +146,62 @@ def test_mmdet_get_flops(det):
 
 def test_mmdet_benchmark(det):
     tool = host_tool('mmdet', 'analysis_tools/benchmark.py')
-    out = python(tool, det['config'], '--task', 'dataset', '--max-iter', '4',
-                 '--num-warmup', '1', '--log-interval', '1',
-                 '--dataset-type', 'train', cwd=det['tmp']).stdout
+    out = python(
+        tool,
+        det['config'],
+        '--task',
+        'dataset',
+        '--max-iter',
+        '4',
+        '--num-warmup',
+        '1',
+        '--log-interval',
+        '1',
+        '--dataset-type',
+        'train',
+        cwd=det['tmp']).stdout
     assert re.search(r'Overall fps: [\d.]+ img/s', out)
     if not torch.cuda.is_available():
         # mmdet's inference benchmark moves the model to CUDA
         # unconditionally; tools/benchmark.py of mmcmt covers the CPU.
-        result = python(tool, det['config'], '--checkpoint',
-                        det['checkpoint'], '--task', 'inference',
-                        '--max-iter', '2', cwd=det['tmp'], check=False)
+        result = python(
+            tool,
+            det['config'],
+            '--checkpoint',
+            det['checkpoint'],
+            '--task',
+            'inference',
+            '--max-iter',
+            '2',
+            cwd=det['tmp'],
+            check=False)
         assert result.returncode != 0
         assert 'Torch not compiled with CUDA enabled' in result.stderr
 
 
 def test_mmdet_browse_dataset(det):
     out_dir = det['tmp'] / 'browse'
-    python(host_tool('mmdet', 'analysis_tools/browse_dataset.py'),
-           det['config'], '--output-dir', out_dir, '--not-show',
-           cwd=det['tmp'])
+    python(
+        host_tool('mmdet', 'analysis_tools/browse_dataset.py'),
+        det['config'],
+        '--output-dir',
+        out_dir,
+        '--not-show',
+        cwd=det['tmp'])
     assert len(list(out_dir.iterdir())) == 4  # the training images
 
 
 def test_mmdet_confusion_matrix(det, det_results):
     _, results = det_results
     save_dir = det['tmp'] / 'confusion'
-    python(host_tool('mmdet', 'analysis_tools/confusion_matrix.py'),
-           det['config'], results, save_dir, '--score-thr', '0.0',
-           cwd=det['tmp'])
+    python(
+        host_tool('mmdet', 'analysis_tools/confusion_matrix.py'),
+        det['config'],
+        results,
+        save_dir,
+        '--score-thr',
+        '0.0',
+        cwd=det['tmp'])
     assert (save_dir / 'confusion_matrix.png').stat().st_size > 0
 
 
@@ -182,8 +227,14 @@ print('boxes', len(boxes))
 def test_mmdet_apis_and_inferencer(det):
     image = det['tmp'] / 'coco' / 'val2017' / '000000000001.jpg'
     out_dir = det['tmp'] / 'inferencer'
-    out = python('-c', DET_APIS, det['config'], det['checkpoint'], image,
-                 out_dir, cwd=det['tmp']).stdout
+    out = python(
+        '-c',
+        DET_APIS,
+        det['config'],
+        det['checkpoint'],
+        image,
+        out_dir,
+        cwd=det['tmp']).stdout
     assert re.search(r'boxes \d+', out)
     assert (out_dir / 'vis' / image.name).is_file()
     assert (out_dir / 'preds' / '000000000001.json').is_file()
@@ -196,13 +247,27 @@ def mim(*args, cwd):
 
 def test_mim_train_and_test(det):
     work = det['tmp'] / 'mim'
-    mim('train', 'mmdet', det['config'], '--gpus', '0', '--work-dir', work,
-        '--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+    mim('train',
+        'mmdet',
+        det['config'],
+        '--gpus',
+        '0',
+        '--work-dir',
+        work,
+        '--cfg-options',
+        'train_cfg.max_epochs=1',
+        'train_cfg.val_interval=1',
         cwd=det['tmp'])
     assert (work / 'epoch_1.pth').is_file()
-    out = mim('test', 'mmdet', det['config'], '--checkpoint',
-              work / 'epoch_1.pth', '--work-dir', work / 'test',
-              cwd=det['tmp']).stdout
+    out = mim(
+        'test',
+        'mmdet',
+        det['config'],
+        '--checkpoint',
+        work / 'epoch_1.pth',
+        '--work-dir',
+        work / 'test',
+        cwd=det['tmp']).stdout
     assert re.search(r'coco/bbox_mAP: [\d.]+', out)
 
 
@@ -225,25 +290,31 @@ def seg(tmp_path_factory):
     """A user's segmentation config, trained for 4 iterations by mmseg's
     tools/train.py."""
     tmp = tmp_path_factory.mktemp('seg')
-    make_synthetic_ade(str(tmp / 'ade'), num_train=4, num_val=2,
-                       img_size=(112, 80))
+    make_synthetic_ade(
+        str(tmp / 'ade'), num_train=4, num_val=2, img_size=(112, 80))
     config = tmp / 'my_fpn_cmt.py'
-    config.write_text(SEG_CONFIG.format(
-        base=osp.join(ROOT, 'configs', 'fpn_cmt_ti_synthetic_ade.py'),
-        root=tmp / 'ade'))
+    config.write_text(
+        SEG_CONFIG.format(
+            base=osp.join(ROOT, 'configs', 'fpn_cmt_ti_synthetic_ade.py'),
+            root=tmp / 'ade'))
     work = tmp / 'work'
-    out = python(host_tool('mmseg', 'train.py'), config, '--work-dir', work,
-                 cwd=tmp).stdout
+    out = python(
+        host_tool('mmseg', 'train.py'), config, '--work-dir', work,
+        cwd=tmp).stdout
     assert re.search(r'mIoU: [\d.]+', out)
     assert (work / 'iter_2.pth').is_file() and (work / 'iter_4.pth').is_file()
-    return dict(tmp=tmp, config=config, work=work,
-                checkpoint=work / 'iter_4.pth')
+    return dict(
+        tmp=tmp, config=config, work=work, checkpoint=work / 'iter_4.pth')
 
 
 def test_mmseg_test_prints_miou(seg):
-    out = python(host_tool('mmseg', 'test.py'), seg['config'],
-                 seg['checkpoint'], '--work-dir', seg['tmp'] / 'test',
-                 cwd=seg['tmp']).stdout
+    out = python(
+        host_tool('mmseg', 'test.py'),
+        seg['config'],
+        seg['checkpoint'],
+        '--work-dir',
+        seg['tmp'] / 'test',
+        cwd=seg['tmp']).stdout
     assert re.search(r'aAcc: [\d.]+ +mIoU: [\d.]+ +mAcc: [\d.]+', out)
     assert re.search(r'\| +triangle +\|', out)  # the per-class table
 
@@ -252,21 +323,32 @@ def test_mmseg_resume(seg):
     work = seg['tmp'] / 'resumed'
     work.mkdir()
     shutil.copy(seg['work'] / 'iter_2.pth', work)
-    out = python(host_tool('mmseg', 'train.py'), seg['config'], '--work-dir',
-                 work, '--resume', '--cfg-options',
-                 f'load_from={work / "iter_2.pth"}', cwd=seg['tmp']).stdout
+    out = python(
+        host_tool('mmseg', 'train.py'),
+        seg['config'],
+        '--work-dir',
+        work,
+        '--resume',
+        '--cfg-options',
+        f'load_from={work / "iter_2.pth"}',
+        cwd=seg['tmp']).stdout
     assert 'resumed epoch: 0, iter: 2' in out
-    assert torch.load(work / 'iter_4.pth',
-                      weights_only=True)['meta']['iter'] == 4
+    assert torch.load(
+        work / 'iter_4.pth', weights_only=True)['meta']['iter'] == 4
 
 
 def test_mmseg_get_flops_fails_for_its_own_reason(seg):
     """mmseg 1.2.2's get_flops passes both ``input_shape`` and ``inputs`` to
     mmengine's counter, which mmengine 0.10 refuses, whatever the model; the
     README says so and names tools/get_flops.py (tested elsewhere)."""
-    result = python(host_tool('mmseg', 'analysis_tools/get_flops.py'),
-                    seg['config'], '--shape', '128', '128', cwd=seg['tmp'],
-                    check=False)
+    result = python(
+        host_tool('mmseg', 'analysis_tools/get_flops.py'),
+        seg['config'],
+        '--shape',
+        '128',
+        '128',
+        cwd=seg['tmp'],
+        check=False)
     assert result.returncode != 0
     assert '"input_shape" and "inputs" cannot be both set' in result.stderr
 
@@ -291,8 +373,14 @@ print('classes', sorted(np.unique(mask).tolist()))
 def test_mmseg_apis_and_inferencer(seg):
     image = next((seg['tmp'] / 'ade' / 'images' / 'validation').iterdir())
     out_dir = seg['tmp'] / 'inferencer'
-    out = python('-c', SEG_APIS, seg['config'], seg['checkpoint'], image,
-                 out_dir, cwd=seg['tmp']).stdout
+    out = python(
+        '-c',
+        SEG_APIS,
+        seg['config'],
+        seg['checkpoint'],
+        image,
+        out_dir,
+        cwd=seg['tmp']).stdout
     assert re.search(r'classes \[[\d, ]+\]', out)
     assert (out_dir / 'vis' / image.name).is_file()
 
@@ -307,12 +395,12 @@ def test_plot_curves_of_host_runs(run, request):
     train, evaluations = read_scalars(str(work))
     assert len(train) == 4 and all('loss' in e for e in train)
     assert len(evaluations) == 1
-    out = python(osp.join(ROOT, 'tools', 'plot_curves.py'), work,
-                 cwd=ROOT).stdout
+    out = python(
+        osp.join(ROOT, 'tools', 'plot_curves.py'), work, cwd=ROOT).stdout
     plot = work / 'training_curves.png'
     assert f'training curves: {plot}' in out
     import cv2
     assert cv2.imread(str(plot)).shape[1] > 1000  # three panels
-    again = python(osp.join(ROOT, 'tools', 'plot_curves.py'), work,
-                   cwd=ROOT, check=False)
+    again = python(
+        osp.join(ROOT, 'tools', 'plot_curves.py'), work, cwd=ROOT, check=False)
     assert again.returncode == 2 and 'exists' in again.stderr

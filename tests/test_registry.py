@@ -13,8 +13,12 @@ def test_registered_in_mmdet_and_mmseg():
         assert registry.get('CMT') is CMT
         assert registry.get('CMTClassifier') is CMTClassifier
         model = registry.build(
-            dict(type='CMT', arch='tiny', out_indices=(1, 2), frozen_stages=1,
-                 norm_eval=True))
+            dict(
+                type='CMT',
+                arch='tiny',
+                out_indices=(1, 2),
+                frozen_stages=1,
+                norm_eval=True))
         assert isinstance(model, CMT)
         assert model.out_indices == (1, 2) and model.frozen_stages == 1
         outs = model.eval()(torch.rand(1, 3, 64, 64))

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import (check_resume, free_port, get_flops_rows,
-                     loader_options, metafile_model, run_command, run_tool)
+from helpers import (check_resume, free_port, get_flops_rows, loader_options,
+                     metafile_model, run_command, run_tool)
 
 from mmcmt.datasets import make_synthetic_ade
 from mmcmt.datasets.synthetic_ade import CLASSES
@@ -22,8 +22,12 @@ from mmcmt.models.utils.checkpoint import RELEASE_URL, RELEASED_FILES
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ADE_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*_ade20k.py')))
 SYNTHETIC = osp.join(ROOT, 'configs', 'fpn_cmt_ti_synthetic_ade.py')
-DIMS = {'tiny': [46, 92, 184, 368], 'xs': [52, 104, 208, 416],
-        'small': [64, 128, 256, 512], 'base': [76, 152, 304, 608]}
+DIMS = {
+    'tiny': [46, 92, 184, 368],
+    'xs': [52, 104, 208, 416],
+    'small': [64, 128, 256, 512],
+    'base': [76, 152, 304, 608]
+}
 
 
 @pytest.fixture(scope='module')
@@ -80,16 +84,15 @@ def build_model(cfg):
     return model
 
 
-@pytest.mark.parametrize('config', ADE_CONFIGS + [SYNTHETIC],
-                         ids=osp.basename)
+@pytest.mark.parametrize('config', ADE_CONFIGS + [SYNTHETIC], ids=osp.basename)
 def test_config_trains_one_step_and_predicts(config, ade_root):
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import DATASETS
     cfg = small_config(config, ade_root)
     model = build_model(cfg)
-    assert not any(isinstance(m, torch.nn.SyncBatchNorm)
-                   for m in model.modules())
+    assert not any(
+        isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     assert len(dataset) == 4
     data = pseudo_collate([dataset[0], dataset[1]])
@@ -97,9 +100,11 @@ def test_config_trains_one_step_and_predicts(config, ade_root):
     assert batch['inputs'].shape[-2:] == cfg.model.data_preprocessor.size
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     # no weight decay on norms and relative position biases
-    decay = {id(p): g['weight_decay']
-             for g in optim_wrapper.optimizer.param_groups
-             for p in g['params']}
+    decay = {
+        id(p): g['weight_decay']
+        for g in optim_wrapper.optimizer.param_groups
+        for p in g['params']
+    }
     stage = model.backbone.stages[0]
     assert decay[id(stage.relative_position_bias)] == 0
     assert decay[id(stage.blocks[0].norm1.weight)] == 0
@@ -148,15 +153,18 @@ def test_ade20k_config_settings(config):
     assert cfg.train_dataloader.dataset.type == 'ADE20KDataset'
     assert cfg.train_dataloader.dataset.data_root == \
         'data/ade/ADEChallengeData2016'
-    crop = [t for t in cfg.train_dataloader.dataset.pipeline
-            if t.type == 'RandomCrop']
+    crop = [
+        t for t in cfg.train_dataloader.dataset.pipeline
+        if t.type == 'RandomCrop'
+    ]
     assert crop[0].crop_size == (512, 512)
     assert cfg.test_evaluator.type == 'IoUMetric'
     assert cfg.train_cfg.type == 'IterBasedTrainLoop'
     optimizer = cfg.optim_wrapper.optimizer
     assert optimizer.type == 'AdamW' and 'momentum' not in optimizer
     assert set(cfg.optim_wrapper.paramwise_cfg.custom_keys) == {
-        'norm', 'relative_position_bias'}
+        'norm', 'relative_position_bias'
+    }
     assert cfg.sync_bn == 'torch'
     assert cfg.custom_imports.imports == ['mmcmt']
     if osp.basename(config).startswith('upernet'):
@@ -204,16 +212,20 @@ def predict(model, image, **test_cfg):
     H, W = image.shape[-2:]
     sample = SegDataSample(metainfo=dict(img_shape=(H, W), ori_shape=(H, W)))
     with torch.no_grad():
-        (result, ) = model.test_step(dict(inputs=[image],
-                                          data_samples=[sample]))
+        (result, ) = model.test_step(
+            dict(inputs=[image], data_samples=[sample]))
     return result.seg_logits.data
 
 
 def test_sliding_window_inference_at_sizes_not_divisible_by_32(
         synthetic_model):
     image = torch.randint(0, 256, (3, 100, 150), dtype=torch.uint8)
-    logits = predict(synthetic_model, image, mode='slide', crop_size=(64, 64),
-                     stride=(43, 43))
+    logits = predict(
+        synthetic_model,
+        image,
+        mode='slide',
+        crop_size=(64, 64),
+        stride=(43, 43))
     assert logits.shape == (len(CLASSES), 100, 150)
     assert torch.isfinite(logits).all()
     whole = predict(synthetic_model, image, mode='whole')
@@ -221,8 +233,12 @@ def test_sliding_window_inference_at_sizes_not_divisible_by_32(
     # windows see less context than the whole image
     assert not torch.allclose(logits, whole)
     # one window covering the image is whole-image inference
-    single = predict(synthetic_model, image, mode='slide',
-                     crop_size=(128, 160), stride=(85, 107))
+    single = predict(
+        synthetic_model,
+        image,
+        mode='slide',
+        crop_size=(128, 160),
+        stride=(85, 107))
     torch.testing.assert_close(single, whole, rtol=1e-4, atol=1e-4)
 
 
@@ -262,22 +278,21 @@ def test_train_test_infer_resume_cycle(ade_root, tmp_path):
 
     # test: mmseg's IoUMetric table and summary, pictures, masks
     show, masks = str(tmp_path / 'show'), str(tmp_path / 'masks')
-    out = run_tool('tools/test.py', SYNTHETIC, osp.join(full, 'iter_4.pth'),
-                   '--work-dir', str(tmp_path / 'test'), '--show-dir', show,
-                   '--out', masks, '--cfg-options',
-                   *loader_options(ade_root)).stdout
-    summary = re.search(r'aAcc: ([\d.]+) +mIoU: ([\d.]+) +mAcc: ([\d.]+)',
-                        out)
+    out = run_tool('tools/test.py', SYNTHETIC,
+                   osp.join(full, 'iter_4.pth'), '--work-dir',
+                   str(tmp_path / 'test'), '--show-dir', show, '--out', masks,
+                   '--cfg-options', *loader_options(ade_root)).stdout
+    summary = re.search(r'aAcc: ([\d.]+) +mIoU: ([\d.]+) +mAcc: ([\d.]+)', out)
     assert summary, out[-2000:]
     assert 0 < float(summary[1]) <= 100
     for name in CLASSES:
         assert re.search(rf'^\| +{name} +\| +[\d.nan]+ +\| +[\d.nan]+ +\|$',
                          out, re.M), name
     pictures = sorted(os.listdir(osp.join(show, 'vis_data', 'vis_image')))
-    assert pictures == ['test_ADE_val_00000001.jpg_0.png',
-                        'test_ADE_val_00000002.jpg_0.png']
-    picture = cv2.imread(osp.join(show, 'vis_data', 'vis_image',
-                                  pictures[0]))
+    assert pictures == [
+        'test_ADE_val_00000001.jpg_0.png', 'test_ADE_val_00000002.jpg_0.png'
+    ]
+    picture = cv2.imread(osp.join(show, 'vis_data', 'vis_image', pictures[0]))
     assert picture.shape == (80, 224, 3)  # ground truth | prediction
     written = sorted(os.listdir(masks))
     assert written == ['ADE_val_00000001.png', 'ADE_val_00000002.png']
@@ -302,10 +317,14 @@ def test_train_test_infer_resume_cycle(ade_root, tmp_path):
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
-    result = run_tool('tools/train.py', SYNTHETIC, '--work-dir',
-                      str(tmp_path), '--cfg-options',
-                      f'train_dataloader.dataset.data_root={tmp_path}/none',
-                      check=False)
+    result = run_tool(
+        'tools/train.py',
+        SYNTHETIC,
+        '--work-dir',
+        str(tmp_path),
+        '--cfg-options',
+        f'train_dataloader.dataset.data_root={tmp_path}/none',
+        check=False)
     assert result.returncode != 0
     assert 'train_dataloader: dataset not found, expected' in result.stderr
     for path in ('images/training', 'annotations/training'):
@@ -324,9 +343,10 @@ def test_get_flops_reports_the_metafile_figures():
     assert backbone['Arch'] == 'tiny'
     backbone = backbone['Backbone Only']
     assert backbone['Input Size (W x H)'] == '1280x800'
-    assert rows['backbone'][:3] == [backbone['Parameters (M)'],
-                                    backbone['FLOPs (G)'],
-                                    backbone['FLOPs mmengine (G)']]
+    assert rows['backbone'][:3] == [
+        backbone['Parameters (M)'], backbone['FLOPs (G)'],
+        backbone['FLOPs mmengine (G)']
+    ]
     # without the attention products: the two rounded figures' difference
     assert rows['backbone'][3] == pytest.approx(
         backbone['FLOPs (G)'] - backbone['Attention Products (G)'], abs=0.11)
@@ -352,8 +372,11 @@ def test_distributed_training_two_processes(ade_root, tmp_path):
         'train_cfg.val_interval=2'
     ]
     result = run_command(
-        ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir',
-         str(tmp_path / 'work')] + ['--cfg-options'] + options,
+        [
+            'bash', 'tools/dist_train.sh',
+            str(config), '2', '--work-dir',
+            str(tmp_path / 'work')
+        ] + ['--cfg-options'] + options,
         env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Distributed launcher: pytorch' in result.stdout
@@ -365,18 +388,18 @@ def test_distributed_training_two_processes(ade_root, tmp_path):
 
 # The synthetic data set.
 
+
 def digest(root):
     sha = hashlib.sha256()
-    for path in sorted(glob.glob(osp.join(root, '**', '*.*'),
-                                 recursive=True)):
+    for path in sorted(glob.glob(osp.join(root, '**', '*.*'), recursive=True)):
         sha.update(osp.relpath(path, root).encode())
         sha.update(open(path, 'rb').read())
     return sha.hexdigest()
 
 
 def test_synthetic_ade_layout_and_labels(ade_root):
-    for split, prefix, n in (('training', 'ADE_train', 4),
-                             ('validation', 'ADE_val', 2)):
+    for split, prefix, n in (('training', 'ADE_train', 4), ('validation',
+                                                            'ADE_val', 2)):
         images = sorted(os.listdir(osp.join(ade_root, 'images', split)))
         labels = sorted(os.listdir(osp.join(ade_root, 'annotations', split)))
         assert images == [f'{prefix}_{i:08d}.jpg' for i in range(1, n + 1)]
@@ -386,8 +409,8 @@ def test_synthetic_ade_layout_and_labels(ade_root):
         label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         assert label.dtype == np.uint8 and label.shape == (80, 112)
         values |= set(np.unique(label).tolist())
-        image = cv2.imread(path.replace('annotations', 'images')
-                           .replace('.png', '.jpg'))
+        image = cv2.imread(
+            path.replace('annotations', 'images').replace('.png', '.jpg'))
         assert image.shape == (80, 112, 3)
         # 0 (unlabelled) only along the edges between labelled regions
         for y, x in zip(*np.nonzero(label == 0)):
@@ -400,15 +423,15 @@ def test_synthetic_ade_layout_and_labels(ade_root):
 def test_synthetic_ade_is_deterministic(tmp_path):
     a, b, c = (str(tmp_path / name) for name in 'abc')
     first = make_synthetic_ade(a, num_train=3, num_val=1, img_size=(64, 80))
-    assert make_synthetic_ade(b, num_train=3, num_val=1,
-                              img_size=(64, 80)) == first
+    assert make_synthetic_ade(
+        b, num_train=3, num_val=1, img_size=(64, 80)) == first
     make_synthetic_ade(c, num_train=3, num_val=1, img_size=(64, 80), seed=1)
     assert digest(a) == digest(b) != digest(c)
     assert first['training']['images'] == 3
     assert sum(first['training']['pixels']) == 3 * 64 * 80
     # an image does not depend on how many others are made
-    make_synthetic_ade(str(tmp_path / 'd'), num_train=1, num_val=0,
-                       img_size=(64, 80))
+    make_synthetic_ade(
+        str(tmp_path / 'd'), num_train=1, num_val=0, img_size=(64, 80))
     name = 'annotations/training/ADE_train_00000001.png'
     assert open(osp.join(a, name), 'rb').read() == \
         open(tmp_path / 'd' / name, 'rb').read()
@@ -427,8 +450,8 @@ def test_synthetic_ade_never_overwrites(tmp_path):
     assert digest(root) == before
     # with overwrite the earlier set is replaced, other files are kept
     open(osp.join(root, 'notes.txt'), 'w').write('mine')
-    make_synthetic_ade(root, num_train=1, num_val=1, img_size=(64, 64),
-                       overwrite=True)
+    make_synthetic_ade(
+        root, num_train=1, num_val=1, img_size=(64, 64), overwrite=True)
     assert len(os.listdir(osp.join(root, 'images', 'training'))) == 1
     assert open(osp.join(root, 'notes.txt')).read() == 'mine'
     with pytest.raises(ValueError, match='at least'):
@@ -440,6 +463,7 @@ def test_make_synthetic_ade_tool(tmp_path):
                    '--num-train', '2', '--num-val', '1', '--size', '80',
                    '64').stdout
     assert 'training: 2 images' in out and 'validation: 1 images' in out
-    image = cv2.imread(str(tmp_path / 'ade' / 'images' / 'validation' /
-                           'ADE_val_00000001.jpg'))
+    image = cv2.imread(
+        str(tmp_path / 'ade' / 'images' / 'validation' /
+            'ADE_val_00000001.jpg'))
     assert image.shape == (64, 80, 3)

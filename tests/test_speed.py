@@ -17,14 +17,19 @@ from mmcmt.models import CMT, CMTClassifier
 from mmcmt.models.utils import attention
 from mmcmt.models.utils.fuse import (fold_bn_into_consumer,
                                      fold_bn_into_producer)
-from mmcmt.testing import custom_arch_official_shapes, random_official_state_dict
+from mmcmt.testing import (custom_arch_official_shapes,
+                           random_official_state_dict)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 
-SMALL_ARCH = dict(embed_dims=[16, 32, 48, 64], depths=[1, 2, 1, 1],
-                  num_heads=[1, 2, 3, 4], mlp_ratios=[2, 3.5, 4, 2.25],
-                  sr_ratios=[4, 2, 2, 1], stem_channels=8)
+SMALL_ARCH = dict(
+    embed_dims=[16, 32, 48, 64],
+    depths=[1, 2, 1, 1],
+    num_heads=[1, 2, 3, 4],
+    mlp_ratios=[2, 3.5, 4, 2.25],
+    sr_ratios=[4, 2, 2, 1],
+    stem_channels=8)
 
 
 def loaded_model(arch=SMALL_ARCH, img_size=64, seed=0):
@@ -81,8 +86,8 @@ def test_fold_bn_algebra_and_padded_conv_refused():
 
 def test_classifier_fuse_keeps_logits():
     shapes = custom_arch_official_shapes(CMT, SMALL_ARCH, img_size=64)
-    model = CMTClassifier(SMALL_ARCH, num_classes=10, fc_dim=64,
-                          pretrain_img_size=64)
+    model = CMTClassifier(
+        SMALL_ARCH, num_classes=10, fc_dim=64, pretrain_img_size=64)
     model.load_state_dict(random_official_state_dict(shapes, seed=2))
     model.eval()
     x = torch.randn(2, 3, 64, 64)
@@ -99,8 +104,9 @@ def test_blockwise_attention_backward_matches_autograd(dtype, monkeypatch):
     g = torch.Generator().manual_seed(0)
     B, heads, N, Nk, d = 2, 3, 300, 40, 8
     q = torch.randn(B, N, heads, d, generator=g, dtype=dtype).transpose(1, 2)
-    k, v = (torch.randn(B, heads, Nk, d, generator=g, dtype=dtype)
-            for _ in range(2))
+    k, v = (
+        torch.randn(B, heads, Nk, d, generator=g, dtype=dtype)
+        for _ in range(2))
     bias = torch.randn(heads, N, Nk, generator=g, dtype=dtype)
     inputs = [t.requires_grad_() for t in (q, k, v, bias)]
     out = attention.biased_attention(q, k, v, bias, 0.3)
@@ -132,8 +138,7 @@ def test_inference_attention_takes_the_fused_kernel_with_a_parameter_bias():
     else:  # torch < 2.3 has no masked CPU kernel: the exact math path
         assert 'aten::_scaled_dot_product_attention_math' in ops
     with torch.no_grad():
-        expected = torch.softmax(q @ k.transpose(-2, -1) * 0.25 + bias,
-                                 -1) @ v
+        expected = torch.softmax(q @ k.transpose(-2, -1) * 0.25 + bias, -1) @ v
     assert relative_error(out, expected) < 1e-6
 
 
@@ -161,8 +166,10 @@ def test_training_keeps_attention_matrices_out_of_autograd():
 def test_export_onnx_dynamic_axes(tmp_path):
     import export_onnx
     out = str(tmp_path / 'cmt.onnx')
-    results = export_onnx.main([out, '--arch', 'tiny', '--shape', '96', '160',
-                                '--check-shape', '2', '100', '75'])
+    results = export_onnx.main([
+        out, '--arch', 'tiny', '--shape', '96', '160', '--check-shape', '2',
+        '100', '75'
+    ])
     assert osp.getsize(out) > 1e6
     assert [shape for shape, _ in results] == [(1, 3, 96, 160),
                                                (2, 3, 100, 75)]
@@ -174,6 +181,7 @@ def test_export_onnx_dynamic_axes(tmp_path):
 
 def test_benchmark_figures(tmp_path):
     import benchmark
+
     from mmcmt.utils import count_flops
     out = str(tmp_path / 'bench.md')
     results, goals = benchmark.main([
@@ -181,9 +189,11 @@ def test_benchmark_figures(tmp_path):
         '--det-shape', '1', '64', '96', '--cls-shape', '2', '32', '32',
         '--cls64-shape', '3', '32', '32', '--train-shape', '2', '64', '64',
         '--stream-scale', '0.05', '--rounds', '2', '--train-rounds', '1',
-        '--warmup', '0', '--heap', 'default', '--out', out])
-    assert list(results) == ['ResNet-50', 'CMT-Ti', 'CMT-S', 'CMT-S fused',
-                             'CMT-S naive']
+        '--warmup', '0', '--heap', 'default', '--out', out
+    ])
+    assert list(results) == [
+        'ResNet-50', 'CMT-Ti', 'CMT-S', 'CMT-S fused', 'CMT-S naive'
+    ]
     ti = results['CMT-Ti']
     model = CMT('tiny').eval()
     with torch.no_grad():
@@ -191,9 +201,19 @@ def test_benchmark_figures(tmp_path):
     assert ti['det_macs'] == pytest.approx(macs / 1e9)
     assert ti['params'] == pytest.approx(
         sum(p.numel() for p in model.parameters()) / 1e6)
-    rounds = dict(det=2, stream=2, stream_same=2, cls=2, cls64=2,
-                  retinanet=2, retinanet_stream=2, train=1, train_cp=1,
-                  deploy_eager=2, deploy_ort=2, deploy_speedup=2)
+    rounds = dict(
+        det=2,
+        stream=2,
+        stream_same=2,
+        cls=2,
+        cls64=2,
+        retinanet=2,
+        retinanet_stream=2,
+        train=1,
+        train_cp=1,
+        deploy_eager=2,
+        deploy_ort=2,
+        deploy_speedup=2)
     for key, count in rounds.items():
         assert len(ti[key].values) == count and min(ti[key].values) > 0
     assert ti['train_mem'] > 0 and ti['train_cp_mem'] > 0
@@ -218,13 +238,14 @@ def test_benchmark_figures(tmp_path):
 
     det = per_round(s['det'], r50['det'])
     expected = {
-        'CMT-S det time <= 1.8x ResNet-50': det,
+        'CMT-S det time <= 1.8x ResNet-50':
+        det,
         'CMT-S COCO-stream ratio <= 1.05x its same-size ratio':
-        statistics.median(
-            (a / b) / (c / d) for a, b, c, d in zip(
-                s['stream'].values, r50['stream'].values,
-                s['stream_same'].values, r50['stream_same'].values)),
-        'CMT-S cls time <= 1.15x ResNet-50': per_round(s['cls'], r50['cls']),
+        statistics.median((a / b) / (c / d) for a, b, c, d in zip(
+            s['stream'].values, r50['stream'].values, s['stream_same'].values,
+            r50['stream_same'].values)),
+        'CMT-S cls time <= 1.15x ResNet-50':
+        per_round(s['cls'], r50['cls']),
         'CMT-S cls64 time <= 1.15x ResNet-50':
         per_round(s['cls64'], r50['cls64']),
         'CMT-S naive det time >= 1.5x CMT-S':
@@ -234,8 +255,8 @@ def test_benchmark_figures(tmp_path):
     }
     assert {goal: float(value) for goal, value, _ in goals} == \
         pytest.approx(expected)
-    assert all(passed == (float(value) <= 1.8) for goal, value, passed in
-               goals if goal.endswith('1.8x ResNet-50'))
+    assert all(passed == (float(value) <= 1.8) for goal, value, passed in goals
+               if goal.endswith('1.8x ResNet-50'))
     with pytest.raises(SystemExit):
         benchmark.main(['--out', out])  # never overwritten
 
@@ -244,11 +265,17 @@ def test_benchmark_keeps_a_steady_heap_by_default(tmp_path):
     """The default heap regime, in a process of its own (it changes the
     allocator's settings for the rest of the process)."""
     out = tmp_path / 'bench.md'
-    result = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), '--models',
-         'CMT-Ti', '--tasks', 'cls', '--cls-shape', '1', '32', '32',
-         '--rounds', '1', '--warmup', '0', '--out', str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    result = subprocess.run([
+        sys.executable,
+        osp.join(ROOT, 'tools', 'benchmark.py'), '--models', 'CMT-Ti',
+        '--tasks', 'cls', '--cls-shape', '1', '32', '32', '--rounds', '1',
+        '--warmup', '0', '--out',
+        str(out)
+    ],
+                            capture_output=True,
+                            text=True,
+                            cwd=ROOT,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
     assert 'heap: steady (glibc keeps freed memory for reuse' in text
@@ -259,9 +286,12 @@ def test_interleaved_rotates_and_keeps_measured_rounds():
     import benchmark
     calls = []
     runs = {name: (lambda name=name: calls.append(name)) for name in 'abc'}
-    times = benchmark.interleaved(runs, torch.device('cpu'), rounds=3,
-                                  warmup=1)
-    assert calls == list('abc' 'bca' 'cab' 'abc')
+    times = benchmark.interleaved(
+        runs, torch.device('cpu'), rounds=3, warmup=1)
+    assert calls == list('abc'
+                         'bca'
+                         'cab'
+                         'abc')
     assert {k: len(v) for k, v in times.items()} == dict(a=3, b=3, c=3)
     figure = benchmark.Figure([3., 1., 2.])
     assert (figure.median, figure.low, figure.high) == (2., 1., 3.)
@@ -287,22 +317,26 @@ def test_torch_compile_matches_eager():
     """Inductor compiles the backbone and computes the same maps. In a
     subprocess: inductor's worker pool and caches stay out of the other
     tests' timings."""
-    result = subprocess.run(
-        [sys.executable, '-c', COMPILE_CHECK], capture_output=True,
-        text=True, cwd=osp.dirname(osp.abspath(__file__)), timeout=900)
+    result = subprocess.run([sys.executable, '-c', COMPILE_CHECK],
+                            capture_output=True,
+                            text=True,
+                            cwd=osp.dirname(osp.abspath(__file__)),
+                            timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     error = float(result.stdout.split('max relative error')[-1])
     assert error < 1e-5
 
 
-@pytest.mark.parametrize('batch,height,row_bytes,budget,expected', [
-    (8, 56, 100, 5600, [(1, 56)] * 8),  # one image per piece
-    (3, 24, 10, 500, [(1, 24), (2, 24)]),  # two images at most
-    (1, 200, 10, 260, [(1, 25)] * 8),  # bands of 26 rows at most, even
-    (2, 10, 10, 1, [(1, 3), (1, 3), (1, 4)] * 2),  # 4 rows if none fit
-])
-def test_map_pieces_cover_every_row_once(monkeypatch, batch, height,
-                                         row_bytes, budget, expected):
+@pytest.mark.parametrize(
+    'batch,height,row_bytes,budget,expected',
+    [
+        (8, 56, 100, 5600, [(1, 56)] * 8),  # one image per piece
+        (3, 24, 10, 500, [(1, 24), (2, 24)]),  # two images at most
+        (1, 200, 10, 260, [(1, 25)] * 8),  # bands of 26 rows at most, even
+        (2, 10, 10, 1, [(1, 3), (1, 3), (1, 4)] * 2),  # 4 rows if none fit
+    ])
+def test_map_pieces_cover_every_row_once(monkeypatch, batch, height, row_bytes,
+                                         budget, expected):
     from mmcmt.models.utils import inference
     monkeypatch.setattr(inference, 'PIECE_BYTES', budget)
     pieces = list(inference.map_pieces(batch, height, row_bytes))
@@ -326,8 +360,7 @@ def test_irffn_computed_in_pieces_matches(monkeypatch, budget):
     pieces = []
     real = inference.map_pieces
     monkeypatch.setattr(cmt_module, 'map_pieces',
-                        lambda *a: pieces.append(list(real(*a))) or
-                        pieces[-1])
+                        lambda *a: pieces.append(list(real(*a))) or pieces[-1])
     with torch.no_grad():
         monkeypatch.setattr(inference, 'PIECE_BYTES', 1 << 40)
         whole = model(x)

@@ -26,11 +26,15 @@ class Payload:
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('bad')
-    make_synthetic_coco(str(tmp / 'coco'), num_train=2, num_val=1,
-                        img_size=(64, 64))
+    make_synthetic_coco(
+        str(tmp / 'coco'), num_train=2, num_val=1, img_size=(64, 64))
     model = CMT('tiny')
-    good = {'state_dict': {f'backbone.{k}': v
-                           for k, v in model.state_dict().items()}}
+    good = {
+        'state_dict': {
+            f'backbone.{k}': v
+            for k, v in model.state_dict().items()
+        }
+    }
     torch.save(dict(good, payload=Payload()), tmp / 'untrusted.pth')
     torch.save(good, tmp / 'good.pth')
     data = (tmp / 'good.pth').read_bytes()
@@ -62,30 +66,38 @@ def checkpoint_commands(tmp, checkpoint):
     """Every tool that reads a checkpoint, reading ``checkpoint``."""
     options = ['--cfg-options'] + coco_options(f'{tmp}/coco/')
     return {
-        'test.py': ['tools/test.py', SYNTHETIC, checkpoint,
-                    '--work-dir', str(tmp / 'work')] + options,
-        'train.py --resume': ['tools/train.py', SYNTHETIC, '--resume',
-                              checkpoint, '--work-dir',
-                              str(tmp / 'work')] + options,
-        'classify.py': ['tools/classify.py', image(tmp), '--arch', 'tiny',
-                        '--checkpoint', checkpoint],
-        'infer.py': ['tools/infer.py', image(tmp), SYNTHETIC, checkpoint,
-                     '--out-dir', str(tmp / 'infer')],
+        'test.py': [
+            'tools/test.py', SYNTHETIC, checkpoint, '--work-dir',
+            str(tmp / 'work')
+        ] + options,
+        'train.py --resume': [
+            'tools/train.py', SYNTHETIC, '--resume', checkpoint, '--work-dir',
+            str(tmp / 'work')
+        ] + options,
+        'classify.py': [
+            'tools/classify.py',
+            image(tmp), '--arch', 'tiny', '--checkpoint', checkpoint
+        ],
+        'infer.py': [
+            'tools/infer.py',
+            image(tmp), SYNTHETIC, checkpoint, '--out-dir',
+            str(tmp / 'infer')
+        ],
     }
 
 
-@pytest.mark.parametrize('tool', ['test.py', 'train.py --resume',
-                                  'classify.py', 'infer.py'])
+@pytest.mark.parametrize(
+    'tool', ['test.py', 'train.py --resume', 'classify.py', 'infer.py'])
 def test_untrusted_checkpoint(files, tool):
     path = str(files / 'untrusted.pth')
     result = run_tool(*checkpoint_commands(files, path)[tool], check=False)
-    line = one_line_error(result, repr(path), 'not trusted', 'posix.system'
-                          if os.name == 'posix' else 'system')
+    line = one_line_error(result, repr(path), 'not trusted',
+                          'posix.system' if os.name == 'posix' else 'system')
     assert 'pwned' not in result.stdout + line
 
 
-@pytest.mark.parametrize('tool', ['test.py', 'train.py --resume',
-                                  'classify.py', 'infer.py'])
+@pytest.mark.parametrize(
+    'tool', ['test.py', 'train.py --resume', 'classify.py', 'infer.py'])
 @pytest.mark.parametrize('name', ['truncated.pth', 'garbage.pth'])
 def test_corrupt_checkpoint(files, tool, name):
     path = str(files / name)
@@ -94,10 +106,12 @@ def test_corrupt_checkpoint(files, tool, name):
 
 
 def test_init_cfg_untrusted_and_corrupt(files):
-    for name, error, text in (
-            ('untrusted.pth', UntrustedCheckpointError, 'not trusted'),
-            ('truncated.pth', CorruptCheckpointError, 'truncated or corrupt'),
-            ('garbage.pth', CorruptCheckpointError, 'truncated or corrupt')):
+    for name, error, text in (('untrusted.pth', UntrustedCheckpointError,
+                               'not trusted'),
+                              ('truncated.pth', CorruptCheckpointError,
+                               'truncated or corrupt'),
+                              ('garbage.pth', CorruptCheckpointError,
+                               'truncated or corrupt')):
         path = str(files / name)
         model = CMT('tiny', init_cfg=dict(type='Pretrained', checkpoint=path))
         with pytest.raises(error) as info:
@@ -131,37 +145,40 @@ def test_bad_arguments(files, case):
     command, fragments = {
         'missing config': (['tools/train.py', 'configs/nope.py'],
                            ["config file not found: 'configs/nope.py'"]),
-        'other library': (['tools/test.py', str(files / 'other_library.py'),
-                           good],
-                          ["default_scope is 'mmpretrain'", 'mmdet', 'mmseg']),
-        'out not pkl': (['tools/test.py', SYNTHETIC, good, '--out',
-                         'results.json'] + options,
-                        ['--out results.json', '.pkl']),
-        'show-dir no hook': (['tools/test.py', SYNTHETIC, good, '--show-dir',
-                              str(files / 'show')] + options +
-                             ['default_hooks.visualization=None'],
-                             ['--show-dir needs a visualization hook']),
-        'auto-scale-lr no base': (['tools/train.py', SYNTHETIC,
-                                   '--auto-scale-lr'] + options +
-                                  ['auto_scale_lr=None'],
-                                  ['--auto-scale-lr needs', 'base_batch_size']),
-        'infer missing image': (['tools/infer.py', 'no.jpg', SYNTHETIC, good,
-                                 '--out-dir', str(files / 'out')],
-                                ["image not found: 'no.jpg'"]),
-        'classify missing image': (['tools/classify.py', 'no.jpg',
-                                    '--checkpoint', good],
-                                   ["image not found: 'no.jpg'"]),
-        'classify wrong classes': (['tools/classify.py', image(files),
-                                    '--checkpoint', good, '--classes',
-                                    str(files / 'classes.txt')],
-                                   ['lists 2 classes', '1000']),
-        'missing checkpoint': (['tools/test.py', SYNTHETIC, 'no.pth'] +
-                               options, ["checkpoint not found: 'no.pth'"]),
-        'missing data': (['tools/test.py', SEG_SYNTHETIC, good,
-                          '--cfg-options',
-                          f'test_dataloader.dataset.data_root={files}/none'],
-                         ['test_dataloader: dataset not found',
-                          f'{files}/none']),
+        'other library':
+        (['tools/test.py',
+          str(files / 'other_library.py'),
+          good], ["default_scope is 'mmpretrain'", 'mmdet', 'mmseg']),
+        'out not pkl':
+        (['tools/test.py', SYNTHETIC, good, '--out', 'results.json'] + options,
+         ['--out results.json', '.pkl']),
+        'show-dir no hook':
+        (['tools/test.py', SYNTHETIC, good, '--show-dir',
+          str(files / 'show')] + options +
+         ['default_hooks.visualization=None'],
+         ['--show-dir needs a visualization hook']),
+        'auto-scale-lr no base':
+        (['tools/train.py', SYNTHETIC, '--auto-scale-lr'] + options +
+         ['auto_scale_lr=None'], ['--auto-scale-lr needs', 'base_batch_size']),
+        'infer missing image': ([
+            'tools/infer.py', 'no.jpg', SYNTHETIC, good, '--out-dir',
+            str(files / 'out')
+        ], ["image not found: 'no.jpg'"]),
+        'classify missing image':
+        (['tools/classify.py', 'no.jpg', '--checkpoint',
+          good], ["image not found: 'no.jpg'"]),
+        'classify wrong classes': ([
+            'tools/classify.py',
+            image(files), '--checkpoint', good, '--classes',
+            str(files / 'classes.txt')
+        ], ['lists 2 classes', '1000']),
+        'missing checkpoint':
+        (['tools/test.py', SYNTHETIC, 'no.pth'] + options,
+         ["checkpoint not found: 'no.pth'"]),
+        'missing data': ([
+            'tools/test.py', SEG_SYNTHETIC, good, '--cfg-options',
+            f'test_dataloader.dataset.data_root={files}/none'
+        ], ['test_dataloader: dataset not found', f'{files}/none']),
     }[case]
     one_line_error(run_tool(*command, check=False), *fragments)
     assert not osp.exists('results.json')

@@ -46,14 +46,13 @@ class Server:
                 if mode != 'nolength':
                     self.send_header('Content-Length', str(len(data)))
                 self.end_headers()
-                self.wfile.write(data if mode == 'files' else
-                                 data[:len(data) // 2])
+                self.wfile.write(data if mode ==
+                                 'files' else data[:len(data) // 2])
 
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
-                                                     Handler)
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
         self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -105,8 +104,8 @@ def test_released_file_by_url_computes_as_from_disk(server, hub, tmp_path,
     torch.save(official_tiny, local)
     by_url = CMT('tiny', init_cfg=dict(type='Pretrained', checkpoint=url))
     by_url.init_weights()
-    from_disk = CMT('tiny', init_cfg=dict(type='Pretrained',
-                                          checkpoint=str(local)))
+    from_disk = CMT(
+        'tiny', init_cfg=dict(type='Pretrained', checkpoint=str(local)))
     from_disk.init_weights()
     for key, value in from_disk.state_dict().items():
         assert torch.equal(by_url.state_dict()[key], value), key
@@ -120,7 +119,8 @@ def test_released_file_by_url_computes_as_from_disk(server, hub, tmp_path,
     assert cached.read_bytes() == server.files['cmt_tiny.pth']
     assert os.listdir(hub) == ['cmt_tiny.pth']
     hits = len(server.hits)
-    CMT('tiny', init_cfg=dict(type='Pretrained', checkpoint=url)).init_weights()
+    CMT('tiny', init_cfg=dict(type='Pretrained',
+                              checkpoint=url)).init_weights()
     assert len(server.hits) == hits  # the second time from the cache
 
 
@@ -130,7 +130,8 @@ def _mmengine_load_checkpoint(url, tmp_path):
 
 
 def _init_cfg(url, tmp_path):
-    CMT('tiny', init_cfg=dict(type='Pretrained', checkpoint=url)).init_weights()
+    CMT('tiny', init_cfg=dict(type='Pretrained',
+                              checkpoint=url)).init_weights()
 
 
 def _init_detector(url, tmp_path):
@@ -172,8 +173,8 @@ LOADING_PATHS = {
 def test_payload_by_url_is_refused(server, hub, tmp_path, path):
     marker = tmp_path / 'ran'
     name = f'payload_{path.replace(" ", "_")}.pth'
-    url = server.add(name, dict(state_dict=CMT('tiny').state_dict(),
-                                meta=Payload(marker)))
+    url = server.add(
+        name, dict(state_dict=CMT('tiny').state_dict(), meta=Payload(marker)))
     with pytest.raises(UntrustedCheckpointError) as info:
         LOADING_PATHS[path](url, tmp_path)
     message = str(info.value)
@@ -197,8 +198,8 @@ def test_download_cut_short_is_not_kept(server, hub, official_tiny, mode):
     assert os.listdir(hub) == []  # neither the file nor a partial one
     # the whole file then downloads and loads
     whole = url.replace(f'/{mode}/', '/files/')
-    CMT('tiny', init_cfg=dict(type='Pretrained', checkpoint=whole)
-        ).init_weights()
+    CMT('tiny', init_cfg=dict(type='Pretrained',
+                              checkpoint=whole)).init_weights()
     assert os.listdir(hub) == ['cmt_tiny.pth']
 
 
@@ -228,9 +229,11 @@ def test_unreachable_url_is_one_line(hub, tmp_path):
     env = dict(os.environ, TORCH_HOME=str(tmp_path / 'torch'))
     image = tmp_path / 'image.png'
     cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
-    for command in (['tools/classify.py', str(image), '--checkpoint', url],
-                    ['tools/convert_official_cmt.py', url,
-                     str(tmp_path / 'out.pth')]):
+    for command in (['tools/classify.py',
+                     str(image), '--checkpoint', url], [
+                         'tools/convert_official_cmt.py', url,
+                         str(tmp_path / 'out.pth')
+                     ]):
         result = run_tool(*command, check=False, env=env)
         assert result.returncode == 2, result.stderr[-2000:]
         lines = result.stderr.strip().splitlines()
@@ -244,17 +247,20 @@ def test_unreachable_url_is_one_line(hub, tmp_path):
 def test_tools_refuse_payload_by_url(server, tmp_path, tool):
     """mmcmt's tools take a checkpoint URL and refuse a payload in one
     line (mmdet's own tools: the in-process paths above)."""
-    make_synthetic_coco(str(tmp_path / 'coco'), num_train=1, num_val=1,
-                        img_size=(64, 64))
+    make_synthetic_coco(
+        str(tmp_path / 'coco'), num_train=1, num_val=1, img_size=(64, 64))
     marker = tmp_path / 'ran'
     url = server.add(f'payload_{tool}.pth', dict(meta=Payload(marker)))
     image = str(tmp_path / 'coco' / 'val2017' / '000000000001.jpg')
     command = {
-        'test.py': ['tools/test.py', SYNTHETIC, url, '--work-dir',
-                    str(tmp_path / 'work'), '--cfg-options'] +
-        coco_options(f'{tmp_path}/coco/'),
-        'infer.py': ['tools/infer.py', image, SYNTHETIC, url, '--out-dir',
-                     str(tmp_path / 'out')],
+        'test.py': [
+            'tools/test.py', SYNTHETIC, url, '--work-dir',
+            str(tmp_path / 'work'), '--cfg-options'
+        ] + coco_options(f'{tmp_path}/coco/'),
+        'infer.py': [
+            'tools/infer.py', image, SYNTHETIC, url, '--out-dir',
+            str(tmp_path / 'out')
+        ],
     }[tool]
     env = dict(os.environ, TORCH_HOME=str(tmp_path / 'torch'))
     result = run_tool(*command, check=False, env=env)
@@ -280,8 +286,15 @@ def test_tools_accept_urls(server, hub, tmp_path, official_tiny):
     for key, value in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     image = tmp_path / 'image.png'
-    cv2.imwrite(str(image), np.random.default_rng(0).integers(
-        0, 255, (64, 80, 3), dtype=np.uint8))
-    result = run_tool('tools/classify.py', str(image), '--arch', 'tiny',
-                      '--checkpoint', url, env=env)
+    cv2.imwrite(
+        str(image),
+        np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    result = run_tool(
+        'tools/classify.py',
+        str(image),
+        '--arch',
+        'tiny',
+        '--checkpoint',
+        url,
+        env=env)
     assert len(result.stdout.strip().splitlines()) == 5

@@ -62,7 +62,7 @@ multiply-adds (convolutions, linear layers and attention products). With
 the ``det`` input. The table is printed, written to ``--out`` (markdown)
 and followed by the README's goals, each checked.
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 import ctypes
 import datetime
@@ -97,25 +97,32 @@ BASELINE = 'ResNet-50'
 #: Padded input sizes (H, W) of mmdet's 1333x800 keep-ratio resize for
 #: common COCO image shapes (640x480, 640x427, 480x640, 640x360, 500x375,
 #: 480x480, 427x640, 640x383), in a fixed shuffled order.
-COCO_STREAM = [(800, 1216), (800, 800), (1216, 800), (800, 1088),
-               (768, 1344), (1088, 800), (800, 1344), (800, 1024)]
+COCO_STREAM = [(800, 1216), (800, 800), (1216, 800), (800, 1088), (768, 1344),
+               (1088, 800), (800, 1344), (800, 1024)]
 
 # name -> (backbone config, RetinaNet config); all four outputs, random init
 BACKBONES = OrderedDict([
     ('ResNet-50', (dict(type='mmdet.ResNet', depth=50),
                    'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')),
-    ('Swin-T', (dict(type='mmdet.SwinTransformer', embed_dims=96,
-                     depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
-                     window_size=7, out_indices=(0, 1, 2, 3)),
+    ('Swin-T', (dict(
+        type='mmdet.SwinTransformer',
+        embed_dims=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        out_indices=(0, 1, 2, 3)),
                 'mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py')),
-    ('PVT-S', (dict(type='mmdet.PyramidVisionTransformer',
-                    num_layers=[3, 4, 6, 3]),
-               'mmdet::pvt/retinanet_pvt-s_fpn_1x_coco.py')),
-    ('PVTv2-b2', (dict(type='mmdet.PyramidVisionTransformerV2',
-                       embed_dims=64, num_layers=[3, 4, 6, 3]),
+    ('PVT-S',
+     (dict(type='mmdet.PyramidVisionTransformer', num_layers=[3, 4, 6, 3]),
+      'mmdet::pvt/retinanet_pvt-s_fpn_1x_coco.py')),
+    ('PVTv2-b2', (dict(
+        type='mmdet.PyramidVisionTransformerV2',
+        embed_dims=64,
+        num_layers=[3, 4, 6, 3]),
                   'mmdet::pvt/retinanet_pvtv2-b2_fpn_1x_coco.py')),
-] + [(f'CMT-{short}', (dict(type='mmdet.CMT', arch=arch),
-                       f'configs/retinanet_cmt_{short.lower()}_fpn_1x_coco.py'))
+] + [(f'CMT-{short}',
+      (dict(type='mmdet.CMT', arch=arch),
+       f'configs/retinanet_cmt_{short.lower()}_fpn_1x_coco.py'))
      for short, arch in (('Ti', 'tiny'), ('XS', 'xs'), ('S', 'small'),
                          ('B', 'base'))])
 # variant rows: name -> (backbone row, variant)
@@ -131,47 +138,85 @@ def parse_args(argv=None):
         description=__doc__.split('\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cpu', help='cpu or cuda')
-    parser.add_argument('--amp', choices=['bf16', 'fp16'],
-                        help='run under torch.autocast with this dtype')
-    parser.add_argument('--models', nargs='+', help='rows to run (default: '
-                        'all; ResNet-50 is always run, as the baseline)')
-    parser.add_argument('--tasks', nargs='+', choices=TASKS,
-                        default=list(TASKS))
-    parser.add_argument('--compile', action='store_true',
-                        help='add torch.compile rows (compile time is '
-                        'reported, not timed)')
-    parser.add_argument('--rounds', type=int, default=5,
-                        help='measured rounds (each runs every model once)')
-    parser.add_argument('--train-rounds', type=int,
-                        help='rounds of the training tasks (default: '
-                        '--rounds; a step at 800x1216 takes tens of seconds '
-                        'on a CPU)')
-    parser.add_argument('--warmup', type=int, default=1,
-                        help='warm-up rounds before the measured ones')
-    parser.add_argument('--det-shape', type=int, nargs=3,
-                        default=[1, 800, 1216], metavar=('B', 'H', 'W'))
-    parser.add_argument('--cls-shape', type=int, nargs=3,
-                        default=[8, 224, 224], metavar=('B', 'H', 'W'))
-    parser.add_argument('--cls64-shape', type=int, nargs=3,
-                        default=[64, 224, 224], metavar=('B', 'H', 'W'))
-    parser.add_argument('--train-shape', type=int, nargs=3,
-                        default=[2, 800, 1216], metavar=('B', 'H', 'W'))
-    parser.add_argument('--stream-scale', type=float, default=1.,
-                        help='scale the stream\'s sizes (to a multiple of '
-                        '32), for quick runs')
-    parser.add_argument('--heap', choices=['steady', 'default'],
-                        default='steady',
-                        help='steady: glibc keeps freed memory for reuse, '
-                        'so timings do not depend on page faults; default: '
-                        'glibc\'s own settings (see the docstring)')
-    parser.add_argument('--threads', type=int,
-                        help='torch CPU threads (default: torch\'s)')
-    parser.add_argument('--out', help='markdown file to write (default: '
-                        'work_dirs/benchmark/<device>_<time>.md); an existing'
-                        ' file is never overwritten')
+    parser.add_argument(
+        '--amp',
+        choices=['bf16', 'fp16'],
+        help='run under torch.autocast with this dtype')
+    parser.add_argument(
+        '--models',
+        nargs='+',
+        help='rows to run (default: '
+        'all; ResNet-50 is always run, as the baseline)')
+    parser.add_argument(
+        '--tasks', nargs='+', choices=TASKS, default=list(TASKS))
+    parser.add_argument(
+        '--compile',
+        action='store_true',
+        help='add torch.compile rows (compile time is '
+        'reported, not timed)')
+    parser.add_argument(
+        '--rounds',
+        type=int,
+        default=5,
+        help='measured rounds (each runs every model once)')
+    parser.add_argument(
+        '--train-rounds',
+        type=int,
+        help='rounds of the training tasks (default: '
+        '--rounds; a step at 800x1216 takes tens of seconds '
+        'on a CPU)')
+    parser.add_argument(
+        '--warmup',
+        type=int,
+        default=1,
+        help='warm-up rounds before the measured ones')
+    parser.add_argument(
+        '--det-shape',
+        type=int,
+        nargs=3,
+        default=[1, 800, 1216],
+        metavar=('B', 'H', 'W'))
+    parser.add_argument(
+        '--cls-shape',
+        type=int,
+        nargs=3,
+        default=[8, 224, 224],
+        metavar=('B', 'H', 'W'))
+    parser.add_argument(
+        '--cls64-shape',
+        type=int,
+        nargs=3,
+        default=[64, 224, 224],
+        metavar=('B', 'H', 'W'))
+    parser.add_argument(
+        '--train-shape',
+        type=int,
+        nargs=3,
+        default=[2, 800, 1216],
+        metavar=('B', 'H', 'W'))
+    parser.add_argument(
+        '--stream-scale',
+        type=float,
+        default=1.,
+        help='scale the stream\'s sizes (to a multiple of '
+        '32), for quick runs')
+    parser.add_argument(
+        '--heap',
+        choices=['steady', 'default'],
+        default='steady',
+        help='steady: glibc keeps freed memory for reuse, '
+        'so timings do not depend on page faults; default: '
+        'glibc\'s own settings (see the docstring)')
+    parser.add_argument(
+        '--threads', type=int, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument(
+        '--out',
+        help='markdown file to write (default: '
+        'work_dirs/benchmark/<device>_<time>.md); an existing'
+        ' file is never overwritten')
     args = parser.parse_args(argv)
-    rows = OrderedDict([(name, (name, '')) for name in BACKBONES] +
-                       list(VARIANTS.items()) +
+    rows = OrderedDict([(name, (name, ''))
+                        for name in BACKBONES] + list(VARIANTS.items()) +
                        (list(COMPILED.items()) if args.compile else []))
     names = args.models or list(rows)
     unknown = [n for n in names if n not in rows]
@@ -186,8 +231,12 @@ def parse_args(argv=None):
                      '--amp')
     if args.rounds < 1 or args.warmup < 0:
         parser.error('--rounds must be at least 1 and --warmup at least 0')
-    args.stream = [tuple(max(32, round(side * args.stream_scale / 32) * 32)
-                         for side in size) for size in COCO_STREAM]
+    args.stream = [
+        tuple(
+            max(32,
+                round(side * args.stream_scale / 32) * 32) for side in size)
+        for size in COCO_STREAM
+    ]
     if args.out and osp.exists(args.out):
         parser.error(f'{args.out} exists; choose another --out (results '
                      f'are never overwritten)')
@@ -216,8 +265,9 @@ def interleaved(runs, device, rounds, warmup):
             timings = runs[name]()
             synchronize(device)
             if index >= warmup:
-                times[name].append(timings if isinstance(timings, dict) else
-                                   time.perf_counter() - start)
+                times[name].append(
+                    timings if isinstance(timings, dict
+                                          ) else time.perf_counter() - start)
     return times
 
 
@@ -288,8 +338,8 @@ def cpu_peak_memory(args, base, variant, with_cp):
     import multiprocessing
     context = multiprocessing.get_context('spawn')
     queue = context.SimpleQueue()
-    child = context.Process(target=_child_train_memory,
-                            args=(args, base, variant, with_cp, queue))
+    child = context.Process(
+        target=_child_train_memory, args=(args, base, variant, with_cp, queue))
     child.start()
     child.join()
     if child.exitcode != 0 or queue.empty():
@@ -318,9 +368,10 @@ def _child_train_memory(args, base, variant, with_cp, queue):
 def setup_process():
     """Registries, a quiet logger (init_weights logs every parameter at
     INFO) and the seed, in the main process and in memory-measuring ones."""
-    import mmcmt  # noqa: F401  (registers CMT in mmdet)
     from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
+
+    import mmcmt  # noqa: F401  (registers CMT in mmdet)
     MMLogger.get_instance('benchmark', log_level='WARNING')
     init_default_scope('mmdet')
     torch.manual_seed(0)
@@ -342,8 +393,11 @@ def build_backbone(name, variant, with_cp=False):
         settings = CMT.parse_arch(cfg['arch'])
         shapes = custom_arch_official_shapes(
             CMT, cfg['arch'], img_size=settings['pretrain_img_size'])
-        state = {k: v for k, v in random_official_state_dict(shapes).items()
-                 if not k.startswith(('_fc', '_bn', 'head'))}
+        state = {
+            k: v
+            for k, v in random_official_state_dict(shapes).items()
+            if not k.startswith(('_fc', '_bn', 'head'))
+        }
         return NaiveCMT(state, settings)
     if with_cp:
         cfg['with_cp'] = True
@@ -410,9 +464,11 @@ def make_inputs(args, device):
     def randn(*shape):
         return torch.randn(*shape, generator=generator).to(device)
 
-    inputs = {task: randn(batch, 3, height, width) for task in (
-        'det', 'cls', 'cls64', 'train')
-        for batch, height, width in [getattr(args, f'{task}_shape')]}
+    inputs = {
+        task: randn(batch, 3, height, width)
+        for task in ('det', 'cls', 'cls64', 'train')
+        for batch, height, width in [getattr(args, f'{task}_shape')]
+    }
     inputs['stream'] = [randn(1, 3, *size) for size in args.stream]
     return inputs
 
@@ -446,24 +502,30 @@ class Bench:
         for runs that time themselves)."""
         times = interleaved(runs, self.device, rounds or self.args.rounds,
                             self.args.warmup)
-        return {name: Figure(values) if not isinstance(values[0], dict) else
-                {key: Figure(v[key] for v in values) for key in values[0]}
-                for name, values in times.items()}
+        return {
+            name: Figure(values) if not isinstance(values[0], dict) else {
+                key: Figure(v[key] for v in values)
+                for key in values[0]
+            }
+            for name, values in times.items()
+        }
 
     def inference(self, fn, inputs, amp=True):
         """A function running ``fn`` on each of ``inputs``, no grad, under
         autocast as asked (unless ``amp`` is False)."""
+
         def run():
-            with torch.no_grad(), autocast(self.device,
-                                           amp and self.args.amp):
+            with torch.no_grad(), autocast(self.device, amp and self.args.amp):
                 for x in inputs:
                     fn(x)
+
         return run
 
     def stream(self, fn, inputs):
         """A function running ``fn`` over the stream: each image as it comes
         (its size new to the model), then the same image again (its size
         the last one); returns both sums, ``stream`` and ``stream_same``."""
+
         def run():
             sums = dict(stream=0., stream_same=0.)
             with torch.no_grad(), autocast(self.device, self.args.amp):
@@ -475,6 +537,7 @@ class Bench:
                         synchronize(self.device)
                         sums[key] += time.perf_counter() - start
             return sums
+
         return run
 
     def task_inputs(self, task):
@@ -509,8 +572,8 @@ def backbone_tasks(bench, rows, tasks, results):
                            for name, model in models.items())
         compile_notes(runs, rows, results)
         for name, figure in bench.measure(runs).items():
-            results[name].update(figure if isinstance(figure, dict) else
-                                 {task: figure})
+            results[name].update(
+                figure if isinstance(figure, dict) else {task: figure})
 
 
 def compile_notes(runs, rows, results):
@@ -527,21 +590,28 @@ def detector_tasks(bench, rows, tasks, results):
     """Inference of every row's whole RetinaNet. With ``--amp`` only its
     networks run under autocast (:func:`autocast_networks`): boxes are
     decoded and suppressed in float32."""
-    models = OrderedDict((name, build_retinanet(base, variant).to(
-        bench.device)) for name, (base, variant) in rows.items()
-                         if variant != 'naive')
+    models = OrderedDict(
+        (name, build_retinanet(base, variant).to(bench.device))
+        for name, (base, variant) in rows.items() if variant != 'naive')
     if bench.args.amp:
         for model in models.values():
             autocast_networks(model, bench.args.amp, bench.device.type)
     for task in tasks:
         print(f'  {task}: {len(models)} models, interleaved', flush=True)
         inputs = bench.task_inputs(task)
-        samples = {id(x): [s.to(bench.device) for s in dummy_data_samples(
-            'mmdet', *x.shape[-2:], batch_size=x.shape[0])] for x in inputs}
+        samples = {
+            id(x): [
+                s.to(bench.device) for s in dummy_data_samples(
+                    'mmdet', *x.shape[-2:], batch_size=x.shape[0])
+            ]
+            for x in inputs
+        }
         runs = OrderedDict(
-            (name, bench.inference(
-                lambda x, model=model: model.predict(x, samples[id(x)]),
-                inputs, amp=False)) for name, model in models.items())
+            (name,
+             bench.inference(
+                 lambda x, model=model: model.predict(x, samples[id(x)]),
+                 inputs,
+                 amp=False)) for name, model in models.items())
         compile_notes(runs, rows, results)
         for name, figure in bench.measure(runs).items():
             results[name][task] = figure
@@ -553,9 +623,10 @@ def training_tasks(bench, rows, tasks, results):
     args = bench.args
     for task in tasks:
         with_cp = task == 'train_cp'
-        names = [name for name, (base, variant) in rows.items()
-                 if variant in ('', 'naive') and not (
-                     with_cp and (variant or base in NO_CP))]
+        names = [
+            name for name, (base, variant) in rows.items() if variant in (
+                '', 'naive') and not (with_cp and (variant or base in NO_CP))
+        ]
         for name in names:
             base, variant = rows[name]
             results[name][f'{task}_mem'] = (
@@ -567,16 +638,15 @@ def training_tasks(bench, rows, tasks, results):
             model.train()  # (mmdet's ResNet.train() returns None)
             models[name] = model.to(bench.device)
         print(f'  {task}: {len(models)} models, interleaved', flush=True)
-        runs = OrderedDict(
-            (name, lambda model=model: train_step(
-                model, bench.inputs['train'], args.amp))
-            for name, model in models.items())
+        runs = OrderedDict((name, lambda model=model: train_step(
+            model, bench.inputs['train'], args.amp))
+                           for name, model in models.items())
         if bench.device.type == 'cuda':
             for name, run in runs.items():
                 results[name][f'{task}_mem'] = cuda_peak_memory(
                     run, bench.device)
-        for name, figure in bench.measure(
-                runs, args.train_rounds or args.rounds).items():
+        for name, figure in bench.measure(runs, args.train_rounds
+                                          or args.rounds).items():
             results[name][task] = figure
         del models, runs
         gc.collect()
@@ -586,12 +656,12 @@ def deploy_task(bench, rows, results):
     """PyTorch eager against ONNX Runtime, whole RetinaNet, ``det`` input;
     the operator shares of CMT-S in ONNX Runtime."""
     import tempfile
+
     from mmcmt.deploy import (end_profiling, export_detector,
                               load_onnx_detector, op_time_shares)
     names = [n for n in rows if n in DEPLOY_ROWS]
     x = bench.inputs['det'].cpu()
-    samples = dummy_data_samples('mmdet', *x.shape[-2:],
-                                 batch_size=x.shape[0])
+    samples = dummy_data_samples('mmdet', *x.shape[-2:], batch_size=x.shape[0])
     threads = torch.get_num_threads()
     runs, exports = OrderedDict(), {}
     work = tempfile.mkdtemp(prefix='mmcmt_deploy_')
@@ -614,11 +684,12 @@ def deploy_task(bench, rows, results):
         results[name][f'deploy_{kind.lower()}'] = figure
     for name in names:
         row = results[name]
-        row['deploy_speedup'] = row['deploy_eager'].ratio_to(
-            row['deploy_ort'])
+        row['deploy_speedup'] = row['deploy_eager'].ratio_to(row['deploy_ort'])
     if 'CMT-S' in exports:
-        profiled = load_onnx_detector(exports['CMT-S'], threads=threads,
-                                      profile_prefix=osp.join(work, 'prof'))
+        profiled = load_onnx_detector(
+            exports['CMT-S'],
+            threads=threads,
+            profile_prefix=osp.join(work, 'prof'))
         with torch.no_grad():
             for _ in range(2):
                 profiled.predict(x, samples)
@@ -646,8 +717,8 @@ def amp_error(model, bench):
         reference = model(x)
         with autocast(bench.device, bench.args.amp):
             outputs = model(x)
-    return max(relative_error(a.float(), b)
-               for a, b in zip(outputs, reference))
+    return max(
+        relative_error(a.float(), b) for a, b in zip(outputs, reference))
 
 
 def relative_error(a, b):
@@ -680,14 +751,17 @@ COLUMNS = [
 
 
 def format_table(results, args):
-    names = {task: '{}x{}x{}'.format(*getattr(args, f'{task}_shape'))
-             for task in ('det', 'cls', 'cls64', 'train')}
+    names = {
+        task: '{}x{}x{}'.format(*getattr(args, f'{task}_shape'))
+        for task in ('det', 'cls', 'cls64', 'train')
+    }
     names.update(amp=args.amp or '', n=len(args.stream))
-    used = [c for c in COLUMNS
-            if any(row.get(c[0]) is not None for row in results.values())]
+    used = [
+        c for c in COLUMNS if any(
+            row.get(c[0]) is not None for row in results.values())
+    ]
     headers = ['model'] + [c[1].format(**names) for c in used]
-    lines = ['| ' + ' | '.join(headers) + ' |',
-             '|' + '---|' * len(headers)]
+    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
     base = results[BASELINE]
     for name, row in results.items():
         cells = [name]
@@ -701,21 +775,26 @@ def format_table(results, args):
                     cell += f' ({value.ratio_to(base[key]).format("{:.2f}x")})'
                 cells.append(cell)
             else:
-                cells.append(fmt.format(value / 2**30 if key.endswith('mem')
-                                        else value))
+                cells.append(
+                    fmt.format(value /
+                               2**30 if key.endswith('mem') else value))
         lines.append('| ' + ' | '.join(cells) + ' |')
-    notes = [f'- {name}: {row["note"]}' for name, row in results.items()
-             if row.get('note')]
+    notes = [
+        f'- {name}: {row["note"]}' for name, row in results.items()
+        if row.get('note')
+    ]
     if any(c[0].endswith('stream') for c in used):
-        notes.append('- COCO stream: ' + ', '.join(
-            f'{h}x{w}' for h, w in args.stream) + ' (one image each, in '
-            'this order).')
+        notes.append('- COCO stream: ' + ', '.join(f'{h}x{w}'
+                                                   for h, w in args.stream) +
+                     ' (one image each, in '
+                     'this order).')
     shares = results.get('CMT-S', {}).get('ort_shares')
     if shares:
         notes.append('- CMT-S RetinaNet in ONNX Runtime, share of kernel '
-                     'time per operator type (profiler, 2 runs): ' + ', '.join(
-                         f'{op} {share:.1%}' for op, share in shares.items()
-                         if share >= 0.001) + '.')
+                     'time per operator type (profiler, 2 runs): ' +
+                     ', '.join(f'{op} {share:.1%}'
+                               for op, share in shares.items()
+                               if share >= 0.001) + '.')
     if 'CMT-S naive' in results and 'check' in results['CMT-S naive']:
         notes.append(f'- CMT-S naive computes what CMT-S computes: max '
                      f'relative error {results["CMT-S naive"]["check"]:.1e} '
@@ -750,8 +829,8 @@ def check_goals(results):
             ratio(s.get(task), r.get(task)), lambda v: v <= 1.15)
     for other in ('PVT-S', 'PVTv2-b2'):
         add(f'CMT-S det faster than {other} (time ratio < 1)',
-            ratio(s.get('det'), results.get(other, {}).get('det')),
-            lambda v: v < 1)
+            ratio(s.get('det'),
+                  results.get(other, {}).get('det')), lambda v: v < 1)
     add('CMT-S naive det time >= 1.5x CMT-S',
         ratio(results.get('CMT-S naive', {}).get('det'), s.get('det')),
         lambda v: v >= 1.5)
@@ -767,8 +846,9 @@ def machine(device):
     name = platform.processor() or platform.machine()
     try:
         with open('/proc/cpuinfo') as f:
-            name = next(line.split(':', 1)[1].strip() for line in f
-                        if line.startswith('model name'))
+            name = next(
+                line.split(':', 1)[1].strip() for line in f
+                if line.startswith('model name'))
     except (OSError, StopIteration):
         pass
     return f'{name}, {torch.get_num_threads()} threads'
@@ -795,6 +875,8 @@ def main(argv=None):
     if 'deploy' in args.tasks:
         deploy_task(bench, args.rows, results)
     stamp = datetime.datetime.now()
+    memory = ('max_memory_allocated' if device.type == 'cuda' else
+              'peak RSS growth of a training step in a fresh process')
     header = (f'Measured {stamp:%Y-%m-%d %H:%M} on {machine(device)}; '
               f'torch {torch.__version__}, '
               f'{"autocast " + args.amp if args.amp else "float32"}; '
@@ -803,16 +885,15 @@ def main(argv=None):
               f'{args.train_rounds or args.rounds}) after {args.warmup} '
               f'warm-up, every model once per round in a rotating order; '
               f'median [min-max] over the rounds; in parentheses the ratio '
-              f'to {BASELINE} computed per round; memory: '
-              f'{"max_memory_allocated" if device.type == "cuda" else "peak RSS growth of a training step in a fresh process"}.')
+              f'to {BASELINE} computed per round; memory: {memory}.')
     goals = check_goals(results)
-    text = '\n'.join(
-        [header, '', format_table(results, args), ''] +
-        [f'- goal: {g}: {v.format("{:.2f}")} {"PASS" if ok else "FAIL"}'
-         for g, v, ok in goals])
+    text = '\n'.join([header, '', format_table(results, args), ''] + [
+        f'- goal: {g}: {v.format("{:.2f}")} {"PASS" if ok else "FAIL"}'
+        for g, v, ok in goals
+    ])
     print('\n' + text)
-    out = args.out or osp.join(
-        'work_dirs', 'benchmark', f'{device.type}_{stamp:%Y%m%d_%H%M%S}.md')
+    out = args.out or osp.join('work_dirs', 'benchmark',
+                               f'{device.type}_{stamp:%Y%m%d_%H%M%S}.md')
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     with open(out, 'x') as f:
         f.write(text + '\n')

@@ -10,7 +10,7 @@ The image is resized (shorter side to 256/224 of the input size) and
 centre-cropped to the arch's ImageNet resolution, then normalised with the
 ImageNet mean and std, as the released models were evaluated.
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 
 import cv2
@@ -47,8 +47,9 @@ def preprocess(path, size):
     short = int(size * 256 / 224)
     h, w = image.shape[:2]
     scale = short / min(h, w)
-    image = cv2.resize(image, (round(w * scale), round(h * scale)),
-                       interpolation=cv2.INTER_CUBIC)
+    image = cv2.resize(
+        image, (round(w * scale), round(h * scale)),
+        interpolation=cv2.INTER_CUBIC)
     h, w = image.shape[:2]
     top, left = (h - size) // 2, (w - size) // 2
     image = image[top:top + size, left:left + size].astype(np.float32) / 255
@@ -59,11 +60,13 @@ def preprocess(path, size):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('image')
-    parser.add_argument('--arch', default='small',
-                        help='tiny, xs, small or base')
-    parser.add_argument('--checkpoint', required=True,
-                        help='released checkpoint (cmt_small.pth ...), a '
-                        'path or a URL')
+    parser.add_argument(
+        '--arch', default='small', help='tiny, xs, small or base')
+    parser.add_argument(
+        '--checkpoint',
+        required=True,
+        help='released checkpoint (cmt_small.pth ...), a '
+        'path or a URL')
     parser.add_argument('--topk', type=int, default=5)
     parser.add_argument(
         '--classes',

@@ -8,7 +8,7 @@ Two FLOP conventions (see :mod:`mmcmt.utils.complexity`): ``macs`` (convs,
 linear layers and attention products: the paper's) and ``mmengine``
 (mmengine's counter with attention products, which adds norms).
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 import platform
 
@@ -18,21 +18,30 @@ from mmcmt.models import CMT, CMTClassifier
 from mmcmt.utils import count_flops, count_params
 
 # (params M, FLOPs G) from the CMT paper's ImageNet table.
-PAPER = {'tiny': (9.49, 0.64), 'xs': (15.24, 1.54), 'small': (25.14, 4.04),
-         'base': (45.72, 9.33)}
+PAPER = {
+    'tiny': (9.49, 0.64),
+    'xs': (15.24, 1.54),
+    'small': (25.14, 4.04),
+    'base': (45.72, 9.33)
+}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--detection-size', type=int, nargs=2,
-                        default=[1280, 800], metavar=('W', 'H'))
+    parser.add_argument(
+        '--detection-size',
+        type=int,
+        nargs=2,
+        default=[1280, 800],
+        metavar=('W', 'H'))
     parser.add_argument('--out', help='also write the tables to this file')
     args = parser.parse_args(argv)
     W, H = args.detection_size
 
     lines = [
         '| variant | input | params (M) | paper params (M) | FLOPs macs (G) '
-        '| FLOPs mmengine (G) | paper FLOPs (G) |', '|---|---|---|---|---|---|---|'
+        '| FLOPs mmengine (G) | paper FLOPs (G) |',
+        '|---|---|---|---|---|---|---|'
     ]
     for arch, (paper_params, paper_flops) in PAPER.items():
         model = CMTClassifier(arch).eval()
@@ -58,8 +67,10 @@ def main(argv=None):
             f'| CMT-{arch} | {W}x{H} | {count_params(model) / 1e6:.2f} | '
             f'{flops["macs"] / 1e9:.1f} | {flops["mmengine"] / 1e9:.1f} | '
             f'{attention / 1e9:.1f} |')
-    lines += ['', f'Measured by tools/complexity.py with torch '
-              f'{torch.__version__} on {platform.machine()}.']
+    lines += [
+        '', f'Measured by tools/complexity.py with torch '
+        f'{torch.__version__} on {platform.machine()}.'
+    ]
     text = '\n'.join(lines)
     print(text)
     if args.out:

@@ -1,6 +1,7 @@
 """Convert a released CMT checkpoint to an mmcmt backbone checkpoint.
 
-    python tools/convert_official_cmt.py cmt_small.pth checkpoints/cmt_small_mmcmt.pth
+    python tools/convert_official_cmt.py cmt_small.pth \
+        checkpoints/cmt_small_mmcmt.pth
 
 The output holds the backbone only (``state_dict`` in mmcmt key names, the
 classification head dropped) and loads with ``init_cfg=dict(
@@ -8,7 +9,7 @@ type='Pretrained', checkpoint=...)`` or ``load_state_dict``. mmcmt also
 loads the released files directly; convert when you prefer converted files.
 An existing output file is never overwritten.
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 import os
 
@@ -37,9 +38,13 @@ def main(argv=None):
         if k.startswith('backbone.')
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
-    torch.save({'state_dict': backbone,
-                'meta': {'converted_from': os.path.basename(args.src)}},
-               args.dst)
+    torch.save(
+        {
+            'state_dict': backbone,
+            'meta': {
+                'converted_from': os.path.basename(args.src)
+            }
+        }, args.dst)
     print(f'wrote {len(backbone)} backbone tensors to {args.dst}')
 
 

@@ -22,7 +22,7 @@ Run the deployed model with ``tools/test.py CONFIG --onnx OUT_DIR`` (COCO
 AP) and ``tools/infer.py IMAGE CONFIG --onnx OUT_DIR --out-dir DIR``.
 Needs the optional extras: ``pip install -e .[export]``.
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 import os
 import os.path as osp
@@ -41,25 +41,43 @@ def parse_args(argv=None):
     parser.add_argument('config', help='detection config')
     parser.add_argument('checkpoint', help='checkpoint of that config')
     parser.add_argument('out_dir', help='folder to write (new or empty)')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
-                        help="traced image size (default: the test "
-                        "pipeline's Resize scale)")
-    parser.add_argument('--check-shape', type=int, nargs=3,
-                        metavar=('B', 'H', 'W'),
-                        help='a second input for the part check (default: '
-                        '2 x H/2+1 x W/2+3)')
-    parser.add_argument('--check-image', nargs='+', default=[],
-                        help='images to compare detections on (default: a '
-                        'random image)')
-    parser.add_argument('--score-thr', type=float, default=0.05,
-                        help='compare the detections with this score or '
-                        'more')
-    parser.add_argument('--threads', type=int,
-                        help='ONNX Runtime intra-op threads (default: '
-                        'OMP_NUM_THREADS when set, else one per core)')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs=2,
+        metavar=('H', 'W'),
+        help="traced image size (default: the test "
+        "pipeline's Resize scale)")
+    parser.add_argument(
+        '--check-shape',
+        type=int,
+        nargs=3,
+        metavar=('B', 'H', 'W'),
+        help='a second input for the part check (default: '
+        '2 x H/2+1 x W/2+3)')
+    parser.add_argument(
+        '--check-image',
+        nargs='+',
+        default=[],
+        help='images to compare detections on (default: a '
+        'random image)')
+    parser.add_argument(
+        '--score-thr',
+        type=float,
+        default=0.05,
+        help='compare the detections with this score or '
+        'more')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        help='ONNX Runtime intra-op threads (default: '
+        'OMP_NUM_THREADS when set, else one per core)')
     parser.add_argument('--opset', type=int, default=17)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value')
     return parser.parse_args(argv)
 
 
@@ -96,15 +114,15 @@ def check_detections(model, onnx_model, images, score_thr):
         with torch.no_grad():
             a = inference_detector(model, image).pred_instances
             b = inference_detector(onnx_model, image).pred_instances
-        results.append((name, match_detections(a[a.scores >= score_thr],
-                                               b[b.scores >= score_thr])))
+        results.append((name,
+                        match_detections(a[a.scores >= score_thr],
+                                         b[b.scores >= score_thr])))
     return results
 
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmcmt.deploy import export_detector, load_onnx_detector, \
-        require_onnx
+    from mmcmt.deploy import export_detector, load_onnx_detector, require_onnx
     require_onnx()
     if osp.isfile(args.out_dir) or osp.isdir(args.out_dir) and \
             os.listdir(args.out_dir):
@@ -125,10 +143,14 @@ def main(argv=None):
     torch.manual_seed(0)  # the random inputs: the same printout every run
     model = init_detector(cfg, args.checkpoint, device='cpu')
     manifest = export_detector(
-        model, cfg, args.out_dir, shape, args.opset,
+        model,
+        cfg,
+        args.out_dir,
+        shape,
+        args.opset,
         meta=dict(source_config=args.config, checkpoint=args.checkpoint))
-    print(f'wrote {args.out_dir}: ' +
-          ', '.join(p['file'] for p in manifest['parts']) +
+    print(f'wrote {args.out_dir}: ' + ', '.join(p['file']
+                                                for p in manifest['parts']) +
           f', manifest.json, config.py (traced at 1x3x{shape[0]}x'
           f'{shape[1]}, opset {args.opset})')
 
@@ -136,18 +158,19 @@ def main(argv=None):
     height, width = shape
     check_shape = args.check_shape or (2, height // 2 + 1, width // 2 + 3)
     parts = check_parts(model, onnx_model,
-                        [(1, 3, height, width), (check_shape[0], 3,
-                                                 *check_shape[1:])])
+                        [(1, 3, height, width),
+                         (check_shape[0], 3, *check_shape[1:])])
     print('ONNX Runtime vs PyTorch on the same inputs, largest absolute '
           '(relative) error of each part:')
     for shape_, errors in parts:
-        print(f'  input {"x".join(map(str, shape_))}: ' + ', '.join(
-            f'{name} {e["max_abs"]:.1e} ({e["max_rel"]:.1e})'
-            for name, e in errors.items()))
+        print(f'  input {"x".join(map(str, shape_))}: ' +
+              ', '.join(f'{name} {e["max_abs"]:.1e} ({e["max_rel"]:.1e})'
+                        for name, e in errors.items()))
 
     images = [(osp.basename(p), p) for p in args.check_image] or [
         ('a random image', np.random.default_rng(0).integers(
-            0, 256, (height * 3 // 4 + 5, width + 11, 3), dtype=np.uint8))]
+            0, 256, (height * 3 // 4 + 5, width + 11, 3), dtype=np.uint8))
+    ]
     detections = check_detections(model, onnx_model, images, args.score_thr)
     print(f'detections with score >= {args.score_thr}, PyTorch vs ONNX '
           f'Runtime (mmdet post-processing in both):')

@@ -14,7 +14,7 @@ the maximum absolute error against PyTorch is printed for each output.
 Needs the optional ``export`` extras: ``pip install -e .[export]``
 (onnx, onnxruntime).
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 import os.path as osp
 import sys
@@ -33,15 +33,26 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('out', help='.onnx file to write (never overwritten)')
     parser.add_argument('--arch', default='small', help='CMT arch name')
-    parser.add_argument('--checkpoint', help='released or mmcmt checkpoint '
-                        '(default: random weights)')
-    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1216],
-                        metavar=('H', 'W'), help='traced input size')
-    parser.add_argument('--check-shape', type=int, nargs=3,
-                        default=[2, 608, 1000], metavar=('B', 'H', 'W'),
-                        help='a second input to check the dynamic axes on')
-    parser.add_argument('--no-fuse', action='store_true',
-                        help='keep the BatchNorms')
+    parser.add_argument(
+        '--checkpoint',
+        help='released or mmcmt checkpoint '
+        '(default: random weights)')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs=2,
+        default=[800, 1216],
+        metavar=('H', 'W'),
+        help='traced input size')
+    parser.add_argument(
+        '--check-shape',
+        type=int,
+        nargs=3,
+        default=[2, 608, 1000],
+        metavar=('B', 'H', 'W'),
+        help='a second input to check the dynamic axes on')
+    parser.add_argument(
+        '--no-fuse', action='store_true', help='keep the BatchNorms')
     parser.add_argument('--opset', type=int, default=17)
     return parser.parse_args(argv)
 
@@ -51,16 +62,27 @@ def export(model: CMT, out: str, shape, opset: int = 17) -> None:
     x = torch.randn(1, model.in_channels, *shape)
     names = [f'out{i}' for i in range(len(model.out_indices))]
     dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
-    dynamic.update({name: {0: 'batch', 2: f'{name}_height',
-                           3: f'{name}_width'} for name in names})
+    dynamic.update({
+        name: {
+            0: 'batch',
+            2: f'{name}_height',
+            3: f'{name}_width'
+        }
+        for name in names
+    })
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')  # tracer and deprecation chatter
         # The TorchScript-based exporter: it traces the size arithmetic
         # (padding, bias resizing) into the graph. (The dynamo exporter
         # cannot yet solve the floor divisions of dynamic sizes.)
-        torch.onnx.export(model, (x, ), out, input_names=['input'],
-                          output_names=names, dynamic_axes=dynamic,
-                          opset_version=opset, **ONNX_EXPORT_KWARGS)
+        torch.onnx.export(
+            model, (x, ),
+            out,
+            input_names=['input'],
+            output_names=names,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            **ONNX_EXPORT_KWARGS)
 
 
 def check(model: CMT, out: str, shapes):

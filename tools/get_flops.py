@@ -11,7 +11,7 @@ linear layers and attention products, the CMT paper's) and ``mmengine``
 (mmengine's counter plus attention products), and ``macs`` without the
 attention products (the convention of the CMT paper's detection table).
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 
 import torch
@@ -36,8 +36,13 @@ class TensorMode(nn.Module):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config')
-    parser.add_argument('--shape', type=int, nargs=2, default=[1280, 800],
-                        metavar=('W', 'H'), help='input width and height')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs=2,
+        default=[1280, 800],
+        metavar=('W', 'H'),
+        help='input width and height')
     args = parser.parse_args(argv)
     W, H = args.shape
 
@@ -50,8 +55,9 @@ def main(argv=None):
     model = MODELS.build(cfg.model).eval()
     x = torch.rand(1, 3, H, W)
     with torch.no_grad():
-        whole = count_flops(TensorMode(model, dummy_data_samples(
-            cfg.default_scope, H, W)), (x, ))
+        whole = count_flops(
+            TensorMode(model, dummy_data_samples(cfg.default_scope, H, W)),
+            (x, ))
         backbone = count_flops(model.backbone, (x, ))
     print(f'input: 1 x 3 x {H} x {W} (W x H = {W} x {H})')
     print('| part | params (M) | FLOPs macs (G) | FLOPs mmengine (G) | '

@@ -1,7 +1,8 @@
 """Draw a model's predictions on an image: boxes (and masks) for detection
 configs, the blended class mask for segmentation configs.
 
-    python tools/infer.py IMAGE CONFIG CHECKPOINT --out-dir DIR [--score-thr 0.3]
+    python tools/infer.py IMAGE CONFIG CHECKPOINT --out-dir DIR \
+        [--score-thr 0.3]
     python tools/infer.py IMAGE CONFIG --onnx DIR --out-dir DIR [...]
 
 Writes ``DIR/<image name>`` and prints what it found. IMAGE may be a folder:
@@ -10,7 +11,7 @@ are passed over and listed at the end (exit code 2). ``--onnx DIR`` runs a
 detector exported by ``tools/deploy_onnx.py`` instead of a checkpoint (its
 networks in ONNX Runtime, the rest in mmdet's code, as for a checkpoint).
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 import os
 import os.path as osp
@@ -26,12 +27,17 @@ def main(argv=None):
     parser.add_argument('image')
     parser.add_argument('config')
     parser.add_argument('checkpoint', nargs='?')
-    parser.add_argument('--onnx', metavar='DIR',
-                        help='a detector exported by tools/deploy_onnx.py, '
-                        'instead of a checkpoint')
+    parser.add_argument(
+        '--onnx',
+        metavar='DIR',
+        help='a detector exported by tools/deploy_onnx.py, '
+        'instead of a checkpoint')
     parser.add_argument('--out-dir', required=True)
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='detection score threshold for drawing')
+    parser.add_argument(
+        '--score-thr',
+        type=float,
+        default=0.3,
+        help='detection score threshold for drawing')
     parser.add_argument('--device', default='cpu')
     args = parser.parse_args(argv)
     images = list_images(args.image)
@@ -69,8 +75,12 @@ def main(argv=None):
         visualizer = Visualizer()
         visualizer.dataset_meta = model.dataset_meta
         visualizer.add_datasample(
-            'result', mmcv.imread(path, channel_order='rgb'), result,
-            draw_gt=False, out_file=out_file, **options)
+            'result',
+            mmcv.imread(path, channel_order='rgb'),
+            result,
+            draw_gt=False,
+            out_file=out_file,
+            **options)
         for line in describe(result, model.dataset_meta['classes'], args):
             print(line)
         print(f'wrote {out_file}')

@@ -8,7 +8,7 @@ Example::
 writes ``data/synthetic_coco/{annotations,train2017,val2017}`` (the layout of
 mmdet's ``data/coco/``). The same arguments always give the same files.
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 import sys
 
@@ -20,19 +20,32 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Write a small deterministic COCO-format detection data '
         'set of coloured shapes (circle, square, triangle, cross).')
-    parser.add_argument('out_dir', help='folder to write, e.g. '
-                        'data/synthetic_coco')
-    parser.add_argument('--num-train', type=int, default=400,
-                        help='training images (default: 400)')
-    parser.add_argument('--num-val', type=int, default=100,
-                        help='validation images (default: 100)')
-    parser.add_argument('--size', type=int, nargs=2, default=(320, 320),
-                        metavar=('W', 'H'),
-                        help='image width and height (default: 320 320)')
-    parser.add_argument('--seed', type=int, default=0,
-                        help='random seed (default: 0)')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='replace an existing data set in OUT_DIR')
+    parser.add_argument(
+        'out_dir', help='folder to write, e.g. '
+        'data/synthetic_coco')
+    parser.add_argument(
+        '--num-train',
+        type=int,
+        default=400,
+        help='training images (default: 400)')
+    parser.add_argument(
+        '--num-val',
+        type=int,
+        default=100,
+        help='validation images (default: 100)')
+    parser.add_argument(
+        '--size',
+        type=int,
+        nargs=2,
+        default=(320, 320),
+        metavar=('W', 'H'),
+        help='image width and height (default: 320 320)')
+    parser.add_argument(
+        '--seed', type=int, default=0, help='random seed (default: 0)')
+    parser.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='replace an existing data set in OUT_DIR')
     return parser.parse_args(argv)
 
 
@@ -40,8 +53,11 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         summary = make_synthetic_coco(
-            args.out_dir, num_train=args.num_train, num_val=args.num_val,
-            img_size=tuple(args.size), seed=args.seed,
+            args.out_dir,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            img_size=tuple(args.size),
+            seed=args.seed,
             overwrite=args.overwrite)
     except (FileExistsError, ValueError) as error:
         sys.exit(f'error: {error}')

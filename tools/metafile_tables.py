@@ -32,8 +32,9 @@ import yaml
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METAFILE = osp.join(ROOT, 'configs', 'metafile.yml')
-REGION = re.compile(r'<!-- metafile_tables\.py (\w+) -->\n(.*?)'
-                    r'<!-- metafile_tables\.py end -->', re.S)
+REGION = re.compile(
+    r'<!-- metafile_tables\.py (\w+) -->\n(.*?)'
+    r'<!-- metafile_tables\.py end -->', re.S)
 WITHOUT_ATTENTION = 'FLOPs without attention products (G)'
 #: How a metric is named in the tables' text cells.
 METRIC_LABELS = {'Top 1 Accuracy': 'top-1'}
@@ -85,8 +86,9 @@ def _results(results, first_only=False):
     groups = {}
     for result in results or []:
         metrics = list(result['Metrics'].items())[:1 if first_only else None]
-        groups.setdefault(result['Dataset'], []).extend(
-            f'{METRIC_LABELS.get(k, k)} {_given(v)}' for k, v in metrics)
+        groups.setdefault(result['Dataset'],
+                          []).extend(f'{METRIC_LABELS.get(k, k)} {_given(v)}'
+                                     for k, v in metrics)
     return '; '.join(f'{d}: {", ".join(m)}' for d, m in groups.items()) or '–'
 
 
@@ -109,8 +111,9 @@ def readme_table(models, root=''):
         rows.append([
             _link(model, root),
             meta.get('Input Size (W x H)', '–'),
-            _pair(_fixed(meta.get('Parameters (M)'), 2),
-                  _given(paper.get('Parameters (M)'))),
+            _pair(
+                _fixed(meta.get('Parameters (M)'), 2),
+                _given(paper.get('Parameters (M)'))),
             _pair(flops, _given(paper.get(flops_key))),
             _results(paper.get('Results'), first_only=True),
             _results(model.get('Results'), first_only=True),
@@ -122,8 +125,8 @@ def readme_table(models, root=''):
     text += '\n\nAccuracies (top-1, AP, mIoU) in %.'
     if with_attention:
         text += (' ¹ Counted as the paper\'s detection table counts, '
-                 'without the attention products (q·kᵀ, attn·v); with them: '
-                 + ', '.join(with_attention) + '.')
+                 'without the attention products (q·kᵀ, attn·v); with them: ' +
+                 ', '.join(with_attention) + '.')
     return text
 
 
@@ -143,8 +146,8 @@ def classifiers_table(models, root=''):
             _given(paper['FLOPs (G)'])
         ])
     return _table([
-        'variant', 'input', 'params (M)', 'paper params (M)',
-        'FLOPs macs (G)', 'FLOPs mmengine (G)', 'paper FLOPs (G)'
+        'variant', 'input', 'params (M)', 'paper params (M)', 'FLOPs macs (G)',
+        'FLOPs mmengine (G)', 'paper FLOPs (G)'
     ], rows)
 
 
@@ -213,9 +216,9 @@ def paper_coco_table(models, root=''):
 def results_table(models, root=''):
     """Every result measured here."""
     rows = [[
-        _link(model, root), result['Task'], result['Dataset'], ', '.join(
-            f'{METRIC_LABELS.get(k, k)} {_given(v)}'
-            for k, v in result['Metrics'].items())
+        _link(model, root), result['Task'], result['Dataset'],
+        ', '.join(f'{METRIC_LABELS.get(k, k)} {_given(v)}'
+                  for k, v in result['Metrics'].items())
     ] for model in models for result in model.get('Results', [])]
     return _table(['model', 'task', 'dataset', 'metrics'], rows)
 
@@ -277,16 +280,25 @@ def updated(text, path, models=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('names', nargs='*', metavar='NAME_OR_FILE',
-                        help=f'tables to print (of: {", ".join(TABLES)}); '
-                        'with --update or --check: markdown files')
-    parser.add_argument('--root', default='',
-                        help='prefix of links to files of the repository')
+    parser.add_argument(
+        'names',
+        nargs='*',
+        metavar='NAME_OR_FILE',
+        help=f'tables to print (of: {", ".join(TABLES)}); '
+        'with --update or --check: markdown files')
+    parser.add_argument(
+        '--root',
+        default='',
+        help='prefix of links to files of the repository')
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument('--update', action='store_true',
-                      help='rewrite the marked regions of markdown files')
-    mode.add_argument('--check', action='store_true',
-                      help='exit 1 if a marked region is not up to date')
+    mode.add_argument(
+        '--update',
+        action='store_true',
+        help='rewrite the marked regions of markdown files')
+    mode.add_argument(
+        '--check',
+        action='store_true',
+        help='exit 1 if a marked region is not up to date')
     args = parser.parse_args(argv)
     models = load_models()
     if not (args.update or args.check):
@@ -297,8 +309,10 @@ def main(argv=None):
                              f'{", ".join(TABLES)}')
         blocks = [render(name, models, args.root) for name in names]
         if len(names) > 1:  # each under the marker that holds it in a page
-            blocks = [f'<!-- metafile_tables.py {name} -->\n\n{block}'
-                      for name, block in zip(names, blocks)]
+            blocks = [
+                f'<!-- metafile_tables.py {name} -->\n\n{block}'
+                for name, block in zip(names, blocks)
+            ]
         print('\n\n'.join(blocks))
         return 0
     stale = []

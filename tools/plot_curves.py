@@ -6,7 +6,7 @@ iteration, AP or mIoU per evaluation, from the scalars mmengine logged.
 Writes ``WORK_DIR/training_curves.png`` by default (never over an existing
 file unless it is the one named with ``--out``) and prints its path.
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 import os.path as osp
 

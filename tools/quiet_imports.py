@@ -7,5 +7,6 @@ filtered; every warning about the run itself is shown."""
 import warnings
 
 warnings.filterwarnings(
-    'ignore', message='pkg_resources is deprecated as an API',
+    'ignore',
+    message='pkg_resources is deprecated as an API',
     category=UserWarning)

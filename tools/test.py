@@ -18,29 +18,33 @@ autocast (bfloat16 on CPUs that support it; fp16 on CUDA) while box
 decoding, NMS and resizing stay in float32
 (:func:`mmcmt.utils.autocast_networks`).
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 import os
 
 from mmcmt.engine import (UsageError, add_runner_arguments, build_runner,
-                          check_data, check_file, check_images,
-                          load_config, parse_runner_args, run_main)
+                          check_data, check_file, check_images, load_config,
+                          parse_runner_args, run_main)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test a CMT model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint file')
-    parser.add_argument('--onnx', metavar='DIR',
-                        help='a detector exported by tools/deploy_onnx.py, '
-                        'instead of a checkpoint')
+    parser.add_argument(
+        '--onnx',
+        metavar='DIR',
+        help='a detector exported by tools/deploy_onnx.py, '
+        'instead of a checkpoint')
     parser.add_argument('--show-dir', help='write prediction pictures here')
     parser.add_argument(
-        '--amp', choices=['bf16', 'fp16'],
+        '--amp',
+        choices=['bf16', 'fp16'],
         help='run the networks (backbone, neck, heads) under autocast to '
         'this dtype; post-processing stays in float32')
     parser.add_argument(
-        '--out', help='dump results: a .pkl file for detection, a directory '
+        '--out',
+        help='dump results: a .pkl file for detection, a directory '
         'of masks for segmentation')
     add_runner_arguments(parser)
     return parse_runner_args(parser, argv)
@@ -100,10 +104,12 @@ def main(argv=None):
         attach_onnx(runner.model, args.onnx)
     if args.amp:
         from mmengine.model import is_model_wrapper
+
         from mmcmt.utils import autocast_networks
         model = runner.model
-        autocast_networks(model.module if is_model_wrapper(model) else model,
-                          args.amp, next(model.parameters()).device.type)
+        autocast_networks(
+            model.module if is_model_wrapper(model) else model, args.amp,
+            next(model.parameters()).device.type)
     if args.out and not segmentation:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(

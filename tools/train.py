@@ -6,7 +6,7 @@
 The library is told by the config's ``default_scope``. Multi-GPU and
 multi-node runs go through ``tools/dist_train.sh`` (torchrun).
 """
-import quiet_imports  # noqa: F401  (first: third-party import noise)
+import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 
 from mmcmt.engine import (UsageError, add_runner_arguments, build_runner,
@@ -17,12 +17,19 @@ from mmcmt.engine import (UsageError, add_runner_arguments, build_runner,
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a CMT model')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision training')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the lr by the actual total batch size')
     parser.add_argument(
-        '--resume', nargs='?', type=str, const='auto',
+        '--amp',
+        action='store_true',
+        help='automatic mixed precision training')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the lr by the actual total batch size')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
         help='resume from this checkpoint, or without a path from the latest '
         'checkpoint in the work dir')
     add_runner_arguments(parser)

@@ -89,7 +89,7 @@ def bad_images(dataset) -> List[Tuple[int, str, str]]:
 
 def describe(found, limit: int = 5) -> str:
     """``'PATH is truncated, PATH is empty (0 bytes) (+3 more)'``."""
-    shown = ', '.join(f'{path} {problem}' for _, path, problem in
-                      found[:limit])
+    shown = ', '.join(f'{path} {problem}'
+                      for _, path, problem in found[:limit])
     return shown + (f' (+{len(found) - limit} more)'
                     if len(found) > limit else '')

@@ -104,8 +104,8 @@ def make_synthetic_ade(out_dir,
             _write_png(osp.join(label_dir, name + '.png'), label)
             shapes_written += len(shapes)
             pixels += np.bincount(label.ravel(), minlength=len(pixels))
-        summary[split] = dict(images=num_images, shapes=shapes_written,
-                              pixels=pixels.tolist())
+        summary[split] = dict(
+            images=num_images, shapes=shapes_written, pixels=pixels.tolist())
     return summary
 
 

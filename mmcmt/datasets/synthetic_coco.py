@@ -83,17 +83,25 @@ def make_synthetic_coco(out_dir,
             file_name = f'{image_id:012d}.jpg'
             write_jpeg(osp.join(out_dir, split, file_name), image)
             images.append(
-                dict(id=image_id, file_name=file_name, width=width,
-                     height=height))
+                dict(
+                    id=image_id,
+                    file_name=file_name,
+                    width=width,
+                    height=height))
             for obj in objects:
                 annotations.append(
-                    dict(id=len(annotations) + 1, image_id=image_id,
-                         iscrowd=0, **obj))
+                    dict(
+                        id=len(annotations) + 1,
+                        image_id=image_id,
+                        iscrowd=0,
+                        **obj))
         coco = dict(
-            info=dict(description='mmcmt synthetic shapes (COCO format)',
-                      version='1.0', year=2024,
-                      contributor='mmcmt.datasets.make_synthetic_coco',
-                      seed=seed),
+            info=dict(
+                description='mmcmt synthetic shapes (COCO format)',
+                version='1.0',
+                year=2024,
+                contributor='mmcmt.datasets.make_synthetic_coco',
+                seed=seed),
             licenses=[],
             images=images,
             annotations=annotations,
@@ -101,8 +109,9 @@ def make_synthetic_coco(out_dir,
                 dict(id=i + 1, name=name, supercategory='shape')
                 for i, name in enumerate(CLASSES)
             ])
-        with open(osp.join(out_dir, 'annotations', f'instances_{split}.json'),
-                  'w') as f:
+        with open(
+                osp.join(out_dir, 'annotations', f'instances_{split}.json'),
+                'w') as f:
             json.dump(coco, f)
         summary[split] = dict(images=len(images), objects=len(annotations))
     return summary
@@ -139,10 +148,14 @@ def _draw_image(rng, width, height):
     for label, mask, polygon in shapes:
         x0, y0, x1, y1 = _mask_box(mask)
         objects.append(
-            dict(category_id=label + 1,
-                 bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                 area=float(mask.sum()),
-                 segmentation=[[round(float(v), 2) for v in polygon.ravel()]]))
+            dict(
+                category_id=label + 1,
+                bbox=[float(x0),
+                      float(y0),
+                      float(x1 - x0),
+                      float(y1 - y0)],
+                area=float(mask.sum()),
+                segmentation=[[round(float(v), 2) for v in polygon.ravel()]]))
     return image, objects
 
 
@@ -191,10 +204,11 @@ def _background(rng, width, height):
         a, b = rng.uniform(0, 255, (2, 3))
         image = a + t[..., None] * (b - a)
     elif kind == 'noise':
-        cells = rng.uniform(0, 255, (int(rng.integers(3, 9)),
-                                     int(rng.integers(3, 9)), 3))
-        image = cv2.resize(cells.astype(np.float32), (width, height),
-                           interpolation=cv2.INTER_CUBIC)
+        cells = rng.uniform(
+            0, 255, (int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3))
+        image = cv2.resize(
+            cells.astype(np.float32), (width, height),
+            interpolation=cv2.INTER_CUBIC)
         image = image + rng.normal(0, 12, image.shape)
     else:  # stripes
         angle = rng.uniform(0, np.pi)

@@ -8,16 +8,18 @@ from mmengine.model import BaseModule
 
 from ..compat import register_load_state_dict_pre_hook
 from .backbones.cmt import CMT, init_cmt_weights
+from .utils.checkpoint import load_checked, pop_official_cmt, read_checkpoint
 from .utils.fuse import fold_bn_into_producer
-from .utils.checkpoint import (load_checked, pop_official_cmt,
-                               read_checkpoint)
 
 
 class CMTClsHead(nn.Module):
     """1x1 convolution, BatchNorm, swish, global average pooling, dropout and
     a linear classifier. ``(B, C, H, W) -> (B, num_classes)``."""
 
-    def __init__(self, in_channels: int, fc_dim: int, num_classes: int,
+    def __init__(self,
+                 in_channels: int,
+                 fc_dim: int,
+                 num_classes: int,
                  dropout: float = 0.):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, fc_dim, 1)

@@ -27,7 +27,10 @@ def random_official_state_dict(shapes, seed=0):
     return sd
 
 
-def custom_arch_official_shapes(model_cls, arch, fc_dim=64, num_classes=10,
+def custom_arch_official_shapes(model_cls,
+                                arch,
+                                fc_dim=64,
+                                num_classes=10,
                                 img_size=64):
     """Official-layout key shapes for a custom arch, derived from the key
     pattern of the released files (not from mmcmt's modules)."""

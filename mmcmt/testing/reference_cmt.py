@@ -66,8 +66,8 @@ def _block(x, sd, name, H, W, heads, sr, rel_pos):
     # IRFFN
     y = _ln(x, sd, f'{name}.norm2', 1e-6)
     m = y.transpose(1, 2).reshape(B, C, H, W)
-    m = _bn(F.gelu(_conv(m, sd, f'{name}.mlp.conv1.0')), sd,
-            f'{name}.mlp.conv1.2')
+    m = _bn(
+        F.gelu(_conv(m, sd, f'{name}.mlp.conv1.0')), sd, f'{name}.mlp.conv1.2')
     hidden = m.shape[1]
     m = _conv(m, sd, f'{name}.mlp.proj', padding=1, groups=hidden) + m
     m = _bn(F.gelu(m), sd, f'{name}.mlp.proj_bn')
@@ -75,21 +75,25 @@ def _block(x, sd, name, H, W, heads, sr, rel_pos):
     return x + m.flatten(2).transpose(1, 2)
 
 
-def reference_cmt(sd, x, depths, num_heads, sr_ratios=(8, 4, 2, 1),
+def reference_cmt(sd,
+                  x,
+                  depths,
+                  num_heads,
+                  sr_ratios=(8, 4, 2, 1),
                   bn_training=False):
     """Stage outputs ``[(B, C_i, H_i, W_i)] * 4`` and, when the state dict
     has the head, the logits ``(B, classes)`` (else None)."""
     BN_TRAINING[0] = bn_training
     for i in (1, 2, 3):
-        x = _conv(x, sd, f'stem_conv{i}', stride=2 if i == 1 else 1,
-                  padding=1)
+        x = _conv(x, sd, f'stem_conv{i}', stride=2 if i == 1 else 1, padding=1)
         x = _bn(F.gelu(x), sd, f'stem_norm{i}')
     outs = []
     for s, stage in enumerate(STAGES):
         x = _conv(x, sd, f'patch_embed_{stage}.proj', stride=2)
         B, C, H, W = x.shape
-        x = _ln(x.flatten(2).transpose(1, 2), sd, f'patch_embed_{stage}.norm',
-                1e-5)
+        x = _ln(
+            x.flatten(2).transpose(1, 2), sd, f'patch_embed_{stage}.norm',
+            1e-5)
         for j in range(depths[s]):
             x = _block(x, sd, f'blocks_{stage}.{j}', H, W, num_heads[s],
                        sr_ratios[s], sd[f'relative_pos_{stage}'])
@@ -121,8 +125,8 @@ class NaiveCMT(nn.Module):
         self.weights = nn.ParameterDict()
         for key, value in state_dict.items():
             name = key.replace('.', '__')
-            if key.endswith(('running_mean', 'running_var',
-                             'num_batches_tracked')):
+            buffer = ('running_mean', 'running_var', 'num_batches_tracked')
+            if key.endswith(buffer):
                 self.register_buffer(name, value.clone())
             else:
                 self.weights[name] = nn.Parameter(value.clone())
@@ -137,8 +141,8 @@ class NaiveCMT(nn.Module):
             infer_square_grid, resize_relative_position_bias)
         sd = self.state()
         H, W = x.shape[-2:]
-        for s, (stage, sr) in enumerate(zip(STAGES,
-                                            self.settings['sr_ratios'])):
+        for s, (stage,
+                sr) in enumerate(zip(STAGES, self.settings['sr_ratios'])):
             bias = sd[f'relative_pos_{stage}']
             src = infer_square_grid(bias.shape[1])
             grid = (H // (4 << s), W // (4 << s))
@@ -149,4 +153,3 @@ class NaiveCMT(nn.Module):
                                 self.settings['num_heads'],
                                 self.settings['sr_ratios'], self.training)
         return tuple(outs)
-

@@ -16,11 +16,12 @@ import torch.nn as nn
 AMP_DTYPES = dict(bf16=torch.bfloat16, fp16=torch.float16)
 #: The network modules of mmdet and mmseg models (absent ones are skipped).
 NETWORK_MODULES = ('backbone', 'neck', 'bbox_head', 'rpn_head',
-                   'roi_head.bbox_head', 'roi_head.mask_head',
-                   'decode_head', 'auxiliary_head')
+                   'roi_head.bbox_head', 'roi_head.mask_head', 'decode_head',
+                   'auxiliary_head')
 
 
-def autocast_networks(model: nn.Module, amp: str,
+def autocast_networks(model: nn.Module,
+                      amp: str,
                       device_type: str = 'cpu') -> nn.Module:
     """Run ``model``'s network modules under autocast to ``amp`` (``'bf16'``
     or ``'fp16'``), their outputs cast back to float32; in place. Returns
@@ -37,8 +38,7 @@ def autocast_networks(model: nn.Module, amp: str,
             continue
         heads = module if isinstance(module, nn.ModuleList) else [module]
         for head in heads:
-            head.forward = _autocast_forward(head.forward, dtype,
-                                             device_type)
+            head.forward = _autocast_forward(head.forward, dtype, device_type)
     return model
 
 

@@ -38,8 +38,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, inputs: Tuple[torch.Tensor, ...]
-                ) -> Dict[str, object]:
+def count_flops(model: nn.Module, inputs: Tuple[torch.Tensor,
+                                                ...]) -> Dict[str, object]:
     """Trace ``model(*inputs)`` and count FLOPs.
 
     Returns:
@@ -48,8 +48,7 @@ def count_flops(model: nn.Module, inputs: Tuple[torch.Tensor, ...]
     """
     from mmengine.analysis import FlopAnalyzer
     analyzer = FlopAnalyzer(model, inputs)
-    analyzer.set_op_handle('aten::scaled_dot_product_attention',
-                           sdpa_flop_jit)
+    analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
     by_operator = Counter(analyzer.by_operator())

@@ -57,8 +57,10 @@ def plot_training_curves(work_dir: str, out_file: str) -> str:
     iters = [e['iter'] for e in train]
 
     for key in losses:
-        axes[0].plot(iters, [e.get(key, float('nan')) for e in train],
-                     label=key, linewidth=2.2 if key == 'loss' else 1.2)
+        axes[0].plot(
+            iters, [e.get(key, float('nan')) for e in train],
+            label=key,
+            linewidth=2.2 if key == 'loss' else 1.2)
     axes[0].set(title='training losses', xlabel='iteration', ylabel='loss')
     axes[0].legend(fontsize=8)
 
@@ -69,11 +71,12 @@ def plot_training_curves(work_dir: str, out_file: str) -> str:
     if metrics:
         steps = [e['step'] for e in evaluations]
         for key in metrics:
-            axes[2].plot(steps, [e.get(key, float('nan'))
-                                 for e in evaluations],
-                         marker='o', label=key)
-        axes[2].set(title='evaluation',
-                    xlabel='epoch' if by_epoch else 'iteration')
+            axes[2].plot(
+                steps, [e.get(key, float('nan')) for e in evaluations],
+                marker='o',
+                label=key)
+        axes[2].set(
+            title='evaluation', xlabel='epoch' if by_epoch else 'iteration')
         axes[2].legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)

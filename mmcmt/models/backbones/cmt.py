@@ -24,13 +24,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...compat import register_load_state_dict_pre_hook
 from ..utils.attention import biased_attention, factored_biased_attention
-from ..utils.fuse import (fold_bn_into_consumer, fold_bn_into_producer,
-                          folded_weights)
-from ..utils.inference import (batch_norm_, conv_gelu, derived,
-                               inference_path, linear_gelu, map_pieces,
-                               onednn, tensors_of)
 from ..utils.checkpoint import (is_official_cmt, load_checked,
                                 pop_official_cmt, read_checkpoint)
+from ..utils.fuse import (fold_bn_into_consumer, fold_bn_into_producer,
+                          folded_weights)
+from ..utils.inference import (batch_norm_, conv_gelu, derived, inference_path,
+                               linear_gelu, map_pieces, onednn, tensors_of)
 from ..utils.relative_position import (factored_relative_position_bias,
                                        infer_square_grid,
                                        resize_relative_position_bias)
@@ -89,14 +88,17 @@ def maybe_checkpoint(enabled: bool, module: nn.Module, *inputs):
     autograd would keep the module's activations: for its inputs' gradients
     or for its own parameters' (behind a frozen layer, the input of a
     trainable one needs no gradient)."""
-    if not (enabled and torch.is_grad_enabled() and (
-            any(t.requires_grad for t in inputs)
-            or any(p.requires_grad for p in module.parameters()))):
+    if not (enabled and torch.is_grad_enabled() and
+            (any(t.requires_grad
+                 for t in inputs) or any(p.requires_grad
+                                         for p in module.parameters()))):
         return module(*inputs)
     return cp.checkpoint(
-        module, *inputs, use_reentrant=False,
-        context_fn=lambda: (contextlib.nullcontext(),
-                            keep_bn_statistics(module)))
+        module,
+        *inputs,
+        use_reentrant=False,
+        context_fn=lambda:
+        (contextlib.nullcontext(), keep_bn_statistics(module)))
 
 
 @contextlib.contextmanager
@@ -208,7 +210,6 @@ class LightweightAttention(nn.Module):
             out = biased_attention(q, k, v, bias, self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
 
-
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
         """The key/value reduction; in eval mode its BatchNorm is folded
         into the convolution."""
@@ -270,8 +271,8 @@ class IRFFN(nn.Module):
             top, bottom = max(rows.start - 1, 0), min(rows.stop + 1, H)
             h = self._hidden(x[images, top:bottom], dw_weight)
             h = h[:, rows.start - top:rows.stop - top].reshape(-1, hidden)
-            torch.addmm(fc2_bias, h, fc2_weight.t(),
-                        out=out[images, rows].view(-1, C))
+            torch.addmm(
+                fc2_bias, h, fc2_weight.t(), out=out[images, rows].view(-1, C))
         return out
 
     def _hidden(self, x: torch.Tensor,
@@ -316,10 +317,12 @@ class CMTBlock(nn.Module):
             x = nhwc(conv_plus_identity(lpu, nchw(x)))
         # The branches' outputs are fresh tensors that autograd does not
         # keep: the residuals are added into them in place.
-        x = drop_path(self.attn(self.norm1(x), bias), self.drop_path_rate,
-                      self.training).add_(x)
-        return drop_path(self.ffn(self.norm2(x)), self.drop_path_rate,
-                         self.training).add_(x)
+        x = drop_path(
+            self.attn(self.norm1(x), bias), self.drop_path_rate,
+            self.training).add_(x)
+        return drop_path(
+            self.ffn(self.norm2(x)), self.drop_path_rate,
+            self.training).add_(x)
 
 
 class CMTStage(nn.Module):
@@ -400,8 +403,12 @@ class CMTStage(nn.Module):
 
     def _resize(self, bias, grid, out=None):
         return resize_relative_position_bias(
-            bias, self.pretrain_grid, self.key_grid(self.pretrain_grid), grid,
-            self.key_grid(grid), out=out)
+            bias,
+            self.pretrain_grid,
+            self.key_grid(self.pretrain_grid),
+            grid,
+            self.key_grid(grid),
+            out=out)
 
     def _resize_loaded_bias(self, module, state_dict, prefix, *args):
         """Adapt a bias saved at another grid (say, by a detector fine-tuned
@@ -470,7 +477,8 @@ class CMT(BaseModule):
     Example:
         >>> model = CMT('small').eval()
         >>> [tuple(o.shape) for o in model(torch.rand(1, 3, 800, 1199))]
-        [(1, 64, 200, 300), (1, 128, 100, 150), (1, 256, 50, 75), (1, 512, 25, 38)]
+        [(1, 64, 200, 300), (1, 128, 100, 150), (1, 256, 50, 75), \
+         (1, 512, 25, 38)]
     """
     arch_zoo = {
         **dict.fromkeys(['ti', 'tiny'], dict(
@@ -511,7 +519,9 @@ class CMT(BaseModule):
                                  'pretrained, not both')
             print_log(
                 'CMT(pretrained=...) is deprecated, use init_cfg=dict('
-                "type='Pretrained', checkpoint=...)", 'current', level=30)
+                "type='Pretrained', checkpoint=...)",
+                'current',
+                level=30)
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
 
@@ -742,8 +752,8 @@ class CMT(BaseModule):
         # of 32: the same result as padding by just enough, and in a traced
         # (ONNX) graph the amount follows the input size.
         x = F.pad(x, (0, MAX_STRIDE - 1, 0, MAX_STRIDE - 1))
-        x = x[..., :ceil_div(H, MAX_STRIDE) * MAX_STRIDE,
-              :ceil_div(W, MAX_STRIDE) * MAX_STRIDE]
+        x = x[..., :ceil_div(H, MAX_STRIDE) *
+              MAX_STRIDE, :ceil_div(W, MAX_STRIDE) * MAX_STRIDE]
         x = x.contiguous(memory_format=torch.channels_last)
         for layer in self.stem:
             # At stride 2 the stem's maps are the largest of the network.
@@ -753,8 +763,8 @@ class CMT(BaseModule):
             x = stage(x)
             if i in self.out_indices:
                 stride = 4 * 2**i
-                outs.append(x[..., :ceil_div(H, stride), :ceil_div(W, stride)]
-                            .contiguous())
+                outs.append(x[..., :ceil_div(H, stride), :ceil_div(W, stride)].
+                            contiguous())
         return tuple(outs)
 
 
@@ -769,8 +779,8 @@ def init_cmt_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Conv2d):
         fan_out = math.prod(module.kernel_size) * module.out_channels
-        nn.init.normal_(module.weight, 0, math.sqrt(2. / (fan_out //
-                                                         module.groups)))
+        nn.init.normal_(module.weight, 0,
+                        math.sqrt(2. / (fan_out // module.groups)))
         nn.init.zeros_(module.bias)
 
 

@@ -65,8 +65,8 @@ def factored_biased_attention(q: torch.Tensor, k: torch.Tensor,
         Tensor: ``(B, heads, N, d)``.
     """
     batch, heads = q.shape[:2]
-    q = torch.cat([q * scale, rows.unsqueeze(0).expand(batch, -1, -1, -1)],
-                  dim=-1)
+    q = torch.cat(
+        [q * scale, rows.unsqueeze(0).expand(batch, -1, -1, -1)], dim=-1)
     k = torch.cat([k, cols.expand(batch, heads, -1, -1)], dim=-1)
     return F.scaled_dot_product_attention(q, k, v, scale=1.)
 

@@ -21,10 +21,13 @@ from mmengine.logging import print_log
 from ...safe_load import is_url, load_file, load_url
 
 #: The release of the official CMT code with the ImageNet weights.
-RELEASE_URL = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1'
+RELEASE_URL = ('https://github.com/ggjy/CMT.pytorch/releases/download/'
+               'release-v1')
 #: The released file of each arch (the configs name them by URL).
 RELEASED_FILES = dict(
-    tiny='cmt_tiny.pth', xs='cmt_xs.pth', small='cmt_small.pth',
+    tiny='cmt_tiny.pth',
+    xs='cmt_xs.pth',
+    small='cmt_small.pth',
     base='cmt_base.pth')
 STAGE_NAMES = 'abcd'
 _OFFICIAL_KEY = re.compile(
@@ -46,6 +49,8 @@ _BLOCK = {
     'mlp.conv2.0': 'ffn.fc2',
     'mlp.conv2.1': 'ffn.norm3',
 }
+# Official key and value projections, fused into one kv layer.
+_KV_PARAMS = ('attn.k.weight', 'attn.k.bias', 'attn.v.weight', 'attn.v.bias')
 # Official 1x1 convolutions that mmcmt runs as linear layers on NHWC maps.
 _AS_LINEAR = ('ffn.fc1.weight', 'ffn.fc2.weight')
 
@@ -55,8 +60,9 @@ def is_official_cmt(keys: Iterable[str]) -> bool:
     return any(_OFFICIAL_KEY.match(k) for k in keys)
 
 
-def convert_official_cmt(state_dict: Dict[str, torch.Tensor]
-                         ) -> 'OrderedDict[str, torch.Tensor]':
+def convert_official_cmt(
+        state_dict: Dict[str,
+                         torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
     """Map a released CMT state dict to the :class:`CMTClassifier` layout.
 
     Backbone tensors come out under ``backbone.``, the classification head
@@ -69,8 +75,7 @@ def convert_official_cmt(state_dict: Dict[str, torch.Tensor]
         new = _convert_key(key)
         if new is None:
             out[key] = value
-        elif new.endswith(('attn.k.weight', 'attn.k.bias', 'attn.v.weight',
-                           'attn.v.bias')):
+        elif new.endswith(_KV_PARAMS):
             kv[new] = value
         else:
             if new.endswith(_AS_LINEAR) and value.dim() == 4:
@@ -87,8 +92,9 @@ def convert_official_cmt(state_dict: Dict[str, torch.Tensor]
     return out
 
 
-def pop_official_cmt(state_dict: Dict[str, torch.Tensor], prefix: str = ''
-                     ) -> Optional['OrderedDict[str, torch.Tensor]']:
+def pop_official_cmt(
+        state_dict: Dict[str, torch.Tensor],
+        prefix: str = '') -> Optional['OrderedDict[str, torch.Tensor]']:
     """For load-state-dict pre-hooks: when the keys under ``prefix`` are in
     the released layout, remove them from ``state_dict`` and return them
     converted (:func:`convert_official_cmt`, without ``prefix``); else None.
@@ -96,8 +102,10 @@ def pop_official_cmt(state_dict: Dict[str, torch.Tensor], prefix: str = ''
     own = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
     if not is_official_cmt(own):
         return None
-    return convert_official_cmt(
-        {k: state_dict.pop(full) for k, full in own.items()})
+    return convert_official_cmt({
+        k: state_dict.pop(full)
+        for k, full in own.items()
+    })
 
 
 def _convert_key(key: str) -> Optional[str]:
@@ -129,8 +137,9 @@ def _convert_key(key: str) -> Optional[str]:
     return None
 
 
-def read_checkpoint(path: str, prefix: Optional[str] = None
-                    ) -> 'OrderedDict[str, torch.Tensor]':
+def read_checkpoint(
+        path: str,
+        prefix: Optional[str] = None) -> 'OrderedDict[str, torch.Tensor]':
     """Read a state dict from a released or an mmcmt/mmengine checkpoint.
 
     Accepts the state dict at the top level or under ``model`` or

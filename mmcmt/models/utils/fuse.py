@@ -38,23 +38,24 @@ def bn_affine(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-def folded_weights(layer: Layer,
-                   before: Optional[nn.Module] = None,
-                   after: Optional[nn.Module] = None
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+def folded_weights(
+        layer: Layer,
+        before: Optional[nn.Module] = None,
+        after: Optional[nn.Module] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias that make ``layer`` compute ``after(layer(before(x)))``
     for eval-mode BatchNorms ``before`` and ``after`` (``None`` or
     ``nn.Identity`` stand for none), in the layer's dtype. ``before`` needs
     a layer that sees no padding: a Linear or an unpadded, ungrouped
     convolution."""
     weight = layer.weight.detach().double()
-    bias = (layer.bias.detach().double() if layer.bias is not None else
-            weight.new_zeros(weight.shape[0]))
+    bias = (
+        layer.bias.detach().double()
+        if layer.bias is not None else weight.new_zeros(weight.shape[0]))
     taps = [1] * (weight.dim() - 2)  # kernel dimensions of a convolution
     if isinstance(before, _BatchNorm):
-        if isinstance(layer, nn.Conv2d) and (
-                layer.groups != 1 or any(layer.padding)
-                or layer.padding_mode != 'zeros'):
+        if isinstance(layer, nn.Conv2d) and (layer.groups != 1 or any(
+                layer.padding) or layer.padding_mode != 'zeros'):
             raise ValueError('a BatchNorm folds into a following convolution '
                              'only when it is dense and unpadded')
         scale, shift = bn_affine(before)

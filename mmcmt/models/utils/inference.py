@@ -62,9 +62,11 @@ def conv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """``gelu(conv2d(x))``, for inference, on a channels-last ``(B, C, H,
     W)`` map; the output is channels-last too."""
     if onednn(x) and x.dtype == weight.dtype:
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, [padding] * 2, [stride] * 2, [1, 1], groups,
-            'gelu', [], 'none')
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias,
+                                                       [padding] * 2,
+                                                       [stride] * 2, [1, 1],
+                                                       groups, 'gelu', [],
+                                                       'none')
     return torch.ops.aten.gelu_(
         F.conv2d(x, weight, bias, stride, padding, 1, groups))
 
@@ -114,9 +116,8 @@ def batch_norm_(x: torch.Tensor, bn: nn.Module) -> torch.Tensor:
     (an ``nn.Identity`` left by ``fuse()``) is simply applied."""
     if not isinstance(bn, _BatchNorm):
         return bn(x)
-    scale, shift = derived(
-        bn, '_affine', tensors_of(bn),
-        lambda: tuple(v.to(x.dtype) for v in bn_affine(bn)))
+    scale, shift = derived(bn, '_affine', tensors_of(bn),
+                           lambda: tuple(v.to(x.dtype) for v in bn_affine(bn)))
     scale, shift = scale.view(-1, 1, 1), shift.view(-1, 1, 1)
     return torch.addcmul(shift, x, scale, out=x)
 

@@ -8,14 +8,14 @@ import torch.nn.functional as F
 Grid = Tuple[int, int]
 
 
-def resize_relative_position_bias(bias: torch.Tensor,
-                                  src_query: Grid,
-                                  src_key: Grid,
-                                  dst_query: Grid,
-                                  dst_key: Grid,
-                                  mode: str = 'bicubic',
-                                  out: Optional[torch.Tensor] = None
-                                  ) -> torch.Tensor:
+def resize_relative_position_bias(
+        bias: torch.Tensor,
+        src_query: Grid,
+        src_key: Grid,
+        dst_query: Grid,
+        dst_key: Grid,
+        mode: str = 'bicubic',
+        out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Resize a CMT relative position bias to other query and key grids.
 
     CMT stores a free bias for every (query position, key position) pair. It
@@ -79,18 +79,21 @@ def interpolation_matrix(src: int, dst: int, mode: str,
     """``(dst, src)``: the weights ``F.interpolate`` gives each source
     sample along one axis (the interpolation of the identity)."""
     eye = torch.eye(src, dtype=like.dtype, device=like.device)
-    x = F.interpolate(eye.reshape(1, src, src, 1), size=(dst, 1), mode=mode,
-                      align_corners=None if mode == 'nearest' else False)
+    x = F.interpolate(
+        eye.reshape(1, src, src, 1),
+        size=(dst, 1),
+        mode=mode,
+        align_corners=None if mode == 'nearest' else False)
     return x.reshape(src, dst).T
 
 
-def factored_relative_position_bias(bias: torch.Tensor,
-                                   src_query: Grid,
-                                   src_key: Grid,
-                                   dst_query: Grid,
-                                   dst_key: Grid,
-                                   mode: str = 'bicubic'
-                                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+def factored_relative_position_bias(
+        bias: torch.Tensor,
+        src_query: Grid,
+        src_key: Grid,
+        dst_query: Grid,
+        dst_key: Grid,
+        mode: str = 'bicubic') -> Tuple[torch.Tensor, torch.Tensor]:
     """The resized bias as a product of two thin factors, never formed.
 
     The resize is linear along each grid: ``resized = R_q · B · R_kᵀ`` per
@@ -109,12 +112,14 @@ def factored_relative_position_bias(bias: torch.Tensor,
     heads, num_queries, num_keys = _check_grids(bias, src_query, src_key)
     align = None if mode == 'nearest' else False
     x = bias.transpose(1, 2).reshape(heads, num_keys, *src_query)
-    x = F.interpolate(x, size=tuple(dst_query), mode=mode,
-                      align_corners=align)
+    x = F.interpolate(x, size=tuple(dst_query), mode=mode, align_corners=align)
     rows = x.flatten(2).transpose(1, 2)
     eye = torch.eye(num_keys, dtype=bias.dtype, device=bias.device)
-    x = F.interpolate(eye.reshape(1, num_keys, *src_key), size=tuple(dst_key),
-                      mode=mode, align_corners=align)
+    x = F.interpolate(
+        eye.reshape(1, num_keys, *src_key),
+        size=tuple(dst_key),
+        mode=mode,
+        align_corners=align)
     cols = x.reshape(num_keys, -1).transpose(0, 1)
     return rows, cols
 
