@@ -33,6 +33,7 @@ torch before 2.4 cannot be taught new safe globals (no ``add_safe_globals``):
 there the same allow-list is enforced by a restricted unpickler of this
 module's own, on top of torch's list of what weights need.
 """
+import _compat_pickle
 import hashlib
 import http.client
 import os
@@ -130,6 +131,10 @@ def _restricted_pickle() -> types.ModuleType:
     class Unpickler(pickle.Unpickler):
 
         def find_class(self, module, name):
+            # Python 2's names, which protocol 2 writes, as pickle maps them
+            module, name = _compat_pickle.NAME_MAPPING.get((module, name),
+                                                           (module, name))
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
             found = allowed.get(f'{module}.{name}')
             if found is None:
                 # worded as torch words it, for _refused_object

@@ -58,6 +58,40 @@ for spec in sys.argv[1:]:
 PY
 }
 
+# pch_compiler DIR: write DIR/c++, the C++ compiler for mmcv's build. The
+# first op that includes mmcv's common header (63 of its 77 files do) also
+# precompiles that header with its own flags; GCC uses the precompiled
+# header where the flags match (every op's do) and otherwise reads the
+# header as usual. Each op then compiles in 5 s of CPU instead of 24.
+pch_compiler() {
+  mkdir -p "$1"
+  cat > "$1/c++" <<SH
+#!/usr/bin/env bash
+real=$(command -v "${CXX:-c++}")
+SH
+  cat >> "$1/c++" <<'SH'
+src= args=()
+for ((i = 1; i <= $#; i++)); do
+  case "${!i}" in
+    -MF|-MT|-MQ|-o) i=$((i + 1)) ;;
+    -MMD|-MD|-c) ;;
+    *.cpp) src=${!i} ;;
+    *) args+=("${!i}") ;;
+  esac
+done
+header=${src%/ops/csrc/pytorch/*}/ops/csrc/common/pytorch_cpp_helper.hpp
+if [[ $src == */ops/csrc/pytorch/* && -f $header ]]; then
+  (
+    flock 9
+    [ -f "$header.gch" ] || { "$real" "${args[@]}" -x c++-header "$header" \
+      -o "$header.gch.part" && mv "$header.gch.part" "$header.gch"; }
+  ) 9> "$header.lock"
+fi
+exec "$real" "$@"
+SH
+  chmod +x "$1/c++"
+}
+
 if ! has "$TORCH"; then
   echo "[setup] installing $TORCH"
   "${PIP[@]}" "$TORCH" "$NUMPY"
@@ -78,11 +112,14 @@ if ! has mmcv==2.1.0 || ! "$PY" -c 'import mmcv.ops' 2>/dev/null; then
     heartbeat=$!
     trap 'kill $heartbeat 2>/dev/null || true' EXIT
     build=$(mktemp -d)
+    pch_compiler "$build/bin"
     # Python's own flags without -g: debug information took half of each
     # file's compile time (48 against 22 s of CPU for ops/nms.cpp) and most
     # of the wheel. (A CFLAGS variable replaces Python's flags, -O3 too.)
-    CFLAGS="-DNDEBUG -fwrapv -O3 -Wall -g0" MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip wheel --disable-pip-version-check -q \
-      --no-cache-dir --no-build-isolation --no-deps -w "$build" mmcv==2.1.0
+    CXX="$build/bin/c++" CFLAGS="-DNDEBUG -fwrapv -O3 -Wall -g0" \
+    MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip wheel \
+      --disable-pip-version-check -q --no-cache-dir --no-build-isolation \
+      --no-deps -w "$build" mmcv==2.1.0
     mkdir -p "$WHEELS"
     mv "$build"/mmcv-2.1.0-*.whl "$WHEELS"/
     rm -rf "$build"
