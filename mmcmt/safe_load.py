@@ -138,8 +138,9 @@ def _restricted_pickle() -> types.ModuleType:
             found = allowed.get(f'{module}.{name}')
             if found is None:
                 # worded as torch words it, for _refused_object
+                shown = name if module == 'builtins' else f'{module}.{name}'
                 raise pickle.UnpicklingError(
-                    f'Unsupported global: GLOBAL {module}.{name}')
+                    f'Unsupported global: GLOBAL {shown}')
             return found
 
     def load(file, **kwargs):

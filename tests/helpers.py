@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from mmcmt.safe_load import load_file
 from mmcmt.testing import (  # noqa: F401 (the tests import them from here)
     custom_arch_official_shapes, random_official_state_dict)
 
@@ -142,14 +143,14 @@ def check_resume(config, options, full, checkpoint, final, resumed, log_line):
     assert sorted(b) == [3, 4]
     for it in (3, 4):
         assert abs(a[it]['lr'] - b[it]['lr']) <= 1e-9 * abs(a[it]['lr'])
-    ck_a = torch.load(osp.join(full, final), weights_only=True)
-    ck_b = torch.load(osp.join(resumed, final), weights_only=True)
+    ck_a = load_file(osp.join(full, final))
+    ck_b = load_file(osp.join(resumed, final))
     assert ck_a['meta']['iter'] == ck_b['meta']['iter'] == 4
     steps = {int(s['step']) for s in ck_b['optimizer']['state'].values()}
     assert steps == {4}
     # the resumed run loaded the weights and optimizer state it resumed from
     # and trained on as the uninterrupted run did
-    start = torch.load(osp.join(full, checkpoint), weights_only=True)
+    start = load_file(osp.join(full, checkpoint))
     assert ck_a['state_dict'].keys() == ck_b['state_dict'].keys()
     assert any(not torch.equal(v, start['state_dict'][k])
                for k, v in ck_a['state_dict'].items())  # it did train

@@ -105,7 +105,8 @@ def one_line(result, *fragments, alone=True):
     lines = result.stderr.strip().splitlines()
     assert 'Traceback' not in result.stderr, result.stderr[-3000:]
     assert len(lines) == 1 or not alone, result.stderr[-3000:]
-    lines = lines[-1:]
+    lines = [line for line in lines if ': error: ' in line]
+    assert len(lines) == 1, result.stderr[-3000:]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]

@@ -10,6 +10,7 @@ from helpers import (ARCH_OF_VARIANT, official_shapes,
 
 from mmcmt.models import CMT, CMTClassifier
 from mmcmt.models.utils import convert_official_cmt, read_checkpoint
+from mmcmt.safe_load import load_file
 
 SHAPES = official_shapes()
 ROOT = __file__.rsplit('/tests/', 1)[0]
@@ -340,7 +341,7 @@ def test_convert_tool_round_trip(tmp_path, official_tiny):
     torch.save({'model': official_tiny}, src)
     tool = 'tools/convert_official_cmt.py'
     run_tool(tool, str(src), str(dst))
-    converted = torch.load(dst, weights_only=True)['state_dict']
+    converted = load_file(str(dst))['state_dict']
     assert not any(k.startswith(('head.', 'backbone.')) for k in converted)
     model = CMT('tiny')
     model.load_state_dict(converted, strict=True)

@@ -11,10 +11,10 @@ import sys
 import time
 
 import pytest
-import torch
 from helpers import ROOT, TIMEOUT, coco_options, run_tool
 
 from mmcmt.datasets import make_synthetic_coco
+from mmcmt.safe_load import load_file
 
 SYNTHETIC = 'configs/retinanet_cmt_ti_fpn_synthetic.py'
 ITERS_PER_EPOCH = 3
@@ -90,7 +90,7 @@ def test_killed_in_second_epoch_resumes(killed, tmp_path):
     assert f'resumed epoch: 1, iter: {ITERS_PER_EPOCH}' in out
     after = snapshot(str(resumed))
     assert after['epoch_1.pth'] == before['epoch_1.pth']  # byte for byte
-    final = torch.load(resumed / 'epoch_2.pth', weights_only=True)
+    final = load_file(str(resumed / 'epoch_2.pth'))
     assert final['meta']['epoch'] == 2
     assert final['meta']['iter'] == 2 * ITERS_PER_EPOCH
     assert after['last_checkpoint'].decode().endswith('epoch_2.pth')
@@ -111,7 +111,7 @@ def test_checkpoint_cut_short_is_not_resumed(killed, tmp_path):
                    *options(killed['tmp'] / 'coco')).stdout
     assert f'resumed epoch: 1, iter: {ITERS_PER_EPOCH}' in out
     assert (resumed / 'epoch_1.pth').read_bytes() == complete
-    second = torch.load(resumed / 'epoch_2.pth', weights_only=True)
+    second = load_file(str(resumed / 'epoch_2.pth'))
     assert second['meta']['epoch'] == 2
     assert second['meta']['iter'] == 2 * ITERS_PER_EPOCH
     # and naming the truncated file itself is one clean line, exit code 2

@@ -68,7 +68,9 @@ def factored_biased_attention(q: torch.Tensor, k: torch.Tensor,
     q = torch.cat(
         [q * scale, rows.unsqueeze(0).expand(batch, -1, -1, -1)], dim=-1)
     k = torch.cat([k, cols.expand(batch, heads, -1, -1)], dim=-1)
-    return F.scaled_dot_product_attention(q, k, v, scale=1.)
+    # explicit: the graph ONNX gets from SDPA anyway (MatMul, Softmax,
+    # MatMul), and torch 2.1's exporter cannot take SDPA's scale
+    return torch.softmax(q @ k.transpose(-2, -1), -1) @ v
 
 
 def _query_blocks(q: torch.Tensor, k: torch.Tensor):

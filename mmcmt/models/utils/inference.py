@@ -119,6 +119,8 @@ def batch_norm_(x: torch.Tensor, bn: nn.Module) -> torch.Tensor:
     scale, shift = derived(bn, '_affine', tensors_of(bn),
                            lambda: tuple(v.to(x.dtype) for v in bn_affine(bn)))
     scale, shift = scale.view(-1, 1, 1), shift.view(-1, 1, 1)
+    if autocast_enabled(x.device.type):  # torch 2.1 casts addcmul's inputs
+        return x.mul_(scale).add_(shift)
     return torch.addcmul(shift, x, scale, out=x)
 
 
