@@ -494,7 +494,8 @@ def _export_part(module: nn.Module, part: Part, args: tuple, fresh: nn.Module,
         warnings.simplefilter('ignore')  # tracer and deprecation chatter
         # The TorchScript exporter traces the size arithmetic (CMT's
         # padding and bias resizing, FPN's upsampling to the previous
-        # level's size) into the graph; see the README for the dynamo one.
+        # level's size) into the graph; docs/user_guides/deploy.md says
+        # why not the dynamo exporter.
         torch.onnx.export(
             _Flat(module, in_template, out_template).eval(),
             tuple(flat_in),

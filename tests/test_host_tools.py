@@ -341,8 +341,9 @@ def test_mmseg_resume(seg):
 
 def test_mmseg_get_flops_fails_for_its_own_reason(seg):
     """mmseg 1.2.2's get_flops passes both ``input_shape`` and ``inputs`` to
-    mmengine's counter, which mmengine 0.10 refuses, whatever the model; the
-    README says so and names tools/get_flops.py (tested elsewhere)."""
+    mmengine's counter, which mmengine 0.10 refuses, whatever the model;
+    docs/user_guides/host_tools.md says so and names tools/get_flops.py
+    (tested elsewhere)."""
     result = python(
         host_tool('mmseg', 'analysis_tools/get_flops.py'),
         seg['config'],

@@ -229,7 +229,7 @@ def test_benchmark_figures(tmp_path):
     assert 'heap: glibc defaults' in text
     assert '| ResNet-50 |' in text and '(1.00x [1.00x-1.00x])' in text
     assert 'CMT-S naive computes what CMT-S computes' in text
-    # the stream: the README's sizes scaled, in their order
+    # the stream: the documented sizes scaled, in their order
     assert '- COCO stream: 32x64, 32x32, 64x32, 32x64' in text
     r50, s = results['ResNet-50'], results['CMT-S']
 

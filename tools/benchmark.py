@@ -60,7 +60,8 @@ the released code would run on detection inputs). ``--compile`` adds
 multiply-adds (convolutions, linear layers and attention products). With
 ``--amp`` a column gives each backbone's relative error against float32 on
 the ``det`` input. The table is printed, written to ``--out`` (markdown)
-and followed by the README's goals, each checked.
+and followed by the speed and memory goals (docs/advanced_guides/
+speed_and_memory.md), each checked.
 """
 import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
@@ -803,7 +804,7 @@ def format_table(results, args):
 
 
 def check_goals(results):
-    """The README's speed and memory goals: ``[(goal, Figure, passed)]``,
+    """The speed and memory goals: ``[(goal, Figure, passed)]``,
     ratios per round."""
     r, s = results.get(BASELINE, {}), results.get('CMT-S', {})
     goals = []
