@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from mmcmt.safe_load import load_file
-from mmcmt.testing import (  # noqa: F401 (the tests import them from here)
+from mmcmt.reference import (  # noqa: F401 (the tests import them from here)
     custom_arch_official_shapes, random_official_state_dict)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

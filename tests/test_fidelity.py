@@ -13,7 +13,7 @@ from helpers import (ARCH_OF_VARIANT, custom_arch_official_shapes,
 
 from mmcmt.models import CMT, CMTClassifier
 from mmcmt.models.utils import resize_relative_position_bias
-from mmcmt.testing import reference_cmt
+from mmcmt.reference import reference_cmt
 
 TOL = 1e-5
 SHAPES = official_shapes()

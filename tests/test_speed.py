@@ -17,7 +17,7 @@ from mmcmt.models import CMT, CMTClassifier
 from mmcmt.models.utils import attention
 from mmcmt.models.utils.fuse import (fold_bn_into_consumer,
                                      fold_bn_into_producer)
-from mmcmt.testing import (custom_arch_official_shapes,
+from mmcmt.reference import (custom_arch_official_shapes,
                            random_official_state_dict)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -53,7 +53,7 @@ do: the timed runs take almost no page faults and measure the models'
 computation. ``--heap default`` leaves glibc's settings as they are.
 
 Rows: the backbones, ``CMT-S fused`` (:meth:`CMT.fuse`, inference only) and
-``CMT-S naive`` (:class:`mmcmt.testing.NaiveCMT`: separate q/k/v, an explicit
+``CMT-S naive`` (:class:`mmcmt.reference.NaiveCMT`: separate q/k/v, an explicit
 attention matrix, token/map reshapes, the bias resized on every forward, as
 the released code would run on detection inputs). ``--compile`` adds
 ``torch.compile`` rows (compile time reported in a note). Each row shows its
@@ -81,7 +81,7 @@ import torch
 
 from mmcmt.engine import run_main
 from mmcmt.models import CMT
-from mmcmt.testing import (NaiveCMT, custom_arch_official_shapes,
+from mmcmt.reference import (NaiveCMT, custom_arch_official_shapes,
                            random_official_state_dict)
 from mmcmt.utils import (autocast_networks, count_flops, count_params,
                          dummy_data_samples)

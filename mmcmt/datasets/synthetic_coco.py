@@ -29,6 +29,8 @@ import shutil
 import cv2
 import numpy as np
 
+from ..utils.files import check_new_folder
+
 #: Category names; their COCO category ids are 1..len(CLASSES), in order.
 CLASSES = ('circle', 'square', 'triangle', 'cross')
 
@@ -120,17 +122,15 @@ def make_synthetic_coco(out_dir,
 def prepare_out_dir(out_dir, names, overwrite):
     """Refuse a non-empty ``out_dir`` unless ``overwrite``, and then remove
     only the sub-folders ``names`` of an earlier data set."""
-    if osp.isdir(out_dir) and os.listdir(out_dir):
-        if not overwrite:
-            raise FileExistsError(
-                f'{out_dir} exists and is not empty; pass overwrite=True '
-                '(--overwrite) to replace its synthetic data set')
-        for name in names:
-            path = osp.join(out_dir, name)
-            if osp.isdir(path):
-                shutil.rmtree(path)
-    elif osp.exists(out_dir) and not osp.isdir(out_dir):
-        raise FileExistsError(f'{out_dir} exists and is not a folder')
+    if not overwrite or not osp.isdir(out_dir):
+        check_new_folder(
+            out_dir, 'pass overwrite=True (--overwrite) to replace its '
+            'synthetic data set')
+        return
+    for name in names:
+        path = osp.join(out_dir, name)
+        if osp.isdir(path):
+            shutil.rmtree(path)
 
 
 def write_jpeg(path, image):
