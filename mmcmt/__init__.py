@@ -1,5 +1,5 @@
 """mmcmt: CMT backbones for MMDetection and MMSegmentation."""
-from . import safe_load
+from .checkpoint import safe_load
 from .models import CMT, CMTClassifier
 from .registry import register_detection_hooks, register_models
 from .version import __version__

@@ -18,7 +18,8 @@ __all__ = [
 
 #: ``torch.serialization.add_safe_globals`` (torch 2.4+): the restricted
 #: unpickler of ``torch.load(weights_only=True)`` can be taught mmengine's
-#: objects. Without it :mod:`mmcmt.safe_load` brings its own unpickler.
+#: objects. Without it :mod:`mmcmt.checkpoint.safe_load` brings its own
+#: unpickler.
 HAS_SAFE_GLOBALS = hasattr(torch.serialization, 'add_safe_globals')
 
 

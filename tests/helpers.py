@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from mmcmt.safe_load import load_file
+from mmcmt.checkpoint.safe_load import load_file
 from mmcmt.reference import (  # noqa: F401 (the tests import them from here)
     custom_arch_official_shapes, random_official_state_dict)
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from helpers import ROOT, run_command
 
-from mmcmt import compat, safe_load
+from mmcmt import compat
+from mmcmt.checkpoint import safe_load
 from mmcmt.models.utils import attention
 
 

@@ -13,7 +13,7 @@ from helpers import (check_resume, coco_options, free_port, get_flops_rows,
 from mmcmt.datasets import make_synthetic_coco
 from mmcmt.datasets.synthetic_coco import CLASSES
 from mmcmt.engine import load_config
-from mmcmt.models.utils.checkpoint import RELEASE_URL, RELEASED_FILES
+from mmcmt.checkpoint import RELEASE_URL, RELEASED_FILES
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COCO_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*_coco.py')))

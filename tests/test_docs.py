@@ -12,7 +12,7 @@ import re
 import pytest
 import yaml
 
-from mmcmt.models.utils.checkpoint import RELEASE_URL, RELEASED_FILES
+from mmcmt.checkpoint import RELEASE_URL, RELEASED_FILES
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 README = osp.join(ROOT, 'README.md')

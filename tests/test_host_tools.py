@@ -17,7 +17,7 @@ import torch
 from helpers import ROOT, run_command
 
 from mmcmt.datasets import make_synthetic_ade, make_synthetic_coco
-from mmcmt.safe_load import load_file
+from mmcmt.checkpoint.safe_load import load_file
 
 
 def host_tool(package, name):

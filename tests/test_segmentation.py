@@ -17,7 +17,7 @@ from helpers import (check_resume, free_port, get_flops_rows, loader_options,
 from mmcmt.datasets import make_synthetic_ade
 from mmcmt.datasets.synthetic_ade import CLASSES
 from mmcmt.engine import load_config
-from mmcmt.models.utils.checkpoint import RELEASE_URL, RELEASED_FILES
+from mmcmt.checkpoint import RELEASE_URL, RELEASED_FILES
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ADE_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*_ade20k.py')))

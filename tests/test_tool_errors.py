@@ -10,7 +10,7 @@ from helpers import coco_options, run_tool
 
 from mmcmt.datasets import make_synthetic_coco
 from mmcmt.models import CMT
-from mmcmt.safe_load import CorruptCheckpointError, UntrustedCheckpointError
+from mmcmt.checkpoint.safe_load import CorruptCheckpointError, UntrustedCheckpointError
 
 SYNTHETIC = 'configs/retinanet_cmt_ti_fpn_synthetic.py'
 SEG_SYNTHETIC = 'configs/fpn_cmt_ti_synthetic_ade.py'

@@ -18,7 +18,7 @@ from helpers import (coco_options, free_port, official_shapes,
 
 from mmcmt.datasets import make_synthetic_coco
 from mmcmt.models import CMT
-from mmcmt.safe_load import (CorruptCheckpointError, DownloadError,
+from mmcmt.checkpoint.safe_load import (CorruptCheckpointError, DownloadError,
                              UntrustedCheckpointError, cached_download)
 
 SYNTHETIC = 'configs/retinanet_cmt_ti_fpn_synthetic.py'

@@ -16,8 +16,8 @@ import os
 import torch
 
 from mmcmt.engine import UsageError, run_main
-from mmcmt.models.utils import (convert_official_cmt, is_official_cmt,
-                                read_checkpoint)
+from mmcmt.checkpoint import (convert_official_cmt, is_official_cmt,
+                              read_checkpoint, sub_state_dict)
 
 
 def main(argv=None):
@@ -32,11 +32,7 @@ def main(argv=None):
     if not is_official_cmt(state_dict):
         raise UsageError(f'{args.src} is not in the layout of the released '
                          f'CMT checkpoints (stem_conv1, blocks_a.0 ...)')
-    backbone = {
-        k[len('backbone.'):]: v
-        for k, v in convert_official_cmt(state_dict).items()
-        if k.startswith('backbone.')
-    }
+    backbone = sub_state_dict(convert_official_cmt(state_dict), 'backbone.')
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     torch.save(
         {

@@ -8,7 +8,7 @@ from mmengine.model import BaseModule
 
 from ..compat import register_load_state_dict_pre_hook
 from .backbones.cmt import CMT, init_cmt_weights
-from .utils.checkpoint import load_checked, pop_official_cmt, read_checkpoint
+from ..checkpoint import load_checked, pop_official_cmt, read_checkpoint
 from .utils.fuse import fold_bn_into_producer
 
 

@@ -3,11 +3,15 @@
 A faithful, dense-prediction-ready implementation of the released CMT
 networks (Guo et al., CVPR 2022). The core depends only on torch and mmengine.
 
+Each module's ``forward`` is the paper's computation. In eval mode without
+gradients, the modules decorated with :func:`with_fast_path` run the same
+function faster (:mod:`.cmt_fast_path`, the only place of that path).
+
 Layout: inside a stage the feature map is kept as an NHWC tensor ``(B, H, W,
 C)``, which is at once the token sequence (LayerNorm and linear layers act on
-its last dimension) and, seen through ``permute(0, 3, 1, 2)``, a
-channels-last NCHW map for the depthwise convolutions and BatchNorms. No
-layout copies happen between tokens and maps.
+its last dimension) and a channels-last NCHW map for the depthwise
+convolutions and BatchNorms (:mod:`~mmcmt.models.utils.layout`). No layout
+copies happen between tokens and maps.
 """
 import contextlib
 import math
@@ -22,17 +26,18 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...checkpoint import (is_official_cmt, load_checked, pop_official_cmt,
+                          read_checkpoint, sub_state_dict)
 from ...compat import register_load_state_dict_pre_hook
 from ..utils.attention import biased_attention, factored_biased_attention
-from ..utils.checkpoint import (is_official_cmt, load_checked,
-                                pop_official_cmt, read_checkpoint)
-from ..utils.fuse import (fold_bn_into_consumer, fold_bn_into_producer,
-                          folded_weights)
-from ..utils.inference import (batch_norm_, conv_gelu, derived, inference_path,
-                               linear_gelu, map_pieces, onednn, tensors_of)
+from ..utils.fast_path import with_fast_path
+from ..utils.fuse import assign_weights, fold_bn_into_consumer
+from ..utils.fused_ops import conv_plus_identity
+from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
 from ..utils.relative_position import (factored_relative_position_bias,
                                        infer_square_grid,
                                        resize_relative_position_bias)
+from . import cmt_fast_path as fast
 
 #: Total stride of the backbone; inputs are padded to a multiple of it.
 MAX_STRIDE = 32
@@ -44,34 +49,10 @@ def ceil_div(size, divisor: int):
     return (size + divisor - 1) // divisor
 
 
-def nchw(x: torch.Tensor) -> torch.Tensor:
-    """View an NHWC tensor as a (channels-last) NCHW one, without a copy."""
-    return x.permute(0, 3, 1, 2)
-
-
-def nhwc(x: torch.Tensor) -> torch.Tensor:
-    """View a channels-last NCHW tensor as an NHWC one, without a copy."""
-    return x.permute(0, 2, 3, 1)
-
-
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """GELU, in place when no gradient will be needed (inference): a large
     fresh allocation costs about as much as the activation itself."""
     return F.gelu(x) if x.requires_grad else torch.ops.aten.gelu_(x)
-
-
-def plus_identity(conv: nn.Conv2d) -> torch.Tensor:
-    """The kernel of ``conv(x) + x`` for a depthwise convolution: the
-    identity on the kernel's centre tap. Exact, since zero padding never
-    reaches the centre tap, and it saves a pass over the map."""
-    weight = conv.weight.clone()
-    weight[:, :, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] += 1
-    return weight
-
-
-def conv_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x) + x`` for a depthwise convolution, as one convolution."""
-    return conv._conv_forward(x, plus_identity(conv), conv.bias)
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -127,12 +108,8 @@ class StemLayer(nn.Module):
             in_channels, out_channels, 3, stride=stride, padding=1)
         self.norm = nn.BatchNorm2d(out_channels)
 
+    @with_fast_path(fast.stem_layer)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if inference_path(self):
-            conv = self.conv
-            x = conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
-                          conv.padding[0], conv.groups)
-            return batch_norm_(x, self.norm)
         return self.norm(gelu(self.conv(x)))
 
 
@@ -148,7 +125,41 @@ class PatchAggregation(nn.Module):
         self.norm = nn.LayerNorm(embed_dims, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(nhwc(self.proj(x)))
+        return self.norm(nchw_to_nhwc(self.proj(x)))
+
+
+class LocalPerceptionUnit(nn.Conv2d):
+    """LPU: ``x + DWConv3x3(x)``, the kernel and the identity as one
+    convolution. ``(B, H, W, C) -> (B, H, W, C)``."""
+
+    def __init__(self, embed_dims: int):
+        super().__init__(
+            embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
+
+    @with_fast_path(fast.local_perception)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nchw_to_nhwc(conv_plus_identity(self, nhwc_to_nchw(x)))
+
+
+class SpatialReduction(nn.Sequential):
+    """The map that keys and values come from: a depthwise ``ratio`` x
+    ``ratio`` stride-``ratio`` convolution, then BatchNorm.
+    ``(B, C, H, W) -> (B, C, H/ratio, W/ratio)``."""
+
+    def __init__(self, embed_dims: int, ratio: int):
+        super().__init__(
+            OrderedDict(
+                conv=nn.Conv2d(
+                    embed_dims,
+                    embed_dims,
+                    ratio,
+                    stride=ratio,
+                    groups=embed_dims),
+                norm=nn.BatchNorm2d(embed_dims)))
+
+    @with_fast_path(fast.spatial_reduction)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
 
 
 class LightweightAttention(nn.Module):
@@ -175,15 +186,7 @@ class LightweightAttention(nn.Module):
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
-            self.sr = nn.Sequential(
-                OrderedDict(
-                    conv=nn.Conv2d(
-                        embed_dims,
-                        embed_dims,
-                        sr_ratio,
-                        stride=sr_ratio,
-                        groups=embed_dims),
-                    norm=nn.BatchNorm2d(embed_dims)))
+            self.sr = SpatialReduction(embed_dims, sr_ratio)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """
@@ -201,7 +204,7 @@ class LightweightAttention(nn.Module):
         heads = self.num_heads
         q = self.q(x).reshape(B, H * W, heads, -1).transpose(1, 2)
         if self.sr_ratio > 1:
-            x = nhwc(self._reduce(nchw(x)))
+            x = nchw_to_nhwc(self.sr(nhwc_to_nchw(x)))
         k, v = self.kv(x).reshape(B, -1, 2, heads,
                                   C // heads).permute(2, 0, 3, 1, 4)
         if isinstance(bias, tuple):  # factored (traced for export)
@@ -209,17 +212,6 @@ class LightweightAttention(nn.Module):
         else:
             out = biased_attention(q, k, v, bias, self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
-
-    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """The key/value reduction; in eval mode its BatchNorm is folded
-        into the convolution."""
-        if not inference_path(self):
-            return self.sr(x)
-        conv = self.sr.conv
-        weight, bias = derived(
-            self, '_sr_folded', tensors_of(self.sr),
-            lambda: folded_weights(conv, after=self.sr.norm))
-        return F.conv2d(x, weight, bias, conv.stride, 0, 1, conv.groups)
 
 
 class IRFFN(nn.Module):
@@ -240,50 +232,12 @@ class IRFFN(nn.Module):
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
         self.norm3 = nn.BatchNorm2d(embed_dims)
 
+    @with_fast_path(fast.irffn)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if inference_path(self):
-            return self._infer(x)
-        x = self.norm1(nchw(gelu(self.fc1(x))))
+        x = self.norm1(nhwc_to_nchw(gelu(self.fc1(x))))
         x = self.norm2(gelu(conv_plus_identity(self.dwconv, x)))
-        return nhwc(self.norm3(nchw(self.fc2(nhwc(x)))))
-
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval mode: each GELU inside its producer's kernel, norm2 and norm3
-        folded into fc2 (norm1 precedes a padded convolution and stays).
-
-        On a CPU the hidden map is computed a piece of a few megabytes at a
-        time (see :func:`map_pieces`): whole images, or bands of rows that
-        bring one row on either side for the depthwise convolution and keep
-        only their own rows of its output.
-        """
-        dwconv = self.dwconv
-        dw_weight = derived(self, '_dw_weight', tensors_of(dwconv),
-                            lambda: plus_identity(dwconv))
-        fc2_weight, fc2_bias = derived(
-            self, '_fc2_folded', tensors_of(self.fc2, self.norm2, self.norm3),
-            lambda: folded_weights(self.fc2, self.norm2, self.norm3))
-        if not onednn(x):  # CUDA or autocast: the whole map at once
-            return F.linear(self._hidden(x, dw_weight), fc2_weight, fc2_bias)
-        B, H, W, C = x.shape
-        hidden = dw_weight.shape[0]
-        out = torch.empty_like(x)
-        for images, rows in map_pieces(B, H, W * hidden * x.element_size()):
-            top, bottom = max(rows.start - 1, 0), min(rows.stop + 1, H)
-            h = self._hidden(x[images, top:bottom], dw_weight)
-            h = h[:, rows.start - top:rows.stop - top].reshape(-1, hidden)
-            torch.addmm(
-                fc2_bias, h, fc2_weight.t(), out=out[images, rows].view(-1, C))
-        return out
-
-    def _hidden(self, x: torch.Tensor,
-                dw_weight: torch.Tensor) -> torch.Tensor:
-        """fc1, GELU, norm1, the depthwise convolution (its kernel plus the
-        identity) and GELU: ``(B, H, W, C) -> (B, H, W, hidden)``."""
-        x = batch_norm_(
-            nchw(linear_gelu(x, self.fc1.weight, self.fc1.bias)), self.norm1)
-        return nhwc(
-            conv_gelu(x, dw_weight, self.dwconv.bias, 1,
-                      self.dwconv.padding[0], self.dwconv.groups))
+        x = self.fc2(nchw_to_nhwc(x))
+        return nchw_to_nhwc(self.norm3(nhwc_to_nchw(x)))
 
 
 class CMTBlock(nn.Module):
@@ -299,8 +253,7 @@ class CMTBlock(nn.Module):
                  sr_ratio: int,
                  drop_path_rate: float = 0.):
         super().__init__()
-        self.lpu = nn.Conv2d(
-            embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
+        self.lpu = LocalPerceptionUnit(embed_dims)
         self.norm1 = nn.LayerNorm(embed_dims, eps=1e-6)
         self.attn = LightweightAttention(embed_dims, num_heads, sr_ratio)
         self.norm2 = nn.LayerNorm(embed_dims, eps=1e-6)
@@ -308,13 +261,7 @@ class CMTBlock(nn.Module):
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        lpu = self.lpu
-        if inference_path(self):
-            weight = derived(self, '_lpu_weight', tensors_of(lpu),
-                             lambda: plus_identity(lpu))
-            x = nhwc(lpu._conv_forward(nchw(x), weight, lpu.bias))
-        else:
-            x = nhwc(conv_plus_identity(lpu, nchw(x)))
+        x = self.lpu(x)
         # The branches' outputs are fresh tensors that autograd does not
         # keep: the residuals are added into them in place.
         x = drop_path(
@@ -437,7 +384,7 @@ class CMTStage(nn.Module):
         bias = self.bias_for(x.shape[1:3])
         for block in self.blocks:
             x = maybe_checkpoint(self.with_cp, block, x, bias)
-        return nchw(x)
+        return nhwc_to_nchw(x)
 
 
 class CMT(BaseModule):
@@ -682,10 +629,7 @@ class CMT(BaseModule):
         if not is_official_cmt(state_dict) and any(
                 k.startswith('backbone.') for k in state_dict):
             # A classifier or detector checkpoint: take its backbone.
-            state_dict = {
-                k[len('backbone.'):]: v
-                for k, v in state_dict.items() if k.startswith('backbone.')
-            }
+            state_dict = sub_state_dict(state_dict, 'backbone.')
         load_checked(self, state_dict, checkpoint)
 
     @torch.no_grad()
@@ -707,15 +651,13 @@ class CMT(BaseModule):
         stem_out = self.stem[-1]
         fold_bn_into_consumer(stem_out.norm, self.stages[0].downsample.proj)
         stem_out.norm = nn.Identity()
-        for stage in self.stages:
-            for block in stage.blocks:
-                attn, ffn = block.attn, block.ffn
-                if attn.sr_ratio > 1:
-                    fold_bn_into_producer(attn.sr.conv, attn.sr.norm)
-                    attn.sr.norm = nn.Identity()
-                fold_bn_into_producer(ffn.fc2, ffn.norm3)
-                fold_bn_into_consumer(ffn.norm2, ffn.fc2)
-                ffn.norm2, ffn.norm3 = nn.Identity(), nn.Identity()
+        for module in list(self.modules()):  # the fast path's folds
+            if isinstance(module, SpatialReduction):
+                assign_weights(module.conv, *fast.reduction_weights(module))
+                module.norm = nn.Identity()
+            elif isinstance(module, IRFFN):
+                assign_weights(module.fc2, *fast.projection_weights(module))
+                module.norm2, module.norm3 = nn.Identity(), nn.Identity()
         self.fused = True
         return self
 
@@ -788,11 +730,13 @@ def _convert_official_backbone(module, state_dict, prefix, *args):
     """Load-state-dict pre-hook: accept a released checkpoint's layout,
     without its classification head."""
     converted = pop_official_cmt(state_dict, prefix)
-    for key, value in (converted or {}).items():
-        if key.startswith('backbone.'):
-            state_dict[prefix + key[len('backbone.'):]] = value
-        elif not key.startswith('head.'):
-            state_dict[prefix + key] = value  # not CMT's: reported
+    if converted is None:
+        return
+    # the backbone's tensors, and keys that are not CMT's (to be reported)
+    kept = sub_state_dict(converted, 'backbone.')
+    kept.update((k, v) for k, v in converted.items()
+                if not k.startswith(('backbone.', 'head.')))
+    state_dict.update((prefix + k, v) for k, v in kept.items())
 
 
 def _pair(size) -> Tuple[int, int]:

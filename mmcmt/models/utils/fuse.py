@@ -73,17 +73,20 @@ def folded_weights(
 @torch.no_grad()
 def fold_bn_into_producer(layer: Layer, bn: _BatchNorm) -> None:
     """Make ``layer`` compute ``bn(layer(x))``."""
-    _set(layer, *folded_weights(layer, after=bn))
+    assign_weights(layer, *folded_weights(layer, after=bn))
 
 
 @torch.no_grad()
 def fold_bn_into_consumer(bn: _BatchNorm, layer: Layer) -> None:
     """Make ``layer`` compute ``layer(bn(x))``; ``layer`` must be a Linear
     or an unpadded, ungrouped convolution."""
-    _set(layer, *folded_weights(layer, before=bn))
+    assign_weights(layer, *folded_weights(layer, before=bn))
 
 
-def _set(layer: Layer, weight: torch.Tensor, bias: torch.Tensor) -> None:
+@torch.no_grad()
+def assign_weights(layer: Layer, weight: torch.Tensor,
+                   bias: torch.Tensor) -> None:
+    """Write folded weights into ``layer`` (adding a bias if it has none)."""
     layer.weight.copy_(weight)
     if layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros_like(bias))

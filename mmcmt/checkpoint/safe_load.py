@@ -48,7 +48,7 @@ import uuid
 
 import torch
 
-from .compat import HAS_SAFE_GLOBALS
+from ..compat import HAS_SAFE_GLOBALS
 
 __all__ = [
     'CheckpointError', 'UntrustedCheckpointError', 'CorruptCheckpointError',

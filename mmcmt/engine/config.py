@@ -1,0 +1,76 @@
+"""Loading a detection or segmentation config and building its runner with
+the flags that mmdet's train.py and test.py take."""
+import os
+import os.path as osp
+from typing import Optional
+
+from mmengine.config import Config
+
+from .distributed import setup_cpu_distributed
+from .errors import UsageError
+
+
+LIBRARIES = {'mmdet': 'detection', 'mmseg': 'segmentation'}
+
+
+def load_config(path: str,
+                cfg_options: Optional[dict] = None,
+                work_dir: Optional[str] = None,
+                launcher: str = 'none') -> Config:
+    """Load a detection or segmentation config, apply ``--cfg-options`` and
+    set ``work_dir`` (CLI, else the config's, else
+    ``work_dirs/<config name>``) and the launcher."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file not found: {path!r}')
+    cfg = Config.fromfile(path)
+    if cfg.get('default_scope') not in LIBRARIES:
+        raise UsageError(
+            f'{path}: default_scope is {cfg.get("default_scope")!r}; mmcmt '
+            f'tools run mmdet (detection) and mmseg (segmentation) configs')
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('work_dirs',
+                                osp.splitext(osp.basename(path))[0])
+    return cfg
+
+
+def add_runner_arguments(parser) -> None:
+    """The flags train.py and test.py share, as mmdet spells them."""
+    from mmengine.config import DictAction
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value')
+    parser.add_argument(
+        '--launcher',
+        default='none',
+        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument(
+        '--skip-bad-images',
+        action='store_true',
+        help='leave out images whose files are unreadable (empty, truncated, '
+        'not images) instead of stopping before the run')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_runner_args(parser, argv=None):
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_runner(cfg: Config):
+    """mmengine's Runner (or the config's ``runner_type``), after making
+    distributed launches work without CUDA."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    setup_cpu_distributed(cfg)
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
