@@ -1,7 +1,6 @@
 """Shared test helpers: the released checkpoints' key shapes and arch
 names, running the tools (with a time limit), a free port, the resume
 check."""
-import glob
 import json
 import os
 import os.path as osp
@@ -18,6 +17,8 @@ import yaml
 from mmcmt.checkpoint.safe_load import load_file
 from mmcmt.reference import (  # noqa: F401 (the tests import them from here)
     custom_arch_official_shapes, random_official_state_dict)
+from mmcmt.utils import relative_error  # noqa: F401 (imported from here)
+from mmcmt.utils.curves import read_scalars
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METAFILE = osp.join(ROOT, 'configs', 'metafile.yml')
@@ -36,10 +37,6 @@ def official_shapes():
     the released checkpoints."""
     with open(SHAPES_FILE) as f:
         return json.load(f)
-
-
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
 #: Seconds a tool or command started by the tests may run (override with
@@ -112,14 +109,7 @@ def free_port():
 
 def scalars(work_dir):
     """Logged training scalars, by iteration, of every run in work_dir."""
-    logs = {}
-    for path in glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')):
-        with open(path) as f:
-            for line in f:
-                entry = json.loads(line)
-                if 'lr' in entry:
-                    logs[entry['iter']] = entry
-    return logs
+    return {entry['iter']: entry for entry in read_scalars(work_dir)[0]}
 
 
 def check_resume(config, options, full, checkpoint, final, resumed, log_line):

@@ -8,9 +8,9 @@ import torch
 from helpers import (ARCH_OF_VARIANT, official_shapes,
                      random_official_state_dict, run_tool)
 
-from mmcmt.models import CMT, CMTClassifier
 from mmcmt.checkpoint import convert_official_cmt, read_checkpoint
 from mmcmt.checkpoint.safe_load import load_file
+from mmcmt.models import CMT, CMTClassifier
 
 SHAPES = official_shapes()
 ROOT = __file__.rsplit('/tests/', 1)[0]

@@ -1,4 +1,4 @@
-"""Deploying whole detectors to ONNX Runtime (mmcmt/deploy.py and the
+"""Deploying whole detectors to ONNX Runtime (mmcmt.deploy and the
 tools' --onnx): the same detections and COCO AP as PyTorch through mmdet's
 own post-processing, at any input size, for RetinaNet, Mask R-CNN and
 Cascade Mask R-CNN."""
@@ -63,7 +63,7 @@ def config_with(path, options):
 @pytest.fixture(scope='module')
 def retinanet(tmp_path_factory):
     """RetinaNet CMT-Ti trained briefly on generated shapes, and its export
-    by tools/deploy_onnx.py (traced at 128x128)."""
+    by tools/export_detector_onnx.py (traced at 128x128)."""
     tmp = tmp_path_factory.mktemp('deploy')
     root = str(tmp / 'coco') + '/'
     make_synthetic_coco(root, num_train=0, num_val=4, img_size=(SIZE, SIZE))
@@ -73,7 +73,7 @@ def retinanet(tmp_path_factory):
     checkpoint = str(tmp / 'train' / 'epoch_20.pth')
     onnx_dir = str(tmp / 'onnx')
     image = osp.join(root, 'val2017', '000000000001.jpg')
-    deployed = run_tool('tools/deploy_onnx.py',
+    deployed = run_tool('tools/export_detector_onnx.py',
                         SYNTHETIC, checkpoint, onnx_dir, '--shape', str(SIZE),
                         str(SIZE), '--check-image', image, '--cfg-options',
                         *options).stdout
@@ -372,7 +372,7 @@ def test_error_paths(retinanet, tmp_path):
     os.makedirs(taken)
     (taken / 'notes.txt').write_text('mine')
     with pytest.raises(UsageError, match='exists and is not empty'):
-        tool('deploy_onnx').main(
+        tool('export_detector_onnx').main(
             [SYNTHETIC, retinanet['checkpoint'],
              str(taken)])
     assert os.listdir(taken) == ['notes.txt']
@@ -384,7 +384,7 @@ def test_error_paths(retinanet, tmp_path):
     untrusted = str(tmp_path / 'untrusted.pth')
     torch.save(dict(state_dict={}, payload=Payload()), untrusted)
     result = run_tool(
-        'tools/deploy_onnx.py',
+        'tools/export_detector_onnx.py',
         SYNTHETIC,
         untrusted,
         str(tmp_path / 'never'),

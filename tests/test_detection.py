@@ -10,10 +10,10 @@ import torch
 from helpers import (check_resume, coco_options, free_port, get_flops_rows,
                      metafile_model, run_command, run_tool)
 
+from mmcmt.checkpoint import RELEASE_URL, RELEASED_FILES
 from mmcmt.datasets import make_synthetic_coco
 from mmcmt.datasets.synthetic_coco import CLASSES
 from mmcmt.engine import load_config
-from mmcmt.checkpoint import RELEASE_URL, RELEASED_FILES
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COCO_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*_coco.py')))
@@ -214,8 +214,8 @@ def test_get_flops_reports_the_metafile_figures():
     from which the docs' tables are printed: the detector's, and the CMT-S
     backbone's (``Backbone Only`` of the ImageNet model)."""
     out = run_tool('tools/get_flops.py',
-                   'configs/retinanet_cmt_s_fpn_1x_coco.py', '--shape', '1280',
-                   '800').stdout
+                   'configs/retinanet_cmt_s_fpn_1x_coco.py', '--shape', '800',
+                   '1280').stdout
     rows = get_flops_rows(out)
     detector = metafile_model('retinanet_cmt_s_fpn_1x_coco')
     assert detector['Config'] == 'configs/retinanet_cmt_s_fpn_1x_coco.py'

@@ -13,8 +13,8 @@ import time
 import pytest
 from helpers import ROOT, TIMEOUT, coco_options, run_tool
 
-from mmcmt.datasets import make_synthetic_coco
 from mmcmt.checkpoint.safe_load import load_file
+from mmcmt.datasets import make_synthetic_coco
 
 SYNTHETIC = 'configs/retinanet_cmt_ti_fpn_synthetic.py'
 ITERS_PER_EPOCH = 3

@@ -16,8 +16,8 @@ import pytest
 import torch
 from helpers import ROOT, run_command
 
-from mmcmt.datasets import make_synthetic_ade, make_synthetic_coco
 from mmcmt.checkpoint.safe_load import load_file
+from mmcmt.datasets import make_synthetic_ade, make_synthetic_coco
 
 
 def host_tool(package, name):

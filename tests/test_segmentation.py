@@ -14,10 +14,10 @@ import torch
 from helpers import (check_resume, free_port, get_flops_rows, loader_options,
                      metafile_model, run_command, run_tool)
 
+from mmcmt.checkpoint import RELEASE_URL, RELEASED_FILES
 from mmcmt.datasets import make_synthetic_ade
 from mmcmt.datasets.synthetic_ade import CLASSES
 from mmcmt.engine import load_config
-from mmcmt.checkpoint import RELEASE_URL, RELEASED_FILES
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ADE_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*_ade20k.py')))
@@ -336,8 +336,8 @@ def test_get_flops_reports_the_metafile_figures():
     CMT-Ti backbone's figures of configs/metafile.yml (``Backbone Only`` of
     the ImageNet model; the same numbers at the printed precision), from
     which the docs' tables are printed."""
-    out = run_tool('tools/get_flops.py', SYNTHETIC, '--shape', '1280',
-                   '800').stdout
+    out = run_tool('tools/get_flops.py', SYNTHETIC, '--shape', '800',
+                   '1280').stdout
     rows = get_flops_rows(out)
     backbone = metafile_model('cmt-tiny_3rdparty_in1k')['Metadata']
     assert backbone['Arch'] == 'tiny'
@@ -445,7 +445,7 @@ def test_synthetic_ade_never_overwrites(tmp_path):
         make_synthetic_ade(root, num_train=1, num_val=1, img_size=(64, 64))
     assert digest(root) == before
     result = run_tool('tools/make_synthetic_ade.py', root, check=False)
-    assert result.returncode != 0
+    assert result.returncode == 2  # a usage error, as in every tool
     assert 'exists and is not empty' in result.stderr
     assert digest(root) == before
     # with overwrite the earlier set is replaced, other files are kept
@@ -460,8 +460,8 @@ def test_synthetic_ade_never_overwrites(tmp_path):
 
 def test_make_synthetic_ade_tool(tmp_path):
     out = run_tool('tools/make_synthetic_ade.py', str(tmp_path / 'ade'),
-                   '--num-train', '2', '--num-val', '1', '--size', '80',
-                   '64').stdout
+                   '--num-train', '2', '--num-val', '1', '--size', '64',
+                   '80').stdout
     assert 'training: 2 images' in out and 'validation: 1 images' in out
     image = cv2.imread(
         str(tmp_path / 'ade' / 'images' / 'validation' /

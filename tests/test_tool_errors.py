@@ -8,9 +8,10 @@ import pytest
 import torch
 from helpers import coco_options, run_tool
 
+from mmcmt.checkpoint.safe_load import (CorruptCheckpointError,
+                                        UntrustedCheckpointError)
 from mmcmt.datasets import make_synthetic_coco
 from mmcmt.models import CMT
-from mmcmt.checkpoint.safe_load import CorruptCheckpointError, UntrustedCheckpointError
 
 SYNTHETIC = 'configs/retinanet_cmt_ti_fpn_synthetic.py'
 SEG_SYNTHETIC = 'configs/fpn_cmt_ti_synthetic_ade.py'

@@ -16,10 +16,11 @@ import torch
 from helpers import (coco_options, free_port, official_shapes,
                      random_official_state_dict, run_tool)
 
+from mmcmt.checkpoint.safe_load import (CorruptCheckpointError, DownloadError,
+                                        UntrustedCheckpointError,
+                                        cached_download)
 from mmcmt.datasets import make_synthetic_coco
 from mmcmt.models import CMT
-from mmcmt.checkpoint.safe_load import (CorruptCheckpointError, DownloadError,
-                             UntrustedCheckpointError, cached_download)
 
 SYNTHETIC = 'configs/retinanet_cmt_ti_fpn_synthetic.py'
 SEG_SYNTHETIC = 'configs/fpn_cmt_ti_synthetic_ade.py'

@@ -32,11 +32,12 @@ def main(argv=None):
         '--detection-size',
         type=int,
         nargs=2,
-        default=[1280, 800],
-        metavar=('W', 'H'))
+        default=[800, 1280],
+        metavar=('H', 'W'),
+        help='height and width of the detection input (default: 800 1280)')
     parser.add_argument('--out', help='also write the tables to this file')
     args = parser.parse_args(argv)
-    W, H = args.detection_size
+    H, W = args.detection_size
 
     lines = [
         '| variant | input | params (M) | paper params (M) | FLOPs macs (G) '

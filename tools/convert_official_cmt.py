@@ -15,9 +15,9 @@ import os
 
 import torch
 
-from mmcmt.engine import UsageError, run_main
 from mmcmt.checkpoint import (convert_official_cmt, is_official_cmt,
                               read_checkpoint, sub_state_dict)
+from mmcmt.engine import UsageError, run_main
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 """Parameters and FLOPs of a detector or segmentor config, no dataset needed.
 
-    python tools/get_flops.py CONFIG [--shape W H]
+    python tools/get_flops.py CONFIG [--shape H [W]]
 
 Builds the model from the config (random weights: the backbone's
 ``init_cfg`` is not loaded), runs a random ``1 x 3 x H x W`` input through
@@ -39,12 +39,15 @@ def main(argv=None):
     parser.add_argument(
         '--shape',
         type=int,
-        nargs=2,
-        default=[1280, 800],
-        metavar=('W', 'H'),
-        help='input width and height')
+        nargs='+',
+        default=[800, 1280],
+        metavar='H W',
+        help='input height and width, or one side of a square (as mmdet\'s '
+        'tools take it); default 800 1280')
     args = parser.parse_args(argv)
-    W, H = args.shape
+    if len(args.shape) > 2:
+        parser.error(f'--shape takes H and W (or one side), got {args.shape}')
+    H, W = args.shape * (3 - len(args.shape))
 
     cfg = load_config(args.config)
     from mmengine.registry import init_default_scope
@@ -59,7 +62,7 @@ def main(argv=None):
             TensorMode(model, dummy_data_samples(cfg.default_scope, H, W)),
             (x, ))
         backbone = count_flops(model.backbone, (x, ))
-    print(f'input: 1 x 3 x {H} x {W} (W x H = {W} x {H})')
+    print(f'input: 1 x 3 x {H} x {W} (height {H}, width {W})')
     print('| part | params (M) | FLOPs macs (G) | FLOPs mmengine (G) | '
           'macs without attention products (G) |')
     print('|---|---|---|---|---|')

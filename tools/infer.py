@@ -8,8 +8,9 @@ configs, the blended class mask for segmentation configs.
 Writes ``DIR/<image name>`` and prints what it found. IMAGE may be a folder:
 each of its images in turn; unreadable files (empty, truncated, not images)
 are passed over and listed at the end (exit code 2). ``--onnx DIR`` runs a
-detector exported by ``tools/deploy_onnx.py`` instead of a checkpoint (its
-networks in ONNX Runtime, the rest in mmdet's code, as for a checkpoint).
+detector exported by ``tools/export_detector_onnx.py`` instead of a
+checkpoint (its networks in ONNX Runtime, the rest in mmdet's code, as for a
+checkpoint).
 """
 import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
@@ -30,7 +31,7 @@ def main(argv=None):
     parser.add_argument(
         '--onnx',
         metavar='DIR',
-        help='a detector exported by tools/deploy_onnx.py, '
+        help='a detector exported by tools/export_detector_onnx.py, '
         'instead of a checkpoint')
     parser.add_argument('--out-dir', required=True)
     parser.add_argument(
@@ -48,7 +49,7 @@ def main(argv=None):
     cfg = load_config(args.config)
     if args.onnx and cfg.default_scope != 'mmdet':
         raise UsageError('--onnx runs detectors exported by '
-                         'tools/deploy_onnx.py (mmdet configs)')
+                         'tools/export_detector_onnx.py (mmdet configs)')
     cfg.model.backbone.init_cfg = None  # the checkpoint has the weights
     os.makedirs(args.out_dir, exist_ok=True)
     if cfg.default_scope == 'mmseg':

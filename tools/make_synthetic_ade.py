@@ -11,10 +11,10 @@ always give the same files.
 """
 import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
-import sys
 
 from mmcmt.datasets import make_synthetic_ade
 from mmcmt.datasets.synthetic_ade import CLASSES
+from mmcmt.engine import UsageError, run_main
 
 
 def parse_args(argv=None):
@@ -40,8 +40,8 @@ def parse_args(argv=None):
         type=int,
         nargs=2,
         default=(128, 128),
-        metavar=('W', 'H'),
-        help='image width and height (default: 128 128)')
+        metavar=('H', 'W'),
+        help='image height and width (default: 128 128)')
     parser.add_argument(
         '--seed', type=int, default=0, help='random seed (default: 0)')
     parser.add_argument(
@@ -58,11 +58,11 @@ def main(argv=None):
             args.out_dir,
             num_train=args.num_train,
             num_val=args.num_val,
-            img_size=tuple(args.size),
+            img_size=tuple(reversed(args.size)),  # (width, height)
             seed=args.seed,
             overwrite=args.overwrite)
     except (FileExistsError, ValueError) as error:
-        sys.exit(f'error: {error}')
+        raise UsageError(error) from error
     for split, counts in summary.items():
         total = max(sum(counts['pixels']), 1)
         shares = ', '.join(f'{name} {100 * n / total:.1f}%'
@@ -76,4 +76,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -149,7 +149,7 @@ if ! has psutil openmim; then
   "${PIP[@]}" --no-deps openmim
 fi
 if ! has onnx onnxruntime; then
-  # the optional `export` extras (tools/export_onnx.py), tested too
+  # the optional `export` extras (tools/export_*_onnx.py), tested too
   echo "[setup] installing onnx and onnxruntime (optional export extras)"
   "${PIP[@]}" onnx onnxruntime
 fi

@@ -5,10 +5,11 @@
         [--launcher pytorch]
     python tools/test.py CONFIG --onnx DIR [...]
 
-``--onnx DIR`` evaluates a detector exported by ``tools/deploy_onnx.py``
-instead of a checkpoint: the model is built from CONFIG without weights and
-its exported parts run in ONNX Runtime; mmdet's test loop, post-processing
-and evaluator are those of a checkpoint's run (same config, same data).
+``--onnx DIR`` evaluates a detector exported by
+``tools/export_detector_onnx.py`` instead of a checkpoint: the model is built
+from CONFIG without weights and its exported parts run in ONNX Runtime;
+mmdet's test loop, post-processing and evaluator are those of a checkpoint's
+run (same config, same data).
 
 Detection prints COCO bbox AP, AP50, AP75, APs, APm, APl (and segm for
 Mask R-CNN); segmentation prints aAcc, mIoU and mAcc. ``--show-dir`` writes
@@ -34,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--onnx',
         metavar='DIR',
-        help='a detector exported by tools/deploy_onnx.py, '
+        help='a detector exported by tools/export_detector_onnx.py, '
         'instead of a checkpoint')
     parser.add_argument('--show-dir', help='write prediction pictures here')
     parser.add_argument(
@@ -55,7 +56,7 @@ def check_onnx(args, segmentation):
     from mmcmt.deploy import read_manifest, require_onnx
     if segmentation:
         raise UsageError('--onnx evaluates detectors exported by '
-                         'tools/deploy_onnx.py (mmdet configs)')
+                         'tools/export_detector_onnx.py (mmdet configs)')
     if args.launcher != 'none':
         raise UsageError('--onnx runs in one process (ONNX Runtime on the '
                          'CPU); drop --launcher')

@@ -5,9 +5,8 @@ Depends only on torch and mmengine."""
 from .loading import load_checked, read_checkpoint, sub_state_dict
 from .official import (RELEASE_URL, RELEASED_FILES, convert_official_cmt,
                        is_official_cmt, pop_official_cmt)
-from .safe_load import (CheckpointError, CorruptCheckpointError,
-                        DownloadError, UntrustedCheckpointError, is_url,
-                        load_file, load_url)
+from .safe_load import (CheckpointError, CorruptCheckpointError, DownloadError,
+                        UntrustedCheckpointError, is_url, load_file, load_url)
 
 __all__ = [
     'CheckpointError', 'CorruptCheckpointError', 'DownloadError',

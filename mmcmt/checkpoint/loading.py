@@ -28,10 +28,10 @@ def read_checkpoint(
     ``state_dict``, strips a ``module.`` prefix (DDP) and, when given,
     keeps only the keys under ``prefix`` (for example ``backbone.`` of a
     detector checkpoint) with that prefix removed. Files are read by
-    :func:`~mmcmt.checkpoint.safe_load.load_file` (``torch.load(weights_only=True)``,
+    :func:`.safe_load.load_file` (``torch.load(weights_only=True)``,
     one-line errors for untrusted or corrupt files); http(s) URLs are
-    downloaded once into torch's hub cache by
-    :func:`~mmcmt.checkpoint.safe_load.load_url` and read the same way.
+    downloaded once into torch's hub cache by :func:`.safe_load.load_url`
+    and read the same way.
     """
     if is_url(path):
         checkpoint = load_url(path)

@@ -9,7 +9,6 @@ from mmengine.config import Config
 from .distributed import setup_cpu_distributed
 from .errors import UsageError
 
-
 LIBRARIES = {'mmdet': 'detection', 'mmseg': 'segmentation'}
 
 

@@ -6,7 +6,6 @@ from typing import Callable, List
 from ..datasets.image_check import image_problem
 from .errors import UsageError, check_file
 
-
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 

@@ -6,9 +6,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
+from ..checkpoint import load_checked, pop_official_cmt, read_checkpoint
 from ..compat import register_load_state_dict_pre_hook
 from .backbones.cmt import CMT, init_cmt_weights
-from ..checkpoint import load_checked, pop_official_cmt, read_checkpoint
 from .utils.fuse import fold_bn_into_producer
 
 

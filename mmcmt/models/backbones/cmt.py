@@ -27,7 +27,7 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import (is_official_cmt, load_checked, pop_official_cmt,
-                          read_checkpoint, sub_state_dict)
+                           read_checkpoint, sub_state_dict)
 from ...compat import register_load_state_dict_pre_hook
 from ..utils.attention import biased_attention, factored_biased_attention
 from ..utils.fast_path import with_fast_path

@@ -5,8 +5,9 @@ Each function here is the fast form of one module's ``forward`` (see
 :func:`~mmcmt.models.utils.fast_path.with_fast_path`), taken in eval mode
 without gradients. What makes it faster without changing the function:
 
-- **GELU inside the producing kernel** (:func:`conv_gelu`, :func:`linear_gelu`):
-  applied while the output is still in cache instead of in a second pass.
+- **GELU inside the producing kernel** (:func:`conv_gelu`,
+  :func:`linear_gelu`): applied while the output is still in cache instead
+  of in a second pass.
 - **Eval-mode BatchNorms folded** into neighbouring layers (see
   :mod:`~mmcmt.models.utils.fuse`), derived once and kept until a parameter
   changes (:func:`derived`). :meth:`CMT.fuse` writes the same folds
@@ -54,8 +55,7 @@ def spatial_reduction(sr, x: torch.Tensor) -> torch.Tensor:
     """:class:`SpatialReduction`: one convolution, the BatchNorm folded."""
     weight, bias = derived(sr, reduction_weights)
     conv = sr.conv
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, 1,
-                    conv.groups)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, 1, conv.groups)
 
 
 def projection_weights(ffn):

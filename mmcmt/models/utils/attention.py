@@ -13,8 +13,7 @@ differentiates the mask itself) it is plain SDPA.
 The same fallback happens without any gradient: under ``no_grad`` a mask
 that requires grad (the stored bias, used as it is at the pre-training size)
 still sends SDPA to its unfused math, so inference passes the bias
-detached. (CMT-S at 64 x 224 x 224 took 1.20x ResNet-50's time through the
-math path, 1.08x through the fused kernel.)
+detached (measured in docs/advanced_guides/speed_and_memory.md).
 """
 import torch
 import torch.nn.functional as F

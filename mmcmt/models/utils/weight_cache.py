@@ -12,8 +12,8 @@ def derived(module: nn.Module, compute: Callable, *args):
     version counter), so that loading weights or a training step is never
     missed. ``compute`` is a module-level function; ``args`` (say, a dtype)
     are part of the cache key."""
-    key = tuple((t.data_ptr(), t._version, t.dtype)
-                for t in tensors_of(module))
+    key = tuple(
+        (t.data_ptr(), t._version, t.dtype) for t in tensors_of(module))
     cache = module.__dict__.setdefault('_derived_weights', {})
     cached = cache.get((compute, args))
     if cached is not None and cached[0] == key:

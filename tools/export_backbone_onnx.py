@@ -1,7 +1,8 @@
 """Export a CMT backbone to ONNX and check it against PyTorch.
 
-    python tools/export_onnx.py OUT.onnx [--arch small] [--checkpoint FILE]
-        [--shape H W] [--check-shape B H W] [--no-fuse] [--opset 17]
+    python tools/export_backbone_onnx.py OUT.onnx [--arch small]
+        [--checkpoint FILE] [--shape H W] [--check-shape B H W] [--no-fuse]
+        [--opset 17]
 
 The model takes ``input`` ``(batch, 3, height, width)``, all three dynamic
 (any size of at least 32x32: padding to a multiple of 32 and the resizing
@@ -17,13 +18,13 @@ Needs the optional ``export`` extras: ``pip install -e .[export]``
 import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 import os.path as osp
-import sys
 import warnings
 
 import torch
 
 from mmcmt.compat import ONNX_EXPORT_KWARGS
-from mmcmt.engine import run_main
+from mmcmt.deploy import require_onnx
+from mmcmt.engine import UsageError, run_main
 from mmcmt.models import CMT
 
 
@@ -43,14 +44,15 @@ def parse_args(argv=None):
         nargs=2,
         default=[800, 1216],
         metavar=('H', 'W'),
-        help='traced input size')
+        help='traced input height width')
     parser.add_argument(
         '--check-shape',
         type=int,
         nargs=3,
         default=[2, 608, 1000],
         metavar=('B', 'H', 'W'),
-        help='a second input to check the dynamic axes on')
+        help='a second input to check the dynamic axes on: batch height '
+        'width')
     parser.add_argument(
         '--no-fuse', action='store_true', help='keep the BatchNorms')
     parser.add_argument('--opset', type=int, default=17)
@@ -106,14 +108,9 @@ def check(model: CMT, out: str, shapes):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        sys.exit('error: ONNX export needs onnx and onnxruntime: '
-                 'pip install -e .[export]')
+    require_onnx()
     if osp.exists(args.out):
-        sys.exit(f'error: {args.out} exists; choose another file name')
+        raise UsageError(f'{args.out} exists; choose another file name')
     model = CMT(args.arch)
     if args.checkpoint:
         model.load_pretrained(args.checkpoint)

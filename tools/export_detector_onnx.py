@@ -1,13 +1,13 @@
 """Export a whole detector to ONNX Runtime and check it against PyTorch.
 
-    python tools/deploy_onnx.py CONFIG CHECKPOINT OUT_DIR [--shape H W]
-        [--check-shape B H W] [--check-image IMAGE ...] [--score-thr 0.05]
-        [--threads N] [--opset 17] [--cfg-options k=v ...]
+    python tools/export_detector_onnx.py CONFIG CHECKPOINT OUT_DIR
+        [--shape H W] [--check-shape B H W] [--check-image IMAGE ...]
+        [--score-thr 0.05] [--threads N] [--opset 17] [--cfg-options k=v ...]
 
 Writes to OUT_DIR (which must not exist or be empty: nothing is
 overwritten) the tensor graphs of the detector's parts (backbone + neck; the
 dense head, or the RPN head and the RoI heads), ``manifest.json`` and the
-config (see ``mmcmt/deploy.py``), traced at ``--shape`` (default: the test
+config (see :mod:`mmcmt.deploy`), traced at ``--shape`` (default: the test
 pipeline's Resize scale) with dynamic batch, height and width. Then it
 checks ONNX Runtime against PyTorch and prints:
 
@@ -24,14 +24,16 @@ Needs the optional extras: ``pip install -e .[export]``.
 """
 import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
-import os
 import os.path as osp
 
 import numpy as np
 import torch
 from mmengine.config import DictAction
 
+from mmcmt.deploy import (compare_parts, export_detector, load_onnx_detector,
+                          match_detections, require_onnx)
 from mmcmt.engine import UsageError, check_file, load_config, run_main
+from mmcmt.utils import check_new_folder
 
 
 def parse_args(argv=None):
@@ -46,15 +48,15 @@ def parse_args(argv=None):
         type=int,
         nargs=2,
         metavar=('H', 'W'),
-        help="traced image size (default: the test "
+        help="traced image height width (default: the test "
         "pipeline's Resize scale)")
     parser.add_argument(
         '--check-shape',
         type=int,
         nargs=3,
         metavar=('B', 'H', 'W'),
-        help='a second input for the part check (default: '
-        '2 x H/2+1 x W/2+3)')
+        help='a second input for the part check: batch height width '
+        '(default: 2 H/2+1 W/2+3)')
     parser.add_argument(
         '--check-image',
         nargs='+',
@@ -96,7 +98,6 @@ def test_scale(cfg):
 def check_parts(model, onnx_model, shapes):
     """``[(shape, {part: {'max_abs', 'max_rel'}})]`` on random inputs
     ``shapes`` (B, 3, H, W), the same for PyTorch and ONNX Runtime."""
-    from mmcmt.deploy import compare_parts
     return [(tuple(shape), compare_parts(model, onnx_model,
                                          torch.randn(*shape)))
             for shape in shapes]
@@ -107,8 +108,6 @@ def check_detections(model, onnx_model, images, score_thr):
     ``inference_detector`` with both models, boxes scoring ``score_thr``
     or more."""
     from mmdet.apis import inference_detector
-
-    from mmcmt.deploy import match_detections
     results = []
     for name, image in images:
         with torch.no_grad():
@@ -122,16 +121,16 @@ def check_detections(model, onnx_model, images, score_thr):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmcmt.deploy import export_detector, load_onnx_detector, require_onnx
     require_onnx()
-    if osp.isfile(args.out_dir) or osp.isdir(args.out_dir) and \
-            os.listdir(args.out_dir):
-        raise UsageError(f'{args.out_dir} exists and is not empty; choose '
-                         f'a new folder (nothing is overwritten)')
+    try:  # refused before the checkpoint is loaded
+        check_new_folder(args.out_dir,
+                         'choose a new folder (nothing is overwritten)')
+    except FileExistsError as error:
+        raise UsageError(error) from None
     cfg = load_config(args.config, args.cfg_options)
     if cfg.default_scope != 'mmdet':
-        raise UsageError(f'{args.config}: tools/deploy_onnx.py deploys '
-                         f'detectors (mmdet configs)')
+        raise UsageError(f'{args.config}: tools/export_detector_onnx.py '
+                         f'exports detectors (mmdet configs)')
     check_file(args.checkpoint, 'checkpoint')
     for image in args.check_image:
         check_file(image, 'image')
