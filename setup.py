@@ -24,6 +24,8 @@ setup(
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmcmt', 'mmcmt.*']),
+    # data files inside the packages (not found by find_packages)
+    package_data={'mmcmt.benchmark': ['goals.yml']},
     python_requires='>=3.11,<3.12',  # the tested one (README)
     install_requires=read_requirements(),
     extras_require={

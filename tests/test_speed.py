@@ -1,8 +1,7 @@
 """The speed work keeps the function: BatchNorm folding (``fuse``), the
-fused attention with a blockwise backward, ``torch.compile``, ONNX export,
-and the benchmark tool's figures."""
+fused attention with a blockwise backward, ``torch.compile``, ONNX export
+(the benchmark tool's figures: test_benchmark.py)."""
 import os.path as osp
-import statistics
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from mmcmt.models.utils import attention
 from mmcmt.models.utils.fuse import (fold_bn_into_consumer,
                                      fold_bn_into_producer)
 from mmcmt.reference import (custom_arch_official_shapes,
-                           random_official_state_dict)
+                             random_official_state_dict)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
@@ -163,10 +162,12 @@ def test_training_keeps_attention_matrices_out_of_autograd():
                for s in model.stages)
 
 
-def test_export_onnx_dynamic_axes(tmp_path):
-    import export_onnx
+def test_export_backbone_onnx_dynamic_axes(tmp_path):
+    import export_backbone_onnx
+
+    from mmcmt.engine import UsageError
     out = str(tmp_path / 'cmt.onnx')
-    results = export_onnx.main([
+    results = export_backbone_onnx.main([
         out, '--arch', 'tiny', '--shape', '96', '160', '--check-shape', '2',
         '100', '75'
     ])
@@ -175,128 +176,8 @@ def test_export_onnx_dynamic_axes(tmp_path):
                                                (2, 3, 100, 75)]
     for _, errors in results:
         assert len(errors) == 4 and max(errors) < 1e-3
-    with pytest.raises(SystemExit, match='exists'):
-        export_onnx.main([out, '--arch', 'tiny'])
-
-
-def test_benchmark_figures(tmp_path):
-    import benchmark
-
-    from mmcmt.utils import count_flops
-    out = str(tmp_path / 'bench.md')
-    results, goals = benchmark.main([
-        '--models', 'CMT-Ti', 'CMT-S', 'CMT-S fused', 'CMT-S naive',
-        '--det-shape', '1', '64', '96', '--cls-shape', '2', '32', '32',
-        '--cls64-shape', '3', '32', '32', '--train-shape', '2', '64', '64',
-        '--stream-scale', '0.05', '--rounds', '2', '--train-rounds', '1',
-        '--warmup', '0', '--heap', 'default', '--out', out
-    ])
-    assert list(results) == [
-        'ResNet-50', 'CMT-Ti', 'CMT-S', 'CMT-S fused', 'CMT-S naive'
-    ]
-    ti = results['CMT-Ti']
-    model = CMT('tiny').eval()
-    with torch.no_grad():
-        macs = count_flops(model, (torch.rand(1, 3, 64, 96), ))['macs']
-    assert ti['det_macs'] == pytest.approx(macs / 1e9)
-    assert ti['params'] == pytest.approx(
-        sum(p.numel() for p in model.parameters()) / 1e6)
-    rounds = dict(
-        det=2,
-        stream=2,
-        stream_same=2,
-        cls=2,
-        cls64=2,
-        retinanet=2,
-        retinanet_stream=2,
-        train=1,
-        train_cp=1,
-        deploy_eager=2,
-        deploy_ort=2,
-        deploy_speedup=2)
-    for key, count in rounds.items():
-        assert len(ti[key].values) == count and min(ti[key].values) > 0
-    assert ti['train_mem'] > 0 and ti['train_cp_mem'] > 0
-    # deploy: ResNet-50, CMT-Ti and CMT-S only; CMT-S's operator shares
-    assert 'deploy_ort' in results['ResNet-50']
-    assert 'deploy_ort' not in results['CMT-S fused']
-    shares = results['CMT-S']['ort_shares']
-    assert sum(shares.values()) == pytest.approx(1)
-    assert {'Conv', 'MatMul', 'Softmax', 'LayerNormalization'} <= set(shares)
-    assert results['CMT-S naive']['check'] < 1e-5
-    assert 'train' not in results['CMT-S fused']  # inference only
-    text = open(out).read()
-    assert 'heap: glibc defaults' in text
-    assert '| ResNet-50 |' in text and '(1.00x [1.00x-1.00x])' in text
-    assert 'CMT-S naive computes what CMT-S computes' in text
-    # the stream: the documented sizes scaled, in their order
-    assert '- COCO stream: 32x64, 32x32, 64x32, 32x64' in text
-    r50, s = results['ResNet-50'], results['CMT-S']
-
-    def per_round(a, b):
-        return statistics.median(x / y for x, y in zip(a.values, b.values))
-
-    det = per_round(s['det'], r50['det'])
-    expected = {
-        'CMT-S det time <= 1.8x ResNet-50':
-        det,
-        'CMT-S COCO-stream ratio <= 1.05x its same-size ratio':
-        statistics.median((a / b) / (c / d) for a, b, c, d in zip(
-            s['stream'].values, r50['stream'].values, s['stream_same'].values,
-            r50['stream_same'].values)),
-        'CMT-S cls time <= 1.15x ResNet-50':
-        per_round(s['cls'], r50['cls']),
-        'CMT-S cls64 time <= 1.15x ResNet-50':
-        per_round(s['cls64'], r50['cls64']),
-        'CMT-S naive det time >= 1.5x CMT-S':
-        per_round(results['CMT-S naive']['det'], s['det']),
-        'CMT-S with_cp peak memory <= 0.5x without':
-        s['train_cp_mem'] / s['train_mem'],
-    }
-    assert {goal: float(value) for goal, value, _ in goals} == \
-        pytest.approx(expected)
-    assert all(passed == (float(value) <= 1.8) for goal, value, passed in goals
-               if goal.endswith('1.8x ResNet-50'))
-    with pytest.raises(SystemExit):
-        benchmark.main(['--out', out])  # never overwritten
-
-
-def test_benchmark_keeps_a_steady_heap_by_default(tmp_path):
-    """The default heap regime, in a process of its own (it changes the
-    allocator's settings for the rest of the process)."""
-    out = tmp_path / 'bench.md'
-    result = subprocess.run([
-        sys.executable,
-        osp.join(ROOT, 'tools', 'benchmark.py'), '--models', 'CMT-Ti',
-        '--tasks', 'cls', '--cls-shape', '1', '32', '32', '--rounds', '1',
-        '--warmup', '0', '--out',
-        str(out)
-    ],
-                            capture_output=True,
-                            text=True,
-                            cwd=ROOT,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    text = out.read_text()
-    assert 'heap: steady (glibc keeps freed memory for reuse' in text
-    assert '| CMT-Ti |' in text
-
-
-def test_interleaved_rotates_and_keeps_measured_rounds():
-    import benchmark
-    calls = []
-    runs = {name: (lambda name=name: calls.append(name)) for name in 'abc'}
-    times = benchmark.interleaved(
-        runs, torch.device('cpu'), rounds=3, warmup=1)
-    assert calls == list('abc'
-                         'bca'
-                         'cab'
-                         'abc')
-    assert {k: len(v) for k, v in times.items()} == dict(a=3, b=3, c=3)
-    figure = benchmark.Figure([3., 1., 2.])
-    assert (figure.median, figure.low, figure.high) == (2., 1., 3.)
-    ratio = figure.ratio_to(benchmark.Figure([1., 2., 4.]))
-    assert ratio.values == [3., .5, .5] and ratio.median == .5
+    with pytest.raises(UsageError, match='exists'):
+        export_backbone_onnx.main([out, '--arch', 'tiny'])
 
 
 COMPILE_CHECK = """
@@ -337,9 +218,9 @@ def test_torch_compile_matches_eager():
     ])
 def test_map_pieces_cover_every_row_once(monkeypatch, batch, height, row_bytes,
                                          budget, expected):
-    from mmcmt.models.utils import inference
-    monkeypatch.setattr(inference, 'PIECE_BYTES', budget)
-    pieces = list(inference.map_pieces(batch, height, row_bytes))
+    from mmcmt.models.utils import map_pieces
+    monkeypatch.setattr(map_pieces, 'PIECE_BYTES', budget)
+    pieces = list(map_pieces.map_pieces(batch, height, row_bytes))
     covered = torch.zeros(batch, height, dtype=torch.int)
     for images, rows in pieces:
         covered[images, rows] += 1
@@ -353,23 +234,23 @@ def test_irffn_computed_in_pieces_matches(monkeypatch, budget):
     """The eval path's IRFFN, a few images or a band of rows at a time
     (each band's depthwise convolution fed one row of each neighbour),
     computes what the whole map and the plain layers compute."""
-    from mmcmt.models.backbones import cmt as cmt_module
-    from mmcmt.models.utils import inference
+    from mmcmt.models.backbones import cmt_fast_path
+    from mmcmt.models.utils import fast_path, map_pieces
     model = loaded_model()
     x = torch.randn(3, 3, 96, 128)  # stage 1: 24 x 32 grid, 4 KB a row
     pieces = []
-    real = inference.map_pieces
-    monkeypatch.setattr(cmt_module, 'map_pieces',
+    real = map_pieces.map_pieces
+    monkeypatch.setattr(cmt_fast_path, 'map_pieces',
                         lambda *a: pieces.append(list(real(*a))) or pieces[-1])
     with torch.no_grad():
-        monkeypatch.setattr(inference, 'PIECE_BYTES', 1 << 40)
+        monkeypatch.setattr(map_pieces, 'PIECE_BYTES', 1 << 40)
         whole = model(x)
         assert all(len(p) == 1 for p in pieces)
         pieces.clear()
-        monkeypatch.setattr(inference, 'PIECE_BYTES', budget)
+        monkeypatch.setattr(map_pieces, 'PIECE_BYTES', budget)
         got = model(x)
         with monkeypatch.context() as m:
-            m.setattr(cmt_module, 'inference_path', lambda module: False)
+            m.setattr(fast_path, 'takes_fast_path', lambda module: False)
             plain = model(x)
     stage1 = pieces[0]
     if budget == 250_000:  # two 96 KB images at most, whole
@@ -388,18 +269,18 @@ def test_eval_inference_path_matches_and_follows_weight_changes(monkeypatch):
     """The eval-mode path (GELU inside the convolutions, BatchNorms folded
     or applied in place, cached) computes what the plain layers compute,
     also after the weights change under it."""
-    from mmcmt.models.backbones import cmt as cmt_module
-    from mmcmt.models.utils import inference
+    from mmcmt.models.backbones import cmt_fast_path
+    from mmcmt.models.utils import fast_path, fused_ops
     model = loaded_model()
     x = torch.randn(2, 3, 72, 100)
     calls = []
-    real = inference.batch_norm_
-    monkeypatch.setattr(cmt_module, 'batch_norm_',
+    real = fused_ops.batch_norm_
+    monkeypatch.setattr(cmt_fast_path, 'batch_norm_',
                         lambda *a: calls.append(1) or real(*a))
 
     def plain():
         with monkeypatch.context() as m:
-            m.setattr(cmt_module, 'inference_path', lambda module: False)
+            m.setattr(fast_path, 'takes_fast_path', lambda module: False)
             return model(x)
 
     with torch.no_grad():
@@ -417,7 +298,7 @@ def test_eval_inference_path_matches_and_follows_weight_changes(monkeypatch):
                     module.weight.mul_(0.9)
     assert calls  # the in-place BatchNorms ran
     stem_bn = model.stem[0].norm
-    assert stem_bn.__dict__['_affine'][0] is not None  # cached
+    assert stem_bn.__dict__['_derived_weights']  # cached
     # gradients and training never take the path
     model.train()
     y = model(x)

@@ -1,0 +1,165 @@
+"""The rows of the benchmark: mmdet's ResNet-50, Swin-T, PVT-S and PVTv2-b2,
+CMT-Ti/XS/S/B, and variants of CMT-S (fused, naive, compiled); how each
+row's backbone and COCO RetinaNet are built (random weights: speed does not
+depend on them), made ready for inference and counted.
+
+``CMT-S naive`` is :class:`mmcmt.reference.NaiveCMT`: separate q/k/v, an
+explicit attention matrix, token/map reshapes and the bias resized on every
+forward, as the released code would run on detection inputs; it shows what
+mmcmt's implementation gains.
+"""
+import os.path as osp
+import sys
+import warnings
+from collections import OrderedDict
+
+import torch
+
+from mmcmt.models import CMT
+from mmcmt.reference import (NaiveCMT, custom_arch_official_shapes,
+                             random_official_state_dict)
+from mmcmt.utils import count_flops
+
+#: The checkout, where the CMT RetinaNet configs are.
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+#: The row every ratio is taken to; always run.
+BASELINE = 'ResNet-50'
+# name -> (backbone config, RetinaNet config); all four outputs, random init
+BACKBONES = OrderedDict([
+    ('ResNet-50', (dict(type='mmdet.ResNet', depth=50),
+                   'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')),
+    ('Swin-T', (dict(
+        type='mmdet.SwinTransformer',
+        embed_dims=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        out_indices=(0, 1, 2, 3)),
+                'mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py')),
+    ('PVT-S',
+     (dict(type='mmdet.PyramidVisionTransformer', num_layers=[3, 4, 6, 3]),
+      'mmdet::pvt/retinanet_pvt-s_fpn_1x_coco.py')),
+    ('PVTv2-b2', (dict(
+        type='mmdet.PyramidVisionTransformerV2',
+        embed_dims=64,
+        num_layers=[3, 4, 6, 3]),
+                  'mmdet::pvt/retinanet_pvtv2-b2_fpn_1x_coco.py')),
+] + [(f'CMT-{short}',
+      (dict(type='mmdet.CMT', arch=arch),
+       f'configs/retinanet_cmt_{short.lower()}_fpn_1x_coco.py'))
+     for short, arch in (('Ti', 'tiny'), ('XS', 'xs'), ('S', 'small'),
+                         ('B', 'base'))])
+# variant rows: name -> (backbone row, variant)
+VARIANTS = OrderedDict([('CMT-S fused', ('CMT-S', 'fused')),
+                        ('CMT-S naive', ('CMT-S', 'naive'))])
+COMPILED = OrderedDict([('ResNet-50 compiled', ('ResNet-50', 'compiled')),
+                        ('CMT-S compiled', ('CMT-S', 'compiled'))])
+NO_CP = ('PVT-S', 'PVTv2-b2')  # mmdet's PVTs have no with_cp
+#: Rows of the ``deploy`` task.
+DEPLOY_ROWS = ('ResNet-50', 'CMT-Ti', 'CMT-S')
+
+
+def all_rows(compiled=False):
+    """name -> (backbone row, variant) of every row (``''``: the backbone
+    as built); the compiled rows only with ``compiled``."""
+    return OrderedDict([(name, (name, ''))
+                        for name in BACKBONES] + list(VARIANTS.items()) +
+                       (list(COMPILED.items()) if compiled else []))
+
+
+def select_rows(names=None, compiled=False):
+    """The rows called ``names`` (default: all) in the table's order, with
+    the baseline; ValueError for an unknown name."""
+    rows = all_rows(compiled)
+    names = list(names or rows)
+    unknown = [n for n in names if n not in rows]
+    if unknown:
+        raise ValueError(f'unknown models {unknown}; choose from {list(rows)}')
+    if BASELINE not in names:
+        names.insert(0, BASELINE)
+    return OrderedDict((n, rows[n]) for n in rows if n in names)
+
+
+def setup_process():
+    """Registries, a quiet logger (init_weights logs every parameter at
+    INFO) and the seed, in the main process and in memory-measuring ones."""
+    from mmengine.logging import MMLogger
+    from mmengine.registry import init_default_scope
+
+    import mmcmt  # noqa: F401  (registers CMT in mmdet)
+    MMLogger.get_instance('benchmark', log_level='WARNING')
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+
+
+def build_backbone(name, variant, with_cp=False):
+    """The backbone of row ``name`` (random weights), or the naive CMT with
+    random weights in the released checkpoints' layout."""
+    from mmdet.registry import MODELS
+    cfg = dict(BACKBONES[name][0])
+    if variant == 'naive':
+        settings = CMT.parse_arch(cfg['arch'])
+        shapes = custom_arch_official_shapes(
+            CMT, cfg['arch'], img_size=settings['pretrain_img_size'])
+        state = {
+            k: v
+            for k, v in random_official_state_dict(shapes).items()
+            if not k.startswith(('_fc', '_bn', 'head'))
+        }
+        return NaiveCMT(state, settings)
+    if with_cp:
+        cfg['with_cp'] = True
+    model = MODELS.build(cfg)
+    model.init_weights()
+    return model
+
+
+def inference_model(model, variant):
+    """``model`` in eval mode, fused or compiled as its variant says."""
+    model.eval()  # (mmdet's ResNet.train() returns None: no chaining)
+    if 'fused' in variant:
+        model.fuse()
+    if 'compiled' in variant:
+        model = torch.compile(model)
+    return model
+
+
+def retinanet_config(name):
+    """The COCO RetinaNet config of a backbone row, without pretrained
+    weights."""
+    from mmengine.config import Config
+    from mmengine.hub import get_config
+    path = BACKBONES[name][1]
+    cfg = get_config(path) if '::' in path else Config.fromfile(
+        osp.join(ROOT, path))
+    cfg.model.backbone.init_cfg = None
+    return cfg
+
+
+def build_retinanet(name, variant):
+    """The RetinaNet (random weights, eval mode) without its data
+    preprocessor: the inputs are normalised tensors already."""
+    from mmdet.registry import MODELS
+    cfg = retinanet_config(name)
+    cfg.model.pop('data_preprocessor', None)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.eval()
+    if 'fused' in variant:
+        model.backbone.fuse()
+    if 'compiled' in variant:
+        model.backbone = torch.compile(model.backbone)
+    return model
+
+
+def count_macs(model, shape):
+    """Multiply-adds (G) of one ``1 x 3 x H x W`` image (``shape``: B, H,
+    W), or None."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # the tracer's chatter
+            flops = count_flops(model, (torch.rand(1, 3, *shape[1:]), ))
+        return flops['macs'] / 1e9
+    except Exception as error:  # a model the tracer cannot follow
+        print(f'  (MACs not counted: {error})', file=sys.stderr)
+        return None

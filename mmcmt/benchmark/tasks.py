@@ -1,0 +1,261 @@
+"""The tasks: what each one measures (the backbones' and the RetinaNets'
+inference, training steps and their peak memory, ONNX Runtime against
+PyTorch) and the checks made on the way (the naive row against CMT, the
+autocast error against float32). :func:`run_tasks` runs the asked ones and
+returns one dict of results per row."""
+import gc
+import os.path as osp
+import tempfile
+import time
+import warnings
+from collections import OrderedDict
+
+import torch
+
+from mmcmt.models import CMT
+from mmcmt.utils import (autocast_networks, count_params, dummy_data_samples,
+                         relative_error)
+from .harness import autocast, make_inputs
+from .memory import cpu_peak_memory, cuda_peak_memory
+from .models import (DEPLOY_ROWS, NO_CP, build_backbone, build_retinanet,
+                     count_macs, inference_model, retinanet_config,
+                     setup_process)
+
+#: name -> what it measures (the CLI's help lists them).
+TASKS = OrderedDict([
+    ('det', 'backbone inference (eval, no grad) at --det-shape'),
+    ('stream', 'backbone inference over a COCO-like stream of sizes (the '
+     'padded sizes of mmdet\'s COCO resize, in a fixed shuffled order, so '
+     'that caches keyed on the size are exercised as in a COCO '
+     'evaluation); beside it the same-size time: each image run a second '
+     'time right after, those second runs summed'),
+    ('cls', 'backbone inference at --cls-shape'),
+    ('cls64', 'backbone inference at --cls64-shape'),
+    ('retinanet', 'the whole RetinaNet of each backbone\'s COCO config '
+     '(backbone, FPN, head, post-processing) at --det-shape'),
+    ('retinanet_stream', 'the same over the COCO-like stream'),
+    ('train', 'one training step of the backbone (forward, then backward of '
+     'the mean of its outputs) at --train-shape, and its peak memory'),
+    ('train_cp', 'the same with with_cp=True (gradient checkpointing)'),
+    ('deploy', 'the whole RetinaNet at --det-shape exported to ONNX Runtime '
+     '(CPU, float32, as many threads as torch) against PyTorch eager, for '
+     f'{", ".join(DEPLOY_ROWS)}; the share of ONNX Runtime\'s kernel time '
+     'per operator type for CMT-S'),
+])
+INFER_TASKS = ('det', 'stream', 'cls', 'cls64')
+DETECTOR_TASKS = ('retinanet', 'retinanet_stream')
+TRAIN_TASKS = ('train', 'train_cp')
+
+
+def run_tasks(bench, rows, tasks):
+    """Measure ``tasks`` for ``rows`` (name -> (backbone row, variant));
+    returns name -> that row's results (key -> figure)."""
+    results = OrderedDict((name, {}) for name in rows)
+    groups = [(backbone_tasks, INFER_TASKS), (detector_tasks, DETECTOR_TASKS),
+              (training_tasks, TRAIN_TASKS)]
+    for measure, group in groups:
+        chosen = [t for t in tasks if t in group]
+        if chosen:
+            measure(bench, rows, chosen, results)
+            gc.collect()
+    if 'deploy' in tasks:
+        deploy_task(bench, rows, results)
+    return results
+
+
+def backbone_tasks(bench, rows, tasks, results):
+    """Inference of every row's backbone; its parameters and multiply-adds;
+    with ``--amp``, its error against float32."""
+    args = bench.args
+    models = OrderedDict()
+    for name, (base, variant) in rows.items():
+        model = build_backbone(base, variant).to(bench.device)
+        row = results[name]
+        row['params'] = count_params(model) / 1e6
+        model.eval()  # (mmdet's ResNet.train() returns None: no chaining)
+        if 'compiled' not in variant:  # the tracer counts the eager model
+            for task in ('det', 'cls'):
+                row[f'{task}_macs'] = count_macs(
+                    model, getattr(args, f'{task}_shape'))
+        if variant == 'naive':
+            row['check'] = naive_matches_cmt(model, bench)
+        models[name] = inference_model(model, variant)
+        if args.amp and 'compiled' not in variant:
+            row['amp_error'] = amp_error(models[name], bench)
+    for task in tasks:
+        print(f'  {task}: {len(models)} models, interleaved', flush=True)
+        timed = bench.stream if task == 'stream' else bench.inference
+        runs = OrderedDict((name, timed(model, bench.task_inputs(task)))
+                           for name, model in models.items())
+        compile_notes(runs, rows, results)
+        for name, figure in bench.measure(runs).items():
+            results[name].update(
+                figure if isinstance(figure, dict) else {task: figure})
+
+
+def compile_notes(runs, rows, results):
+    """Compile the compiled rows (their first calls) before the timed
+    rounds, timed for a note: compilation is a one-off cost, not the
+    model's speed."""
+    for name, run in runs.items():
+        if 'compiled' in rows[name][1] and 'note' not in results[name]:
+            start = time.perf_counter()
+            run()
+            results[name]['note'] = (f'compile and first calls '
+                                     f'{time.perf_counter() - start:.0f} s')
+
+
+def detector_tasks(bench, rows, tasks, results):
+    """Inference of every row's whole RetinaNet. With ``--amp`` only its
+    networks run under autocast (:func:`autocast_networks`): boxes are
+    decoded and suppressed in float32."""
+    models = OrderedDict(
+        (name, build_retinanet(base, variant).to(bench.device))
+        for name, (base, variant) in rows.items() if variant != 'naive')
+    if bench.args.amp:
+        for model in models.values():
+            autocast_networks(model, bench.args.amp, bench.device.type)
+    for task in tasks:
+        print(f'  {task}: {len(models)} models, interleaved', flush=True)
+        inputs = bench.task_inputs(task)
+        samples = {
+            id(x): [
+                s.to(bench.device) for s in dummy_data_samples(
+                    'mmdet', *x.shape[-2:], batch_size=x.shape[0])
+            ]
+            for x in inputs
+        }
+        runs = OrderedDict(
+            (name,
+             bench.inference(
+                 lambda x, model=model: model.predict(x, samples[id(x)]),
+                 inputs,
+                 amp=False)) for name, model in models.items())
+        compile_notes(runs, rows, results)
+        for name, figure in bench.measure(runs).items():
+            results[name][task] = figure
+
+
+def train_step(model, x, amp):
+    """Forward, backward of the mean of the outputs, gradients dropped."""
+    with autocast(x.device, amp):
+        loss = sum(out.float().mean() for out in model(x))
+    loss.backward()
+    for p in model.parameters():
+        p.grad = None
+
+
+def prepare_train_step(args, base, variant, with_cp):
+    """In a memory-measuring process: the model and input of a CPU training
+    step, built as the main process builds them; returns the step."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    setup_process()
+    model = build_backbone(base, variant, with_cp=with_cp)
+    model.train()
+    x = make_inputs(args, torch.device('cpu'))['train']
+    return lambda: train_step(model, x, args.amp)
+
+
+def training_tasks(bench, rows, tasks, results):
+    """Training steps of the backbones (no fused or compiled rows), their
+    peak memory first, each in a fresh process."""
+    args = bench.args
+    for task in tasks:
+        with_cp = task == 'train_cp'
+        names = [
+            name for name, (base, variant) in rows.items() if variant in (
+                '', 'naive') and not (with_cp and (variant or base in NO_CP))
+        ]
+        for name in names:
+            base, variant = rows[name]
+            results[name][f'{task}_mem'] = (
+                cpu_peak_memory(prepare_train_step,
+                                (args, base, variant, with_cp), base)
+                if bench.device.type == 'cpu' else None)
+        models = OrderedDict()
+        for name in names:
+            model = build_backbone(*rows[name], with_cp=with_cp)
+            model.train()  # (mmdet's ResNet.train() returns None)
+            models[name] = model.to(bench.device)
+        print(f'  {task}: {len(models)} models, interleaved', flush=True)
+        runs = OrderedDict((name, lambda model=model: train_step(
+            model, bench.inputs['train'], args.amp))
+                           for name, model in models.items())
+        if bench.device.type == 'cuda':
+            for name, run in runs.items():
+                results[name][f'{task}_mem'] = cuda_peak_memory(
+                    run, bench.device)
+        for name, figure in bench.measure(runs, args.train_rounds
+                                          or args.rounds).items():
+            results[name][task] = figure
+        del models, runs
+        gc.collect()
+
+
+def deploy_task(bench, rows, results):
+    """PyTorch eager against ONNX Runtime, whole RetinaNet, ``det`` input;
+    the operator shares of CMT-S in ONNX Runtime."""
+    from mmcmt.deploy import (end_profiling, export_detector,
+                              load_onnx_detector, op_time_shares)
+    names = [n for n in rows if n in DEPLOY_ROWS]
+    x = bench.inputs['det'].cpu()
+    samples = dummy_data_samples('mmdet', *x.shape[-2:], batch_size=x.shape[0])
+    threads = torch.get_num_threads()
+    runs, exports = OrderedDict(), {}
+    work = tempfile.mkdtemp(prefix='mmcmt_deploy_')
+    for name in names:
+        print(f'  deploy: exporting {name}', flush=True)
+        eager = build_retinanet(name, '')
+        cfg = retinanet_config(name)
+        cfg.model.pop('data_preprocessor', None)  # as build_retinanet
+        exports[name] = osp.join(work, name)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # the tracer's chatter
+            export_detector(eager, cfg, exports[name], shape=x.shape[-2:])
+        deployed = load_onnx_detector(exports[name], threads=threads)
+        for kind, model in (('eager', eager), ('ORT', deployed)):
+            runs[(name, kind)] = bench.inference(
+                lambda x, model=model: model.predict(x, samples), [x],
+                amp=False)
+    print(f'  deploy: {len(runs)} models, interleaved', flush=True)
+    for (name, kind), figure in bench.measure(runs).items():
+        results[name][f'deploy_{kind.lower()}'] = figure
+    for name in names:
+        row = results[name]
+        row['deploy_speedup'] = row['deploy_eager'].ratio_to(row['deploy_ort'])
+    if 'CMT-S' in exports:
+        profiled = load_onnx_detector(
+            exports['CMT-S'],
+            threads=threads,
+            profile_prefix=osp.join(work, 'prof'))
+        with torch.no_grad():
+            for _ in range(2):
+                profiled.predict(x, samples)
+        results['CMT-S']['ort_shares'] = op_time_shares(
+            end_profiling(profiled), grouped=True)
+
+
+def naive_matches_cmt(naive, bench):
+    """Max relative error between the naive row and mmcmt's CMT loaded with
+    the same (official-layout) weights, on the ``cls`` input: the naive row
+    is a fair baseline only if it computes the same function."""
+    model = CMT(naive.settings).to(bench.device).eval()
+    model.load_state_dict(naive.state(), strict=True)
+    naive.eval()
+    x = bench.inputs['cls'][:2]
+    with torch.no_grad():
+        errors = [relative_error(a, b) for a, b in zip(model(x), naive(x))]
+    return max(errors)
+
+
+def amp_error(model, bench):
+    """Max relative error of the outputs under autocast against float32, on
+    the ``det`` input."""
+    x = bench.inputs['det']
+    with torch.no_grad():
+        reference = model(x)
+        with autocast(bench.device, bench.args.amp):
+            outputs = model(x)
+    return max(
+        relative_error(a.float(), b) for a, b in zip(outputs, reference))
