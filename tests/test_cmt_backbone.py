@@ -210,6 +210,12 @@ def _saved_bytes(model, x):
     return sum(storages.values()), outs
 
 
+def _plain_layers(monkeypatch):
+    """Training through the plain layers (no memory-lean training form)."""
+    from mmcmt.models.utils import fast_path
+    monkeypatch.setattr(fast_path, 'takes_training_form', lambda module: False)
+
+
 CP_ARCH = dict(
     embed_dims=[16, 32, 48, 64],
     depths=[2, 2, 3, 2],
@@ -229,9 +235,10 @@ CP_MIN_FACTOR = 6
                                                               (2, False),
                                                               (1, True),
                                                               (2, True)])
-def test_with_cp_checkpoints(frozen_stages, freeze_downsample):
-    """with_cp really checkpoints: autograd keeps several times fewer bytes,
-    also after frozen stages, and behind a patch aggregation frozen by hand
+def test_with_cp_checkpoints(frozen_stages, freeze_downsample, monkeypatch):
+    """with_cp really checkpoints: autograd keeps several times fewer bytes
+    than the plain layers (as before the IRFFN's lean training form), also
+    after frozen stages, and behind a patch aggregation frozen by hand
     (trainable blocks whose input needs no gradient); the gradients are the
     plain model's."""
     kwargs = dict(pretrain_img_size=64, frozen_stages=frozen_stages)
@@ -250,7 +257,10 @@ def test_with_cp_checkpoints(frozen_stages, freeze_downsample):
             (o * torch.arange(o.numel()).view_as(o).cos()).sum() for o in outs)
         loss.backward()
         results.append((saved, outs, [p.grad for p in model.parameters()]))
-    (saved_plain, o1, g1), (saved_cp, o2, g2) = results
+    (_, o1, g1), (saved_cp, o2, g2) = results
+    with monkeypatch.context() as m:  # what the plain layers keep
+        _plain_layers(m)
+        saved_plain, _ = _saved_bytes(plain, x)
     assert saved_cp * CP_MIN_FACTOR < saved_plain, (saved_plain, saved_cp)
     for a, b in zip(o1, o2):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -309,6 +319,76 @@ def test_with_cp_updates_bn_statistics_once():
     expected = plain.state_dict()
     for name, value in ckpt.state_dict().items():
         torch.testing.assert_close(value, expected[name], msg=name)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(drop_path_rate=0.2),
+    dict(norm_eval=True),
+    dict(frozen_stages=2),
+    dict(with_cp=True),
+])
+def test_lean_training_form_is_the_plain_layers(kwargs, monkeypatch):
+    """The IRFFN's memory-lean training form (two hidden maps kept instead
+    of six) computes the plain layers' outputs, every gradient and the same
+    BatchNorm running statistics (float64: to rounding), and keeps fewer
+    bytes for the backward pass."""
+    torch.manual_seed(0)
+    lean = CMT(CP_ARCH, pretrain_img_size=64, **kwargs).double()
+    lean.init_weights()
+    for module in lean.modules():  # statistics and affines away from 0 / 1
+        if isinstance(module, _BatchNorm):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_()
+    plain = CMT(CP_ARCH, pretrain_img_size=64, **kwargs).double()
+    plain.load_state_dict(lean.state_dict())
+    x = torch.rand(2, 3, 96, 130, dtype=torch.float64)
+    results = []
+    for model in (lean, plain):
+        if model is plain:
+            _plain_layers(monkeypatch)
+        model.train()
+        torch.manual_seed(7)  # same drop-path draws
+        inp = x.clone().requires_grad_()
+        saved, outs = _saved_bytes(model, inp)
+        loss = sum(
+            (o * torch.arange(o.numel()).view_as(o).cos()).sum() for o in outs)
+        loss.backward()
+        results.append((saved, outs, inp.grad, model))
+    (saved_lean, o1, gx1, _), (saved_plain, o2, gx2, _) = results
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx1, gx2, rtol=1e-10, atol=1e-12)
+    # gradients of biases right before a training BatchNorm are 0 up to
+    # rounding: compared against the scale of all the gradients
+    scale = max(p.grad.abs().max() for p in plain.parameters()
+                if p.grad is not None)
+    for (name, a), b in zip(lean.named_parameters(), plain.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(
+                a.grad, b.grad, rtol=1e-9, atol=1e-12 * scale, msg=name)
+    for (name, a), b in zip(lean.named_buffers(), plain.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0, msg=name)
+    if not kwargs.get('with_cp'):  # with_cp keeps the blocks' inputs only
+        assert saved_lean < 0.7 * saved_plain, (saved_lean, saved_plain)
+
+
+def test_lean_training_form_not_under_autocast_or_syncbn():
+    """Under autocast, or with SyncBatchNorm (statistics across processes),
+    the IRFFN trains through the plain layers."""
+    from mmcmt.models.backbones import cmt_lean_training
+    model = CMT(CP_ARCH, pretrain_img_size=64).train()
+    x = torch.rand(1, 3, 64, 64)
+    ffn = model.stages[0].blocks[0].ffn
+    tokens = torch.rand(1, 16, 16, 16, requires_grad=True)
+    assert cmt_lean_training.irffn(ffn, tokens) is not None
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert cmt_lean_training.irffn(ffn, tokens) is None
+        model(x)  # trains through the plain layers
+    ffn.norm1 = torch.nn.SyncBatchNorm(ffn.norm1.num_features)
+    assert cmt_lean_training.irffn(ffn, tokens) is None
 
 
 def test_drop_path_only_in_training():

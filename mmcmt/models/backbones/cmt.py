@@ -38,6 +38,7 @@ from ..utils.relative_position import (factored_relative_position_bias,
                                        infer_square_grid,
                                        resize_relative_position_bias)
 from . import cmt_fast_path as fast
+from . import cmt_lean_training as lean
 
 #: Total stride of the backbone; inputs are padded to a multiple of it.
 MAX_STRIDE = 32
@@ -232,7 +233,7 @@ class IRFFN(nn.Module):
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
         self.norm3 = nn.BatchNorm2d(embed_dims)
 
-    @with_fast_path(fast.irffn)
+    @with_fast_path(fast.irffn, training_form=lean.irffn)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(nhwc_to_nchw(gelu(self.fc1(x))))
         x = self.norm2(gelu(conv_plus_identity(self.dwconv, x)))

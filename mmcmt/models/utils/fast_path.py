@@ -8,7 +8,7 @@ plain layers; inductor fuses them itself). Training and gradients never see
 a fast form.
 """
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -22,10 +22,21 @@ def takes_fast_path(module: nn.Module) -> bool:
                 or torch.jit.is_tracing() or is_compiling())
 
 
-def with_fast_path(fast_form: Callable) -> Callable:
+def takes_training_form(module: nn.Module) -> bool:
+    """Whether ``module`` may run its memory-lean training form now: a
+    gradient is tracked, and no graph is being traced or compiled."""
+    return torch.is_grad_enabled() and not (torch.jit.is_tracing()
+                                            or is_compiling())
+
+
+def with_fast_path(fast_form: Callable,
+                   training_form: Optional[Callable] = None) -> Callable:
     """Decorate a module's ``forward`` with ``fast_form(module, *args)``, the
     same function computed faster, run instead of it when
-    :func:`takes_fast_path`."""
+    :func:`takes_fast_path`; and optionally with ``training_form(module,
+    *args)``, the same function and gradients keeping fewer tensors for the
+    backward pass, run when :func:`takes_training_form` (it returns None
+    where it does not apply, and ``forward`` runs)."""
 
     def decorate(forward):
 
@@ -33,9 +44,12 @@ def with_fast_path(fast_form: Callable) -> Callable:
         def dispatch(self, *args):
             if takes_fast_path(self):
                 return fast_form(self, *args)
+            if training_form is not None and takes_training_form(self):
+                out = training_form(self, *args)
+                if out is not None:
+                    return out
             return forward(self, *args)
 
-        dispatch.fast_form = fast_form
         return dispatch
 
     return decorate

@@ -1,0 +1,142 @@
+"""CMT's memory-lean training forms: the functions of modules in :mod:`.cmt`
+with gradients, keeping fewer tensors for the backward pass.
+
+Autograd keeps, for the IRFFN, every intermediate map that a later gradient
+needs: six maps four times as wide as the block's input (the 1x1
+expansion's output, its GELU, its BatchNorm, the depthwise convolution's
+output, its GELU and BatchNorm). :class:`_LeanIRFFN` keeps two of them, the
+outputs of the expansion and of the depthwise convolution, and recomputes
+the GELUs and BatchNorms (elementwise, with the batch statistics of the
+forward pass) in the backward pass. Gradients and running statistics are
+those of the plain layers.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...compat import autocast_enabled
+from ..utils.fused_ops import plus_identity
+from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
+
+
+def irffn(ffn, x: torch.Tensor) -> torch.Tensor:
+    """:class:`IRFFN` in training: ``(B, H, W, C) -> (B, H, W, C)``.
+
+    The plain layers where the lean form does not apply: under autocast, or
+    with norms other than plain BatchNorms (SyncBatchNorm)."""
+    norms = (ffn.norm1, ffn.norm2)
+    if autocast_enabled(x.device.type) or any(
+            type(bn) is not nn.BatchNorm2d for bn in norms):
+        return None
+    y = _LeanIRFFN.apply(x, ffn, ffn.fc1.weight, ffn.fc1.bias,
+                         ffn.norm1.weight, ffn.norm1.bias, ffn.dwconv.weight,
+                         ffn.dwconv.bias, ffn.norm2.weight, ffn.norm2.bias,
+                         ffn.fc2.weight, ffn.fc2.bias)
+    return nchw_to_nhwc(ffn.norm3(nhwc_to_nchw(y)))
+
+
+def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor):
+    """``bn(x)`` as :meth:`nn.BatchNorm2d.forward` computes it (running
+    statistics updated in training), with the statistics it normalised by:
+    ``(out, mean, invstd)``; mean and invstd are empty when it used the
+    running statistics."""
+    factor = 0.
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        factor = (1. / float(bn.num_batches_tracked)
+                  if bn.momentum is None else bn.momentum)
+    use_batch = bn.training or bn.running_mean is None
+    keep = not bn.training or bn.track_running_stats
+    return torch.native_batch_norm(x, bn.weight, bn.bias,
+                                   bn.running_mean if keep else None,
+                                   bn.running_var if keep else None, use_batch,
+                                   factor, bn.eps)
+
+
+def _apply_batch_norm(bn, x, mean, invstd, use_batch):
+    """The forward pass's ``bn(x)`` again, from the statistics it used."""
+    if not use_batch:
+        mean = bn.running_mean
+        invstd = torch.rsqrt(bn.running_var + bn.eps)
+    scale = invstd if bn.weight is None else invstd * bn.weight
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return torch.addcmul(shift.view(-1, 1, 1), x, scale.view(-1, 1, 1))
+
+
+class _LeanIRFFN(torch.autograd.Function):
+    """fc1, GELU, norm1, depthwise convolution plus identity, GELU, norm2,
+    fc2: ``(B, H, W, C) -> (B, H, W, C)`` (before norm3). Keeps ``x``, the
+    expansion's output ``a`` and the convolution's output ``d``."""
+
+    @staticmethod
+    def forward(ctx, x, ffn, *params):
+        fc1, dwconv, fc2 = ffn.fc1, ffn.dwconv, ffn.fc2
+        with torch.no_grad():
+            a = F.linear(x, fc1.weight, fc1.bias)
+            h, mean1, invstd1 = _batch_norm(ffn.norm1, F.gelu(nhwc_to_nchw(a)))
+            d = dwconv._conv_forward(h, plus_identity(dwconv), dwconv.bias)
+            del h
+            h, mean2, invstd2 = _batch_norm(ffn.norm2, F.gelu(d))
+            y = F.linear(nchw_to_nhwc(h), fc2.weight, fc2.bias)
+        ctx.ffn = ffn
+        ctx.use_batch = (ffn.norm1.training
+                         or ffn.norm1.running_mean is None, ffn.norm2.training
+                         or ffn.norm2.running_mean is None)
+        ctx.save_for_backward(x, a, mean1, invstd1, mean2, invstd2)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, a, mean1, invstd1, mean2, invstd2 = ctx.saved_tensors
+        ffn = ctx.ffn
+        fc1, norm1, dwconv, norm2, fc2 = (ffn.fc1, ffn.norm1, ffn.dwconv,
+                                          ffn.norm2, ffn.fc2)
+        needs = ctx.needs_input_grad
+        grads = [None] * 12  # x, ffn, then the ten parameters
+        C, hidden = x.shape[-1], a.shape[-1]
+        dw_weight = plus_identity(dwconv)
+
+        # the depthwise convolution's input and output, recomputed
+        g1 = F.gelu(nhwc_to_nchw(a))
+        h1 = _apply_batch_norm(norm1, g1, mean1, invstd1, ctx.use_batch[0])
+        d = dwconv._conv_forward(h1, dw_weight, dwconv.bias)
+
+        # fc2, its input recomputed: h2 = norm2(gelu(d))
+        g = F.gelu(d)
+        h = _apply_batch_norm(norm2, g, mean2, invstd2, ctx.use_batch[1])
+        dy = grad_y.reshape(-1, C)
+        if needs[10]:
+            grads[10] = dy.t().mm(nchw_to_nhwc(h).reshape(-1, hidden))
+        if needs[11]:
+            grads[11] = dy.sum(0)
+        del h
+        dh = nhwc_to_nchw(dy.mm(fc2.weight).view(a.shape))
+        dg, grads[8], grads[9] = torch.ops.aten.native_batch_norm_backward(
+            dh, g, norm2.weight, norm2.running_mean, norm2.running_var, mean2,
+            invstd2, ctx.use_batch[1], norm2.eps, [True, needs[8], needs[9]])
+        del dh, g
+        dd = torch.ops.aten.gelu_backward(dg, d)
+        del dg
+
+        del d
+        dh, grads[6], grads[7] = torch.ops.aten.convolution_backward(
+            dd, h1, dw_weight, [hidden], dwconv.stride, dwconv.padding,
+            dwconv.dilation, False, [0, 0], dwconv.groups,
+            [True, needs[6], needs[7]])
+        del dd, h1
+        dg, grads[4], grads[5] = torch.ops.aten.native_batch_norm_backward(
+            dh, g1, norm1.weight, norm1.running_mean, norm1.running_var, mean1,
+            invstd1, ctx.use_batch[0], norm1.eps, [True, needs[4], needs[5]])
+        del dh, g1
+        da = nchw_to_nhwc(torch.ops.aten.gelu_backward(
+            dg, nhwc_to_nchw(a))).reshape(-1, hidden)
+        del dg
+        if needs[2]:
+            grads[2] = da.t().mm(x.reshape(-1, C))
+        if needs[3]:
+            grads[3] = da.sum(0)
+        if needs[0]:
+            grads[0] = da.mm(fc1.weight).view(x.shape)
+        return tuple(grads)
