@@ -328,7 +328,7 @@ def test_with_cp_updates_bn_statistics_once():
     dict(with_cp=True),
 ])
 def test_lean_training_form_is_the_plain_layers(kwargs, monkeypatch):
-    """The IRFFN's memory-lean training form (two hidden maps kept instead
+    """The IRFFN's memory-lean training form (one hidden map kept instead
     of six) computes the plain layers' outputs, every gradient and the same
     BatchNorm running statistics (float64: to rounding), and keeps fewer
     bytes for the backward pass."""

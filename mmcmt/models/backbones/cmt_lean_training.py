@@ -4,11 +4,12 @@ with gradients, keeping fewer tensors for the backward pass.
 Autograd keeps, for the IRFFN, every intermediate map that a later gradient
 needs: six maps four times as wide as the block's input (the 1x1
 expansion's output, its GELU, its BatchNorm, the depthwise convolution's
-output, its GELU and BatchNorm). :class:`_LeanIRFFN` keeps two of them, the
-outputs of the expansion and of the depthwise convolution, and recomputes
-the GELUs and BatchNorms (elementwise, with the batch statistics of the
-forward pass) in the backward pass. Gradients and running statistics are
-those of the plain layers.
+output, its GELU and BatchNorm). :class:`_LeanIRFFN` keeps one of them, the
+expansion's output, and recomputes the GELUs, the BatchNorms (with the
+batch statistics of the forward pass) and the depthwise convolution in the
+backward pass: half the training memory of CMT-S at detection sizes, at the
+same step time (docs/advanced_guides/speed_and_memory.md). Gradients and
+running statistics are those of the plain layers.
 """
 import torch
 import torch.nn as nn
@@ -68,7 +69,7 @@ def _apply_batch_norm(bn, x, mean, invstd, use_batch):
 class _LeanIRFFN(torch.autograd.Function):
     """fc1, GELU, norm1, depthwise convolution plus identity, GELU, norm2,
     fc2: ``(B, H, W, C) -> (B, H, W, C)`` (before norm3). Keeps ``x``, the
-    expansion's output ``a`` and the convolution's output ``d``."""
+    expansion's output and the BatchNorms' batch statistics."""
 
     @staticmethod
     def forward(ctx, x, ffn, *params):
