@@ -3,9 +3,11 @@
 A faithful, dense-prediction-ready implementation of the released CMT
 networks (Guo et al., CVPR 2022). The core depends only on torch and mmengine.
 
-Each module's ``forward`` is the paper's computation. In eval mode without
-gradients, the modules decorated with :func:`with_fast_path` run the same
-function faster (:mod:`.cmt_fast_path`, the only place of that path).
+Each module's ``forward`` is the paper's computation. The modules decorated
+with :func:`with_fast_path` run the same function faster in eval mode
+without gradients (:mod:`.cmt_fast_path`, the only place of that path) and,
+for the IRFFN, keeping fewer tensors for the backward pass in training
+(:mod:`.cmt_lean_training`).
 
 Layout: inside a stage the feature map is kept as an NHWC tensor ``(B, H, W,
 C)``, which is at once the token sequence (LayerNorm and linear layers act on
