@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...compat import autocast_enabled
+from ..utils.fuse import bn_affine
 from ..utils.fused_ops import plus_identity
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
 
@@ -46,23 +47,28 @@ def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor):
         bn.num_batches_tracked.add_(1)
         factor = (1. / float(bn.num_batches_tracked)
                   if bn.momentum is None else bn.momentum)
-    use_batch = bn.training or bn.running_mean is None
     keep = not bn.training or bn.track_running_stats
     return torch.native_batch_norm(x, bn.weight, bn.bias,
                                    bn.running_mean if keep else None,
-                                   bn.running_var if keep else None, use_batch,
-                                   factor, bn.eps)
+                                   bn.running_var if keep else None,
+                                   _uses_batch_statistics(bn), factor, bn.eps)
+
+
+def _uses_batch_statistics(bn: nn.BatchNorm2d) -> bool:
+    """Whether ``bn`` normalises by the batch's statistics (else by its
+    running ones), as :meth:`nn.BatchNorm2d.forward` decides."""
+    return bn.training or bn.running_mean is None
 
 
 def _apply_batch_norm(bn, x, mean, invstd, use_batch):
     """The forward pass's ``bn(x)`` again, from the statistics it used."""
-    if not use_batch:
-        mean = bn.running_mean
-        invstd = torch.rsqrt(bn.running_var + bn.eps)
-    scale = invstd if bn.weight is None else invstd * bn.weight
-    shift = -mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
+    if use_batch:
+        scale = invstd if bn.weight is None else invstd * bn.weight
+        shift = -mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+    else:  # the eval-mode affine map, as the BatchNorm folds use it
+        scale, shift = (v.to(x.dtype) for v in bn_affine(bn))
     return torch.addcmul(shift.view(-1, 1, 1), x, scale.view(-1, 1, 1))
 
 
@@ -82,9 +88,8 @@ class _LeanIRFFN(torch.autograd.Function):
             h, mean2, invstd2 = _batch_norm(ffn.norm2, F.gelu(d))
             y = F.linear(nchw_to_nhwc(h), fc2.weight, fc2.bias)
         ctx.ffn = ffn
-        ctx.use_batch = (ffn.norm1.training
-                         or ffn.norm1.running_mean is None, ffn.norm2.training
-                         or ffn.norm2.running_mean is None)
+        ctx.use_batch = (_uses_batch_statistics(ffn.norm1),
+                         _uses_batch_statistics(ffn.norm2))
         ctx.save_for_backward(x, a, mean1, invstd1, mean2, invstd2)
         return y
 
@@ -119,9 +124,7 @@ class _LeanIRFFN(torch.autograd.Function):
             invstd2, ctx.use_batch[1], norm2.eps, [True, needs[8], needs[9]])
         del dh, g
         dd = torch.ops.aten.gelu_backward(dg, d)
-        del dg
-
-        del d
+        del dg, d
         dh, grads[6], grads[7] = torch.ops.aten.convolution_backward(
             dd, h1, dw_weight, [hidden], dwconv.stride, dwconv.padding,
             dwconv.dilation, False, [0, 0], dwconv.groups,
