@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from mmcmt.compat import ONNX_EXPORT_KWARGS
-from mmcmt.deploy import require_onnx
+from mmcmt.deploy import ort_session, require_onnx
 from mmcmt.engine import UsageError, run_main
 from mmcmt.models import CMT
 
@@ -90,9 +90,7 @@ def export(model: CMT, out: str, shape, opset: int = 17) -> None:
 def check(model: CMT, out: str, shapes):
     """``[(shape, [max abs error of each output])]`` of onnxruntime
     against PyTorch on random inputs."""
-    import onnxruntime
-    session = onnxruntime.InferenceSession(
-        out, providers=['CPUExecutionProvider'])
+    session = ort_session(out)
     results = []
     for shape in shapes:
         x = torch.randn(*shape)
