@@ -53,7 +53,9 @@ def test_benchmark_figures(tmp_path):
         train_cp=1,
         deploy_eager=2,
         deploy_ort=2,
-        deploy_speedup=2)
+        deploy_speedup=2,
+        deploy_features_eager=2,
+        deploy_features_ort=2)
     for key, count in rounds.items():
         assert len(ti[key].values) == count and min(ti[key].values) > 0
     assert ti['train_mem'] > 0 and ti['train_cp_mem'] > 0
@@ -62,7 +64,8 @@ def test_benchmark_figures(tmp_path):
     assert 'deploy_ort' not in results['CMT-S fused']
     shares = results['CMT-S']['ort_shares']
     assert sum(shares.values()) == pytest.approx(1)
-    assert {'Conv', 'MatMul', 'Softmax', 'LayerNormalization'} <= set(shares)
+    assert {'Conv', 'MatMul', 'Attention', 'LayerNormalization'} <= set(shares)
+    assert results['CMT-S']['ort_size_inputs'] > 0
     assert results['CMT-S naive']['check'] < 1e-5
     assert 'train' not in results['CMT-S fused']  # inference only
     text = open(out).read()

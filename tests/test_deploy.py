@@ -9,6 +9,7 @@ import os.path as osp
 import pickle
 import re
 import sys
+import types
 
 import mmcv
 import numpy as np
@@ -21,7 +22,8 @@ from mmengine.structures import InstanceData
 from mmcmt.datasets import make_synthetic_coco
 from mmcmt.deploy import (attach_onnx, compare_parts, end_profiling,
                           export_detector, load_onnx_detector,
-                          match_detections, op_time_shares, read_manifest)
+                          match_detections, onnx_modules, op_time_shares,
+                          read_manifest)
 from mmcmt.engine import UsageError, load_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -109,7 +111,8 @@ def kept(result, score_thr=0.05):
 
 def test_deploy_tool_checks_itself(retinanet):
     out = retinanet['deployed']
-    assert 'wrote' in out and 'features.onnx, bbox_head.onnx' in out
+    assert 'wrote' in out and \
+        'features.onnx, features.size_inputs.onnx, bbox_head.onnx' in out
     for line in out.splitlines():
         if line.startswith('  input '):  # each part, both input sizes
             errors = re.findall(r'(\w+) ([\d.e+-]+) \(([\d.e+-]+)\)', line)
@@ -122,6 +125,13 @@ def test_deploy_tool_checks_itself(retinanet):
     manifest = read_manifest(retinanet['onnx_dir'])
     assert manifest['traced_shape'] == [1, 3, SIZE, SIZE]
     assert [p['name'] for p in manifest['parts']] == ['features', 'bbox_head']
+    # CMT-Ti's position biases at 128x128: grids 32x32 to 4x4, keys
+    # reduced 8, 4, 2 and 1 times
+    sized = manifest['parts'][0]['size_inputs']
+    assert sized['file'] == 'features.size_inputs.onnx'
+    assert list(sized['output_shapes'].values()) == [[1, 1024, 16],
+                                                     [2, 256, 16], [4, 64, 16],
+                                                     [8, 16, 16]]
     assert manifest['dataset_meta']['classes'] == [
         'circle', 'square', 'triangle', 'cross'
     ]
@@ -196,15 +206,43 @@ def test_no_pytorch_weights_left_and_profiling(retinanet, tmp_path):
     with torch.no_grad():
         model._forward(torch.randn(1, 3, 64, 96))
     files = end_profiling(model)
-    assert len(files) == 2 and all(osp.isfile(f) for f in files)
+    # features, its size inputs, bbox_head
+    assert len(files) == 3 and all(osp.isfile(f) for f in files)
     shares = op_time_shares(files)
     assert sum(shares.values()) == pytest.approx(1.0)
     assert list(shares.values()) == sorted(shares.values(), reverse=True)
     grouped = op_time_shares(files, grouped=True)
     assert sum(grouped.values()) == pytest.approx(1.0)
-    # CMT's attention and norms, the convolutions of all parts
-    assert {'Conv', 'Softmax', 'LayerNormalization', 'MatMul'} <= set(grouped)
-    assert 'FusedConv' not in grouped
+    # CMT's attention (ONNX Runtime's fused kernel) and norms, the
+    # convolutions of all parts
+    assert {'Conv', 'Attention', 'LayerNormalization',
+            'MatMul'} <= set(grouped)
+    assert not {'FusedConv', 'Softmax'} & set(grouped)
+
+
+def test_position_biases_computed_once_per_size(retinanet):
+    """The features graph takes CMT's position biases as inputs: computed
+    by their own graph for a new input size only, equal to PyTorch's (the
+    eval path's cached resize)."""
+    from mmdet.apis import init_detector
+    model = init_detector(
+        retinanet['cfg'], retinanet['checkpoint'], device='cpu')
+    onnx_model = load_onnx_detector(retinanet['onnx_dir'], retinanet['cfg'])
+    features = onnx_modules(onnx_model)['features']
+    runs = []
+    session_run = features.size_session.run
+    features.size_session = types.SimpleNamespace(
+        run=lambda *a: runs.append(a[1]['image'].shape) or session_run(*a))
+    with torch.no_grad():
+        for shape in [(1, 3, 97, 211), (2, 3, 97, 211), (1, 3, 64, 64)]:
+            onnx_model.extract_feat(torch.randn(*shape))
+        biases = features.size_feeds(np.zeros((1, 3, 64, 64), np.float32))
+        expected = model.backbone.position_biases(torch.zeros(1, 3, 64, 64))
+    assert runs == [(1, 3, 97, 211), (1, 3, 64, 64)]  # not again for 2x3
+    assert len(biases) == len(expected) == 4
+    for got, want in zip(biases.values(), expected):
+        assert got.shape == tuple(want.shape)
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def small_two_stage_config(path):

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from mmengine.config import DictAction
 
-from mmcmt.deploy import (compare_parts, export_detector, load_onnx_detector,
-                          match_detections, require_onnx)
+from mmcmt.deploy import (compare_parts, export_detector, graph_files,
+                          load_onnx_detector, match_detections, require_onnx)
 from mmcmt.engine import UsageError, check_file, load_config, run_main
 from mmcmt.utils import check_new_folder
 
@@ -148,8 +148,7 @@ def main(argv=None):
         shape,
         args.opset,
         meta=dict(source_config=args.config, checkpoint=args.checkpoint))
-    print(f'wrote {args.out_dir}: ' + ', '.join(p['file']
-                                                for p in manifest['parts']) +
+    print(f'wrote {args.out_dir}: ' + ', '.join(graph_files(manifest)) +
           f', manifest.json, config.py (traced at 1x3x{shape[0]}x'
           f'{shape[1]}, opset {args.opset})')
 

@@ -34,6 +34,10 @@ COLUMNS = [
     ('deploy_eager', 'RetinaNet {det}, PyTorch eager (s)', '{:.3f}', True),
     ('deploy_ort', 'RetinaNet {det}, ONNX Runtime (s)', '{:.3f}', True),
     ('deploy_speedup', 'eager / ONNX Runtime', '{:.2f}x', False),
+    ('deploy_features_eager', 'backbone+FPN {det}, PyTorch eager (s)',
+     '{:.3f}', True),
+    ('deploy_features_ort', 'backbone+FPN {det}, ONNX Runtime (s)', '{:.3f}',
+     True),
 ]
 GOALS_FILE = osp.join(osp.dirname(osp.abspath(__file__)), 'goals.yml')
 #: The bounds a goal may set on its ratio's median.
@@ -83,10 +87,12 @@ def format_table(results, args):
     shares = results.get('CMT-S', {}).get('ort_shares')
     if shares:
         notes.append('- CMT-S RetinaNet in ONNX Runtime, share of kernel '
-                     'time per operator type (profiler, 2 runs): ' +
-                     ', '.join(f'{op} {share:.1%}'
-                               for op, share in shares.items()
-                               if share >= 0.001) + '.')
+                     'time per operator type (profiler, 2 runs at a known '
+                     'size): ' + ', '.join(f'{op} {share:.1%}'
+                                           for op, share in shares.items()
+                                           if share >= 0.001) +
+                     f'. Its position biases, computed once per input size, '
+                     f'took {results["CMT-S"]["ort_size_inputs"]:.3f} s.')
     if 'CMT-S naive' in results and 'check' in results['CMT-S naive']:
         notes.append(f'- CMT-S naive computes what CMT-S computes: max '
                      f'relative error {results["CMT-S naive"]["check"]:.1e} '

@@ -194,10 +194,13 @@ def training_tasks(bench, rows, tasks, results):
 
 
 def deploy_task(bench, rows, results):
-    """PyTorch eager against ONNX Runtime, whole RetinaNet, ``det`` input;
-    the operator shares of CMT-S in ONNX Runtime."""
+    """PyTorch eager against ONNX Runtime on the ``det`` input: the whole
+    RetinaNet (``predict``, mmdet's post-processing included) and its
+    features alone (backbone and FPN, ``extract_feat``); the time of
+    CMT-S's size inputs (position biases, computed once per input size) and
+    its operator shares in ONNX Runtime, per run at a known size."""
     from mmcmt.deploy import (end_profiling, export_detector,
-                              load_onnx_detector, op_time_shares)
+                              load_onnx_detector, onnx_modules, op_time_shares)
     names = [n for n in rows if n in DEPLOY_ROWS]
     x = bench.inputs['det'].cpu()
     samples = dummy_data_samples('mmdet', *x.shape[-2:], batch_size=x.shape[0])
@@ -214,13 +217,15 @@ def deploy_task(bench, rows, results):
             warnings.simplefilter('ignore')  # the tracer's chatter
             export_detector(eager, cfg, exports[name], shape=x.shape[-2:])
         deployed = load_onnx_detector(exports[name], threads=threads)
-        for kind, model in (('eager', eager), ('ORT', deployed)):
-            runs[(name, kind)] = bench.inference(
+        for kind, model in (('eager', eager), ('ort', deployed)):
+            runs[(name, f'deploy_{kind}')] = bench.inference(
                 lambda x, model=model: model.predict(x, samples), [x],
                 amp=False)
-    print(f'  deploy: {len(runs)} models, interleaved', flush=True)
-    for (name, kind), figure in bench.measure(runs).items():
-        results[name][f'deploy_{kind.lower()}'] = figure
+            runs[(name, f'deploy_features_{kind}')] = bench.inference(
+                model.extract_feat, [x], amp=False)
+    print(f'  deploy: {len(runs)} runs, interleaved', flush=True)
+    for (name, key), figure in bench.measure(runs).items():
+        results[name][key] = figure
     for name in names:
         row = results[name]
         row['deploy_speedup'] = row['deploy_eager'].ratio_to(row['deploy_ort'])
@@ -228,12 +233,18 @@ def deploy_task(bench, rows, results):
         profiled = load_onnx_detector(
             exports['CMT-S'],
             threads=threads,
-            profile_prefix=osp.join(work, 'prof'))
+            profile_prefix=osp.join(work, 'prof_'))
+        features = onnx_modules(profiled)['features']
         with torch.no_grad():
+            start = time.perf_counter()
+            features.size_feeds(x.numpy())
+            size_time = time.perf_counter() - start
             for _ in range(2):
                 profiled.predict(x, samples)
+        files = end_profiling(profiled)
         results['CMT-S']['ort_shares'] = op_time_shares(
-            end_profiling(profiled), grouped=True)
+            [f for f in files if '.size_inputs' not in f], grouped=True)
+        results['CMT-S']['ort_size_inputs'] = size_time
 
 
 def naive_matches_cmt(naive, bench):

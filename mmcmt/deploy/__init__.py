@@ -7,6 +7,9 @@ exporter (``torch.onnx.export(..., dynamo=False)``) with dynamic batch, height
 and width (dynamic number of RoIs for the RoI heads)::
 
     features.onnx            backbone + neck: image (B, 3, H, W) -> feat0..
+    features.size_inputs.onnx  a CMT backbone's position biases for the
+                             image's size, inputs of features.onnx that the
+                             runtime computes once per size
     bbox_head.onnx           single-stage: feat0.. -> cls_score_l, bbox_pred_l
     rpn_head.onnx            two-stage: the RPN head, the same way
     roi_head.bbox_head.onnx  RoI features (N, C, 7, 7) -> cls_score (N, K+1),
@@ -46,7 +49,7 @@ checks against PyTorch) and ``extras`` (the optional packages).
 from .compare import compare_parts, match_detections
 from .export import OPSET, export_detector
 from .extras import MissingExtrasError, require_onnx
-from .manifest import CONFIG, FORMAT, MANIFEST, read_manifest
+from .manifest import CONFIG, FORMAT, MANIFEST, graph_files, read_manifest
 from .parts import DENSE_OUTPUTS, Part, capture_part_inputs, detector_parts
 from .profiling import OP_GROUPS, end_profiling, op_time_shares
 from .runtime import (OnnxRuntimeModule, attach_onnx, load_onnx_detector,
@@ -56,7 +59,7 @@ __all__ = [
     'CONFIG', 'DENSE_OUTPUTS', 'FORMAT', 'MANIFEST', 'MissingExtrasError',
     'OPSET', 'OP_GROUPS', 'OnnxRuntimeModule', 'Part', 'attach_onnx',
     'capture_part_inputs', 'compare_parts', 'detector_parts', 'end_profiling',
-    'export_detector', 'load_onnx_detector', 'match_detections',
+    'export_detector', 'graph_files', 'load_onnx_detector', 'match_detections',
     'onnx_modules', 'op_time_shares', 'ort_session', 'read_manifest',
     'require_onnx'
 ]

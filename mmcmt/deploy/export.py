@@ -15,10 +15,10 @@ from ..utils import check_new_folder
 from .extras import require_onnx
 from .manifest import (CONFIG, FORMAT, preprocessor_meta, structure_digest,
                        to_json, write_manifest)
-from .parts import (Part, capture_part_inputs, detector_parts, flatten,
-                    input_names, leaf_names, output_names, part_module,
-                    unflatten)
-from .runtime import ort_session
+from .parts import (Part, SizeInputs, capture_part_inputs, detector_parts,
+                    flatten, input_names, leaf_names, output_names,
+                    part_module, size_inputs, unflatten)
+from .runtime import OnnxRuntimeModule
 
 OPSET = 17
 
@@ -150,14 +150,67 @@ def _export_part(module: nn.Module, part: Part, args: tuple, fresh: nn.Module,
         outputs = module(*args)
     in_template = input_names(part.role, args)
     out_template = output_names(part.role, outputs)
+    spec = dict(
+        name=part.name,
+        file=f'{part.name}.onnx',
+        replaces=part.paths,
+        role=part.role,
+        inputs=in_template,
+        outputs=out_template)
+    graph_inputs, graph_args, size_axes = in_template, args, {}
+
+    def axes(name, tensor):
+        return size_axes.get(name) or _dynamic_axes(part.role, name,
+                                                    tensor.dim())
+
+    if part.role == 'features' and size_inputs(module.backbone):
+        # computed once per image size at run time, inputs of the graph
+        sizer = SizeInputs(module.backbone)
+        with torch.no_grad():
+            extra = sizer(*args)
+        names = [f'size_input{i}' for i in range(len(extra))]
+        size_axes = {
+            n: {
+                i: f'{n}_{i}'
+                for i in range(t.dim())
+            }
+            for n, t in zip(names, extra)
+        }
+        file = f'{part.name}.size_inputs.onnx'
+        spec['size_inputs'] = dict(
+            file=file,
+            inputs=in_template,
+            outputs=names,
+            **_export_graph(sizer, in_template, args, names, extra,
+                            osp.join(out_dir, file), opset, axes))
+        graph_inputs, graph_args = in_template + names, args + extra
+    spec.update(
+        _export_graph(module, graph_inputs, graph_args, out_template, outputs,
+                      osp.join(out_dir, spec['file']), opset, axes))
+    runner = OnnxRuntimeModule.from_spec(spec, out_dir)
+    with torch.no_grad():
+        got = flatten(runner(*args), out_template)
+    digest, num_params = structure_digest(fresh)
+    spec.update(
+        max_abs_error_at_trace=max(
+            float((g - e).abs().max())
+            for g, e in zip(got, flatten(outputs, out_template))),
+        structure_sha256=digest,
+        num_parameters=num_params)
+    return spec
+
+
+def _export_graph(module: nn.Module, in_template, args, out_template, outputs,
+                  path: str, opset: int, axes) -> dict:
+    """Trace ``module`` on ``args`` into the graph at ``path``; returns its
+    shapes at the trace and dynamic axes (``axes(name, tensor)``)."""
     flat_in = flatten(args, in_template)
     flat_out = flatten(outputs, out_template)
     in_names, out_names = leaf_names(in_template), leaf_names(out_template)
     dynamic = {
-        n: _dynamic_axes(part.role, n, t.dim())
+        n: axes(n, t)
         for n, t in zip(in_names + out_names, flat_in + flat_out)
     }
-    path = osp.join(out_dir, f'{part.name}.onnx')
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')  # tracer and deprecation chatter
         # The TorchScript exporter traces the size arithmetic (CMT's
@@ -172,23 +225,9 @@ def _export_part(module: nn.Module, part: Part, args: tuple, fresh: nn.Module,
             output_names=out_names,
             dynamic_axes=dynamic,
             opset_version=opset,
+            custom_opsets={'com.microsoft': 1},  # CMT's attention
             **ONNX_EXPORT_KWARGS)
-    session = ort_session(path)
-    got = session.run(out_names, {
-        n: t.numpy()
-        for n, t in zip(in_names, flat_in)
-    })
-    error = max(
-        float((torch.from_numpy(g) - e).abs().max())
-        for g, e in zip(got, flat_out))
-    digest, num_params = structure_digest(fresh)
     return dict(
-        name=part.name,
-        file=f'{part.name}.onnx',
-        replaces=part.paths,
-        role=part.role,
-        inputs=in_template,
-        outputs=out_template,
         input_shapes={
             n: list(t.shape)
             for n, t in zip(in_names, flat_in)
@@ -203,7 +242,4 @@ def _export_part(module: nn.Module, part: Part, args: tuple, fresh: nn.Module,
                 for k, v in d.items()
             }
             for n, d in dynamic.items()
-        },
-        max_abs_error_at_trace=error,
-        structure_sha256=digest,
-        num_parameters=num_params)
+        })

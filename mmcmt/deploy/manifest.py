@@ -5,7 +5,7 @@ each part, the data preprocessor's settings, the dataset meta)."""
 import hashlib
 import json
 import os.path as osp
-from typing import Tuple
+from typing import List, Tuple
 
 import torch.nn as nn
 
@@ -13,7 +13,7 @@ from ..engine import UsageError
 
 MANIFEST = 'manifest.json'
 CONFIG = 'config.py'
-FORMAT = 'mmcmt-onnx-detector/1'
+FORMAT = 'mmcmt-onnx-detector/2'
 
 
 def read_manifest(onnx_dir: str) -> dict:
@@ -38,13 +38,25 @@ def read_manifest(onnx_dir: str) -> dict:
         manifest = json.load(f)
     if manifest.get('format') != FORMAT:
         raise UsageError(f'{path}: format {manifest.get("format")!r}, '
-                         f'expected {FORMAT!r}')
-    for spec in manifest['parts']:
-        if not osp.isfile(osp.join(onnx_dir, spec['file'])):
+                         f'expected {FORMAT!r}: export the detector again '
+                         f'with tools/export_detector_onnx.py')
+    for file in graph_files(manifest):
+        if not osp.isfile(osp.join(onnx_dir, file)):
             raise FileNotFoundError(
-                f'{onnx_dir!r}: {spec["file"]} is missing (export again '
-                f'with tools/export_detector_onnx.py)')
+                f'{onnx_dir!r}: {file} is missing (export again with '
+                f'tools/export_detector_onnx.py)')
     return manifest
+
+
+def graph_files(manifest: dict) -> List[str]:
+    """The export's graph files: each part's, followed by that of its size
+    inputs when it has some (``features.size_inputs.onnx``)."""
+    files = []
+    for spec in manifest['parts']:
+        files.append(spec['file'])
+        if 'size_inputs' in spec:
+            files.append(spec['size_inputs']['file'])
+    return files
 
 
 def write_manifest(manifest: dict, onnx_dir: str) -> None:

@@ -68,15 +68,40 @@ def detector_parts(model: nn.Module) -> List[Part]:
 
 
 class Features(nn.Module):
-    """Backbone and neck as one module: ``(B, 3, H, W)`` -> tuple of maps."""
+    """Backbone and neck as one module: ``(B, 3, H, W)`` -> tuple of maps.
+
+    A backbone with inputs that depend on the image size only (CMT's
+    ``position_biases``, see :func:`size_inputs`) gets them as further
+    arguments: the deployed graph takes them as inputs, computed once per
+    size by the :class:`SizeInputs` graph."""
 
     def __init__(self, backbone: nn.Module, neck: Optional[nn.Module]):
         super().__init__()
         self.backbone, self.neck = backbone, neck
 
-    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        x = self.backbone(image)
+    def forward(self, image: torch.Tensor, *size_inputs:
+                torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        x = self.backbone(image, size_inputs) if size_inputs else \
+            self.backbone(image)
         return tuple(self.neck(x) if self.neck is not None else x)
+
+
+def size_inputs(backbone: nn.Module):
+    """The backbone's method that computes its size-dependent inputs from
+    an image (``backbone.position_biases``), or None."""
+    return getattr(backbone, 'position_biases', None)
+
+
+class SizeInputs(nn.Module):
+    """The backbone's size-dependent inputs: ``(B, 3, H, W)`` (only its
+    size is read) -> tuple of tensors."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return tuple(size_inputs(self.backbone)(image))
 
 
 def part_module(model: nn.Module, part: Part) -> nn.Module:

@@ -27,13 +27,17 @@ OP_GROUPS = {
     # torch exports GroupNorm as InstanceNormalization below opset 18
     'InstanceNormalization': 'GroupNorm',
     'GroupNorm': 'GroupNorm',
+    'MultiHeadAttention': 'Attention',
 }
 
 
 def end_profiling(model: nn.Module) -> List[str]:
     """End the profiling of every session of a model attached with a
     ``profile_prefix``; returns the profile files written."""
-    return [m.session.end_profiling() for m in onnx_modules(model).values()]
+    return [
+        session.end_profiling() for m in onnx_modules(model).values()
+        for session in m.sessions
+    ]
 
 
 def op_time_shares(profile_path: Union[str, Iterable[str]],

@@ -60,15 +60,48 @@ class OnnxRuntimeModule(nn.Module):
     Args:
         session (onnxruntime.InferenceSession): the part's graph.
         spec (dict): the part's manifest entry (names, templates).
+        size_session (onnxruntime.InferenceSession, optional): the graph of
+            the part's size-dependent inputs (``spec['size_inputs']``: CMT's
+            position biases), run once per input size; its outputs are kept
+            for the next inputs of the same size.
     """
 
-    def __init__(self, session, spec: dict):
+    def __init__(self, session, spec: dict, size_session=None):
         super().__init__()
         self.session, self.spec = session, spec
+        self.size_session = size_session
         self.input_names = leaf_names(spec['inputs'])
         self.output_names = leaf_names(spec['outputs'])
         self.record = False  # keep the last inputs and outputs
         self.last = None
+        self._size_cache = None  # (image size, feeds)
+
+    @classmethod
+    def from_spec(cls,
+                  spec: dict,
+                  onnx_dir: str,
+                  threads: Optional[int] = None,
+                  profile_prefix: Optional[str] = None):
+        """The module of a manifest entry, its sessions on the graphs in
+        ``onnx_dir`` (see :func:`ort_session`; with profiling, the sessions
+        write ``<profile_prefix><graph file name>_*.json``)."""
+
+        def session(file):
+            return ort_session(
+                osp.join(onnx_dir, file), threads,
+                f'{profile_prefix}{file[:-len(".onnx")]}'
+                if profile_prefix else None)
+
+        sized = spec.get('size_inputs')
+        return cls(
+            session(spec['file']), spec,
+            session(sized['file']) if sized else None)
+
+    @property
+    def sessions(self) -> list:
+        """The part's sessions: its graph's, then the size inputs' one."""
+        return [self.session] + ([self.size_session]
+                                 if self.size_session is not None else [])
 
     def extra_repr(self) -> str:
         return f'{self.spec["file"]!r} (ONNX Runtime)'
@@ -79,6 +112,8 @@ class OnnxRuntimeModule(nn.Module):
             n: t.detach().to('cpu', torch.float32).contiguous().numpy()
             for n, t in zip(self.input_names, flat)
         }
+        if self.size_session is not None:
+            feeds.update(self.size_feeds(feeds[self.input_names[0]]))
         outs = [
             torch.from_numpy(o).to(flat[0].device)
             for o in self.session.run(self.output_names, feeds)
@@ -88,6 +123,21 @@ class OnnxRuntimeModule(nn.Module):
         if self.record:
             self.last = (args, result)
         return result
+
+    def size_feeds(self, image) -> dict:
+        """The size graph's outputs for the spatial size of ``image`` (a
+        ``(B, C, H, W)`` array), by name. Those of the last size are kept:
+        a COCO evaluation sees most sizes once, and the largest of them,
+        CMT's stage-1 bias, takes hundreds of MB."""
+        size = tuple(image.shape[2:])
+        if self._size_cache is None or self._size_cache[0] != size:
+            self._size_cache = None  # freed before the next one is made
+            spec = self.spec['size_inputs']
+            names = leaf_names(spec['outputs'])
+            outs = self.size_session.run(
+                names, {leaf_names(spec['inputs'])[0]: image})
+            self._size_cache = (size, dict(zip(names, outs)))
+        return self._size_cache[1]
 
 
 def onnx_modules(model: nn.Module) -> Dict[str, OnnxRuntimeModule]:
@@ -139,7 +189,8 @@ def attach_onnx(model: nn.Module,
             mmdet's Python code).
         onnx_dir (str): a folder written by :func:`export_detector`.
         threads, profile_prefix: see :func:`ort_session`; with profiling,
-            each part's session writes ``<profile_prefix><part name>_*.json``.
+            each graph's session writes ``<profile_prefix><graph file
+            name without .onnx>_*.json``.
 
     Returns:
         the model, in eval mode, with ``dataset_meta`` from the export and
@@ -180,10 +231,8 @@ def attach_onnx(model: nn.Module,
 
     for part in parts:
         spec = specs[part.name]
-        session = ort_session(
-            osp.join(onnx_dir, spec['file']), threads,
-            f'{profile_prefix}{part.name}' if profile_prefix else None)
-        runner = OnnxRuntimeModule(session, spec)
+        runner = OnnxRuntimeModule.from_spec(spec, onnx_dir, threads,
+                                             profile_prefix)
         if part.role == 'features':
             model.backbone = runner
             if len(part.paths) > 1:

@@ -7,7 +7,8 @@ Each module's ``forward`` is the paper's computation. The modules decorated
 with :func:`with_fast_path` run the same function faster in eval mode
 without gradients (:mod:`.cmt_fast_path`, the only place of that path) and,
 for the IRFFN, keeping fewer tensors for the backward pass in training
-(:mod:`.cmt_lean_training`).
+(:mod:`.cmt_lean_training`); the IRFFN and the attention are traced for
+ONNX export as the graphs ONNX Runtime runs fastest (:mod:`.cmt_export`).
 
 Layout: inside a stage the feature map is kept as an NHWC tensor ``(B, H, W,
 C)``, which is at once the token sequence (LayerNorm and linear layers act on
@@ -39,6 +40,7 @@ from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
 from ..utils.relative_position import (factored_relative_position_bias,
                                        infer_square_grid,
                                        resize_relative_position_bias)
+from . import cmt_export as export
 from . import cmt_fast_path as fast
 from . import cmt_lean_training as lean
 
@@ -191,6 +193,7 @@ class LightweightAttention(nn.Module):
         if sr_ratio > 1:
             self.sr = SpatialReduction(embed_dims, sr_ratio)
 
+    @with_fast_path(export_form=export.attention)
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """
         Args:
@@ -235,7 +238,8 @@ class IRFFN(nn.Module):
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
         self.norm3 = nn.BatchNorm2d(embed_dims)
 
-    @with_fast_path(fast.irffn, training_form=lean.irffn)
+    @with_fast_path(
+        fast.irffn, training_form=lean.irffn, export_form=export.irffn)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(nhwc_to_nchw(gelu(self.fc1(x))))
         x = self.norm2(gelu(conv_plus_identity(self.dwconv, x)))
@@ -319,11 +323,18 @@ class CMTStage(nn.Module):
     def key_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
         return grid[0] // self.sr_ratio, grid[1] // self.sr_ratio
 
-    def bias_for(self, grid: Tuple[int, int]) -> torch.Tensor:
+    def bias_for(self,
+                 grid: Tuple[int, int],
+                 factored: Optional[bool] = None) -> torch.Tensor:
         """The relative position bias resized to a query grid,
-        ``(heads, H*W, h*w)``; the stored one at the pre-training grid."""
+        ``(heads, H*W, h*w)``; the stored one at the pre-training grid.
+        ``factored`` (default: while exporting to ONNX) gives its factors
+        ``(rows, cols)`` instead (:func:`factored_relative_position_bias`).
+        """
         bias = self.relative_position_bias
-        if torch.onnx.is_in_onnx_export():
+        if factored is None:
+            factored = torch.onnx.is_in_onnx_export()
+        if factored:
             # the resize follows the traced input size (one to the same
             # grid is exact) and, factored, costs little per run
             return factored_relative_position_bias(
@@ -381,10 +392,15 @@ class CMTStage(nn.Module):
         self._bias_cache = self._bias_memory = None
         return super().train(mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, H, W) -> (B, C, H/2, W/2)`` (channels-last memory)."""
+    def forward(self,
+                x: torch.Tensor,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, C_in, H, W) -> (B, C, H/2, W/2)`` (channels-last memory).
+        ``bias``: the relative position bias for this grid when computed
+        already (:meth:`CMT.position_biases`)."""
         x = self.downsample(x)
-        bias = self.bias_for(x.shape[1:3])
+        if bias is None:
+            bias = self.bias_for(x.shape[1:3])
         for block in self.blocks:
             x = maybe_checkpoint(self.with_cp, block, x, bias)
         return nhwc_to_nchw(x)
@@ -664,10 +680,42 @@ class CMT(BaseModule):
         self.fused = True
         return self
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def position_biases(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The relative position bias of each stage for ``x``'s size: a
+        function of the size only, which a deployed detector computes once
+        per size and gives its graph as inputs (:mod:`mmcmt.deploy`).
+
+        Args:
+            x (Tensor): ``(B, in_channels, H, W)`` (only its size is used).
+
+        Returns:
+            tuple[Tensor]: ``(heads_i, N_i, Nk_i)`` for each stage, ``N_i``
+            the stage's grid of the input padded to a multiple of 32 and
+            ``Nk_i`` its keys' grid.
+        """
+        padded = [ceil_div(size, MAX_STRIDE) for size in x.shape[-2:]]
+        biases = []
+        for i, stage in enumerate(self.stages):
+            grid = tuple(p * MAX_STRIDE // (4 * 2**i) for p in padded)
+            if torch.onnx.is_in_onnx_export():
+                # from the factors: an ONNX Resize over the key grid of
+                # every query costs seconds at detection sizes
+                rows, cols = stage.bias_for(grid, factored=True)
+                biases.append(rows @ cols.T)
+            else:
+                biases.append(stage.bias_for(grid))
+        return tuple(biases)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_biases: Optional[Sequence[torch.Tensor]] = None
+    ) -> Tuple[torch.Tensor, ...]:
         """
         Args:
             x (Tensor): ``(B, in_channels, H, W)``, H and W at least 32.
+            position_biases (Sequence[Tensor], optional):
+                :meth:`position_biases` of ``x`` when computed already.
 
         Returns:
             tuple[Tensor]: for each of ``out_indices`` a contiguous
@@ -704,8 +752,9 @@ class CMT(BaseModule):
             # At stride 2 the stem's maps are the largest of the network.
             x = maybe_checkpoint(self.with_cp, layer, x)
         outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
+        biases = position_biases or [None] * len(self.stages)
+        for i, (stage, bias) in enumerate(zip(self.stages, biases)):
+            x = stage(x, bias)
             if i in self.out_indices:
                 stride = 4 * 2**i
                 outs.append(x[..., :ceil_div(H, stride), :ceil_div(W, stride)].

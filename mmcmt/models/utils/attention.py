@@ -72,6 +72,58 @@ def factored_biased_attention(q: torch.Tensor, k: torch.Tensor,
     return torch.softmax(q @ k.transpose(-2, -1), -1) @ v
 
 
+def onnx_runtime_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           bias: torch.Tensor, num_heads: int,
+                           scale: float) -> torch.Tensor:
+    """:func:`biased_attention` on unsplit heads, exported as ONNX Runtime's
+    fused ``com.microsoft.MultiHeadAttention`` with an attention-bias input:
+    one node instead of MatMul, Add, Softmax, MatMul, whose CPU kernel
+    splits the heads itself (no transposes in the graph).
+
+    Args:
+        q (Tensor): ``(B, N, C)``; k, v ``(B, Nk, C)``, heads side by side.
+        bias (Tensor): ``(heads, N, Nk)``, shared by the batch.
+        num_heads (int): heads.
+        scale (float): logit scale.
+
+    Returns:
+        Tensor: ``(B, N, C)``.
+    """
+    return _OnnxRuntimeAttention.apply(q, k, v, bias, num_heads, scale)
+
+
+class _OnnxRuntimeAttention(torch.autograd.Function):
+    """PyTorch computes it; the TorchScript ONNX exporter writes the
+    ``symbolic`` node."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, num_heads, scale):
+        B, N, C = q.shape
+        q, k, v = (
+            t.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+            for t in (q, k, v))
+        out = biased_attention(q, k, v, bias, scale)
+        return out.transpose(1, 2).reshape(B, N, C)
+
+    @staticmethod
+    def symbolic(g, q, k, v, bias, num_heads, scale):
+        absent = g.op('prim::Constant')  # an omitted optional input
+        absent.setType(torch._C.OptionalType.ofTensor())
+        # inputs: query, key, value, bias (of the projections),
+        # key_padding_mask, attention_bias (B or 1, heads, N, Nk)
+        return g.op(
+            'com.microsoft::MultiHeadAttention',
+            q,
+            k,
+            v,
+            absent,
+            absent,
+            g.op('Unsqueeze', bias,
+                 g.op('Constant', value_t=torch.tensor([0]))),
+            num_heads_i=num_heads,
+            scale_f=scale)
+
+
 def _query_blocks(q: torch.Tensor, k: torch.Tensor):
     """Slices of the queries whose logits take :data:`BLOCK_ELEMENTS`."""
     B, heads, N, _ = q.shape

@@ -5,7 +5,8 @@ A module's ``forward`` decorated with :func:`with_fast_path` runs its fast
 form when :func:`takes_fast_path` says so: in eval mode, with no gradient
 to track and no graph being traced or compiled (ONNX export records the
 plain layers; inductor fuses them itself). Training and gradients never see
-a fast form.
+a fast form. It may also have a memory-lean training form and a form for
+ONNX export.
 """
 import functools
 from typing import Callable, Optional
@@ -29,22 +30,30 @@ def takes_training_form(module: nn.Module) -> bool:
                                             or is_compiling())
 
 
-def with_fast_path(fast_form: Callable,
-                   training_form: Optional[Callable] = None) -> Callable:
+def with_fast_path(fast_form: Optional[Callable] = None,
+                   training_form: Optional[Callable] = None,
+                   export_form: Optional[Callable] = None) -> Callable:
     """Decorate a module's ``forward`` with ``fast_form(module, *args)``, the
     same function computed faster, run instead of it when
-    :func:`takes_fast_path`; and optionally with ``training_form(module,
+    :func:`takes_fast_path`; optionally with ``training_form(module,
     *args)``, the same function and gradients keeping fewer tensors for the
-    backward pass, run when :func:`takes_training_form` (it returns None
-    where it does not apply, and ``forward`` runs)."""
+    backward pass, run when :func:`takes_training_form`; and optionally
+    with ``export_form(module, *args)``, the same function written as the
+    graph that ONNX Runtime runs fastest, traced while exporting to ONNX.
+    The training and export forms return None where they do not apply, and
+    ``forward`` runs."""
 
     def decorate(forward):
 
         @functools.wraps(forward)
         def dispatch(self, *args):
-            if takes_fast_path(self):
+            if export_form is not None and torch.onnx.is_in_onnx_export():
+                out = export_form(self, *args)
+                if out is not None:
+                    return out
+            elif fast_form is not None and takes_fast_path(self):
                 return fast_form(self, *args)
-            if training_form is not None and takes_training_form(self):
+            elif training_form is not None and takes_training_form(self):
                 out = training_form(self, *args)
                 if out is not None:
                     return out
