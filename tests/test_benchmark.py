@@ -55,7 +55,10 @@ def test_benchmark_figures(tmp_path):
         deploy_ort=2,
         deploy_speedup=2,
         deploy_features_eager=2,
-        deploy_features_ort=2)
+        deploy_features_ort=2,
+        deploy_stream_eager=2,
+        deploy_stream_ort=2,
+        deploy_stream_speedup=2)
     for key, count in rounds.items():
         assert len(ti[key].values) == count and min(ti[key].values) > 0
     assert ti['train_mem'] > 0 and ti['train_cp_mem'] > 0
@@ -95,6 +98,15 @@ def test_benchmark_figures(tmp_path):
         per_round(results['CMT-S naive']['det'], s['det']),
         'CMT-S with_cp peak memory <= 0.5x without':
         s['train_cp_mem'] / s['train_mem'],
+        'CMT-S RetinaNet in ONNX Runtime at least as fast as PyTorch eager':
+        per_round(s['deploy_ort'], s['deploy_eager']),
+        'CMT-S backbone+FPN in ONNX Runtime at least as fast as PyTorch '
+        'eager':
+        per_round(s['deploy_features_ort'], s['deploy_features_eager']),
+        'CMT-S / ResNet-50 RetinaNet in ONNX Runtime <= the same in eager':
+        statistics.median((a / b) / (c / d) for a, b, c, d in zip(
+            s['deploy_ort'].values, r50['deploy_ort'].values,
+            s['deploy_eager'].values, r50['deploy_eager'].values)),
     }
     assert {goal: float(value) for goal, value, _ in goals} == \
         pytest.approx(expected)
@@ -152,7 +164,7 @@ def test_benchmark_goals_are_data():
             return [t for part in term for t in terms(part)]
         return [term.rsplit(' ', 1)]
 
-    assert len(goals) == len({g['goal'] for g in goals}) == 8
+    assert len(goals) == len({g['goal'] for g in goals}) == 11
     for goal in goals:
         for row, key in terms(goal['ratio']):
             assert row in rows and key in keys, goal

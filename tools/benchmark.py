@@ -116,10 +116,11 @@ def parse_args(argv=None):
         args.rows = select_rows(args.models, args.compile)
     except ValueError as error:
         parser.error(str(error))
-    if 'deploy' in args.tasks and (args.device != 'cpu' or args.amp):
-        parser.error('the deploy task measures ONNX Runtime on the CPU in '
-                     'float32: leave it out (--tasks) with --device cuda or '
-                     '--amp')
+    if {'deploy', 'deploy_stream'} & set(args.tasks) and (args.device != 'cpu'
+                                                          or args.amp):
+        parser.error('the deploy tasks measure ONNX Runtime on the CPU in '
+                     'float32: leave them out (--tasks) with --device cuda '
+                     'or --amp')
     if args.rounds < 1 or args.warmup < 0:
         parser.error('--rounds must be at least 1 and --warmup at least 0')
     args.stream = stream_sizes(args.stream_scale)

@@ -38,6 +38,12 @@ COLUMNS = [
      '{:.3f}', True),
     ('deploy_features_ort', 'backbone+FPN {det}, ONNX Runtime (s)', '{:.3f}',
      True),
+    ('deploy_stream_eager', 'RetinaNet COCO stream, PyTorch eager (s)',
+     '{:.2f}', True),
+    ('deploy_stream_ort', 'RetinaNet COCO stream, ONNX Runtime (s)', '{:.2f}',
+     True),
+    ('deploy_stream_speedup', 'eager / ONNX Runtime, COCO stream', '{:.2f}x',
+     False),
 ]
 GOALS_FILE = osp.join(osp.dirname(osp.abspath(__file__)), 'goals.yml')
 #: The bounds a goal may set on its ratio's median.

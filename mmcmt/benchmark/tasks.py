@@ -39,9 +39,13 @@ TASKS = OrderedDict([
     ('train_cp', 'the same with with_cp=True (gradient checkpointing)'),
     ('deploy', 'the whole RetinaNet at --det-shape exported to ONNX Runtime '
      '(CPU, float32, as many threads as torch) against PyTorch eager, for '
-     f'{", ".join(DEPLOY_ROWS)}; the share of ONNX Runtime\'s kernel time '
-     'per operator type for CMT-S'),
+     f'{", ".join(DEPLOY_ROWS)}, and its backbone and FPN alone; the share '
+     'of ONNX Runtime\'s kernel time per operator type for CMT-S'),
+    ('deploy_stream', 'the deploy task\'s RetinaNets over the COCO-like '
+     'stream (each size new to the model: CMT\'s position biases are '
+     'computed for every image, in both)'),
 ])
+DEPLOY_TASKS = ('deploy', 'deploy_stream')
 INFER_TASKS = ('det', 'stream', 'cls', 'cls64')
 DETECTOR_TASKS = ('retinanet', 'retinanet_stream')
 TRAIN_TASKS = ('train', 'train_cp')
@@ -58,8 +62,9 @@ def run_tasks(bench, rows, tasks):
         if chosen:
             measure(bench, rows, chosen, results)
             gc.collect()
-    if 'deploy' in tasks:
-        deploy_task(bench, rows, results)
+    chosen = [t for t in tasks if t in DEPLOY_TASKS]
+    if chosen:
+        deploy_tasks(bench, rows, chosen, results)
     return results
 
 
@@ -193,17 +198,24 @@ def training_tasks(bench, rows, tasks, results):
         gc.collect()
 
 
-def deploy_task(bench, rows, results):
-    """PyTorch eager against ONNX Runtime on the ``det`` input: the whole
-    RetinaNet (``predict``, mmdet's post-processing included) and its
-    features alone (backbone and FPN, ``extract_feat``); the time of
-    CMT-S's size inputs (position biases, computed once per input size) and
-    its operator shares in ONNX Runtime, per run at a known size."""
+def deploy_tasks(bench, rows, tasks, results):
+    """PyTorch eager against ONNX Runtime. ``deploy``: on the ``det``
+    input, the whole RetinaNet (``predict``, mmdet's post-processing
+    included) and its features alone (backbone and FPN, ``extract_feat``);
+    the time of CMT-S's size inputs (position biases, computed once per
+    input size) and its operator shares in ONNX Runtime, per run at a known
+    size. ``deploy_stream``: the RetinaNets over the stream."""
     from mmcmt.deploy import (end_profiling, export_detector,
                               load_onnx_detector, onnx_modules, op_time_shares)
     names = [n for n in rows if n in DEPLOY_ROWS]
     x = bench.inputs['det'].cpu()
-    samples = dummy_data_samples('mmdet', *x.shape[-2:], batch_size=x.shape[0])
+    inputs = dict(deploy=[x], deploy_stream=bench.task_inputs('stream'))
+    samples = {
+        id(x):
+        dummy_data_samples('mmdet', *x.shape[-2:], batch_size=x.shape[0])
+        for task in tasks
+        for x in inputs[task]
+    }
     threads = torch.get_num_threads()
     runs, exports = OrderedDict(), {}
     work = tempfile.mkdtemp(prefix='mmcmt_deploy_')
@@ -218,18 +230,23 @@ def deploy_task(bench, rows, results):
             export_detector(eager, cfg, exports[name], shape=x.shape[-2:])
         deployed = load_onnx_detector(exports[name], threads=threads)
         for kind, model in (('eager', eager), ('ort', deployed)):
-            runs[(name, f'deploy_{kind}')] = bench.inference(
-                lambda x, model=model: model.predict(x, samples), [x],
-                amp=False)
-            runs[(name, f'deploy_features_{kind}')] = bench.inference(
-                model.extract_feat, [x], amp=False)
+            for task in tasks:
+                runs[(name, f'{task}_{kind}')] = bench.inference(
+                    lambda x, model=model: model.predict(x, samples[id(x)]),
+                    inputs[task],
+                    amp=False)
+            if 'deploy' in tasks:
+                runs[(name, f'deploy_features_{kind}')] = bench.inference(
+                    model.extract_feat, [x], amp=False)
     print(f'  deploy: {len(runs)} runs, interleaved', flush=True)
     for (name, key), figure in bench.measure(runs).items():
         results[name][key] = figure
     for name in names:
         row = results[name]
-        row['deploy_speedup'] = row['deploy_eager'].ratio_to(row['deploy_ort'])
-    if 'CMT-S' in exports:
+        for task in tasks:
+            row[f'{task}_speedup'] = row[f'{task}_eager'].ratio_to(
+                row[f'{task}_ort'])
+    if 'CMT-S' in exports and 'deploy' in tasks:
         profiled = load_onnx_detector(
             exports['CMT-S'],
             threads=threads,
@@ -240,7 +257,7 @@ def deploy_task(bench, rows, results):
             features.size_feeds(x.numpy())
             size_time = time.perf_counter() - start
             for _ in range(2):
-                profiled.predict(x, samples)
+                profiled.predict(x, samples[id(x)])
         files = end_profiling(profiled)
         results['CMT-S']['ort_shares'] = op_time_shares(
             [f for f in files if '.size_inputs' not in f], grouped=True)

@@ -111,8 +111,11 @@ def factored_relative_position_bias(
     """
     heads, num_queries, num_keys = _check_grids(bias, src_query, src_key)
     align = None if mode == 'nearest' else False
+    # over the query grid as products with the 1-D interpolation matrices:
+    # an ONNX Resize over Hk*Wk channels costs ten times more
     x = bias.transpose(1, 2).reshape(heads, num_keys, *src_query)
-    x = F.interpolate(x, size=tuple(dst_query), mode=mode, align_corners=align)
+    x = interpolation_matrix(src_query[0], dst_query[0], mode, bias) @ x
+    x = x @ interpolation_matrix(src_query[1], dst_query[1], mode, bias).T
     rows = x.flatten(2).transpose(1, 2)
     eye = torch.eye(num_keys, dtype=bias.dtype, device=bias.device)
     x = F.interpolate(
