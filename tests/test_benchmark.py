@@ -26,13 +26,15 @@ def test_benchmark_figures(tmp_path):
     out = str(tmp_path / 'bench.md')
     results, goals = benchmark.main([
         '--models', 'CMT-Ti', 'CMT-S', 'CMT-S fused', 'CMT-S naive',
-        '--det-shape', '1', '64', '96', '--cls-shape', '2', '32', '32',
-        '--cls64-shape', '3', '32', '32', '--train-shape', '2', '64', '64',
-        '--stream-scale', '0.05', '--rounds', '2', '--train-rounds', '1',
-        '--warmup', '0', '--heap', 'default', '--out', out
+        'ResNet-50 unfrozen', '--det-shape', '1', '64', '96', '--cls-shape',
+        '2', '32', '32', '--cls64-shape', '3', '32', '32', '--train-shape',
+        '2', '64', '64', '--stream-scale', '0.05', '--rounds', '2',
+        '--train-rounds', '1', '--warmup', '0', '--heap', 'default', '--out',
+        out
     ])
     assert list(results) == [
-        'ResNet-50', 'CMT-Ti', 'CMT-S', 'CMT-S fused', 'CMT-S naive'
+        'ResNet-50', 'CMT-Ti', 'CMT-S', 'CMT-S fused', 'CMT-S naive',
+        'ResNet-50 unfrozen'
     ]
     ti = results['CMT-Ti']
     model = CMT('tiny').eval()
@@ -51,6 +53,7 @@ def test_benchmark_figures(tmp_path):
         retinanet_stream=2,
         train=1,
         train_cp=1,
+        retinanet_train=1,
         deploy_eager=2,
         deploy_ort=2,
         deploy_speedup=2,
@@ -62,6 +65,15 @@ def test_benchmark_figures(tmp_path):
     for key, count in rounds.items():
         assert len(ti[key].values) == count and min(ti[key].values) > 0
     assert ti['train_mem'] > 0 and ti['train_cp_mem'] > 0
+    assert ti['retinanet_train_mem'] > ti['train_mem']
+    # the training tasks only for the unfrozen ResNet-50; it keeps more
+    # for backward than the config's frozen one
+    unfrozen, r50 = results['ResNet-50 unfrozen'], results['ResNet-50']
+    assert set(unfrozen) == {
+        'train', 'train_mem', 'retinanet_train', 'retinanet_train_mem'
+    }
+    assert unfrozen['train_mem'] > r50['train_mem']
+    assert 'retinanet_train' not in results['CMT-S naive']
     # deploy: ResNet-50, CMT-Ti and CMT-S only; CMT-S's operator shares
     assert 'deploy_ort' in results['ResNet-50']
     assert 'deploy_ort' not in results['CMT-S fused']
@@ -98,6 +110,8 @@ def test_benchmark_figures(tmp_path):
         per_round(results['CMT-S naive']['det'], s['det']),
         'CMT-S with_cp peak memory <= 0.5x without':
         s['train_cp_mem'] / s['train_mem'],
+        'CMT-S train step <= 2.0x ResNet-50 unfrozen':
+        per_round(s['train'], unfrozen['train']),
         'CMT-S RetinaNet in ONNX Runtime at least as fast as PyTorch eager':
         per_round(s['deploy_ort'], s['deploy_eager']),
         'CMT-S backbone+FPN in ONNX Runtime at least as fast as PyTorch '
@@ -164,7 +178,7 @@ def test_benchmark_goals_are_data():
             return [t for part in term for t in terms(part)]
         return [term.rsplit(' ', 1)]
 
-    assert len(goals) == len({g['goal'] for g in goals}) == 11
+    assert len(goals) == len({g['goal'] for g in goals}) == 13
     for goal in goals:
         for row, key in terms(goal['ratio']):
             assert row in rows and key in keys, goal

@@ -51,7 +51,12 @@ BACKBONES = OrderedDict([
                          ('B', 'base'))])
 # variant rows: name -> (backbone row, variant)
 VARIANTS = OrderedDict([('CMT-S fused', ('CMT-S', 'fused')),
-                        ('CMT-S naive', ('CMT-S', 'naive'))])
+                        ('CMT-S naive', ('CMT-S', 'naive')),
+                        ('ResNet-50 unfrozen', ('ResNet-50', 'unfrozen'))])
+#: Variants measured by the training tasks only: ``unfrozen`` trains every
+#: stage and BatchNorm (mmdet's RetinaNet config freezes ResNet-50's stem
+#: and first stage and keeps its BatchNorms in eval mode).
+TRAIN_ONLY = ('unfrozen', )
 COMPILED = OrderedDict([('ResNet-50 compiled', ('ResNet-50', 'compiled')),
                         ('CMT-S compiled', ('CMT-S', 'compiled'))])
 NO_CP = ('PVT-S', 'PVTv2-b2')  # mmdet's PVTs have no with_cp
@@ -92,11 +97,16 @@ def setup_process():
     torch.manual_seed(0)
 
 
-def build_backbone(name, variant, with_cp=False):
+def build_backbone(name, variant, with_cp=False, as_trained=False):
     """The backbone of row ``name`` (random weights), or the naive CMT with
-    random weights in the released checkpoints' layout."""
+    random weights in the released checkpoints' layout. ``as_trained``: as
+    the row's RetinaNet config trains it (ResNet-50's frozen stem and first
+    stage and ``norm_eval``, Swin-T's drop path and outputs, CMT's drop
+    path), except for the ``unfrozen`` variant."""
     from mmdet.registry import MODELS
     cfg = dict(BACKBONES[name][0])
+    if as_trained and variant != 'unfrozen' and variant != 'naive':
+        cfg = dict(retinanet_config(name).model.backbone)
     if variant == 'naive':
         settings = CMT.parse_arch(cfg['arch'])
         shapes = custom_arch_official_shapes(
@@ -133,18 +143,21 @@ def retinanet_config(name):
     cfg = get_config(path) if '::' in path else Config.fromfile(
         osp.join(ROOT, path))
     cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.pop('pretrained', None)
     return cfg
 
 
-def build_retinanet(name, variant):
-    """The RetinaNet (random weights, eval mode) without its data
-    preprocessor: the inputs are normalised tensors already."""
+def build_retinanet(name, variant, train=False):
+    """The RetinaNet (random weights, eval mode unless ``train``) without
+    its data preprocessor: the inputs are normalised tensors already."""
     from mmdet.registry import MODELS
     cfg = retinanet_config(name)
     cfg.model.pop('data_preprocessor', None)
+    if variant == 'unfrozen':
+        cfg.model.backbone.update(frozen_stages=-1, norm_eval=False)
     model = MODELS.build(cfg.model)
     model.init_weights()
-    model.eval()
+    model.train(train)
     if 'fused' in variant:
         model.backbone.fuse()
     if 'compiled' in variant:

@@ -17,9 +17,9 @@ from mmcmt.utils import (autocast_networks, count_params, dummy_data_samples,
                          relative_error)
 from .harness import autocast, make_inputs
 from .memory import cpu_peak_memory, cuda_peak_memory
-from .models import (DEPLOY_ROWS, NO_CP, build_backbone, build_retinanet,
-                     count_macs, inference_model, retinanet_config,
-                     setup_process)
+from .models import (DEPLOY_ROWS, NO_CP, TRAIN_ONLY, build_backbone,
+                     build_retinanet, count_macs, inference_model,
+                     retinanet_config, setup_process)
 
 #: name -> what it measures (the CLI's help lists them).
 TASKS = OrderedDict([
@@ -34,9 +34,14 @@ TASKS = OrderedDict([
     ('retinanet', 'the whole RetinaNet of each backbone\'s COCO config '
      '(backbone, FPN, head, post-processing) at --det-shape'),
     ('retinanet_stream', 'the same over the COCO-like stream'),
-    ('train', 'one training step of the backbone (forward, then backward of '
-     'the mean of its outputs) at --train-shape, and its peak memory'),
+    ('train', 'one training step of the backbone as its RetinaNet config '
+     'trains it (forward, then backward of the mean of its outputs) at '
+     '--train-shape, and its peak memory'),
     ('train_cp', 'the same with with_cp=True (gradient checkpointing)'),
+    ('retinanet_train', 'one training iteration of the whole RetinaNet of '
+     'each backbone\'s COCO config (mmdet\'s losses on random boxes, '
+     'backward, the config\'s optimizer step) at --train-shape, and its '
+     'peak memory'),
     ('deploy', 'the whole RetinaNet at --det-shape exported to ONNX Runtime '
      '(CPU, float32, as many threads as torch) against PyTorch eager, for '
      f'{", ".join(DEPLOY_ROWS)}, and its backbone and FPN alone; the share '
@@ -48,7 +53,7 @@ TASKS = OrderedDict([
 DEPLOY_TASKS = ('deploy', 'deploy_stream')
 INFER_TASKS = ('det', 'stream', 'cls', 'cls64')
 DETECTOR_TASKS = ('retinanet', 'retinanet_stream')
-TRAIN_TASKS = ('train', 'train_cp')
+TRAIN_TASKS = ('train', 'train_cp', 'retinanet_train')
 
 
 def run_tasks(bench, rows, tasks):
@@ -73,7 +78,7 @@ def backbone_tasks(bench, rows, tasks, results):
     with ``--amp``, its error against float32."""
     args = bench.args
     models = OrderedDict()
-    for name, (base, variant) in rows.items():
+    for name, (base, variant) in inference_rows(rows).items():
         model = build_backbone(base, variant).to(bench.device)
         row = results[name]
         row['params'] = count_params(model) / 1e6
@@ -116,7 +121,8 @@ def detector_tasks(bench, rows, tasks, results):
     decoded and suppressed in float32."""
     models = OrderedDict(
         (name, build_retinanet(base, variant).to(bench.device))
-        for name, (base, variant) in rows.items() if variant != 'naive')
+        for name, (base, variant) in inference_rows(rows).items()
+        if variant != 'naive')
     if bench.args.amp:
         for model in models.values():
             autocast_networks(model, bench.args.amp, bench.device.type)
@@ -141,6 +147,12 @@ def detector_tasks(bench, rows, tasks, results):
             results[name][task] = figure
 
 
+def inference_rows(rows):
+    """``rows`` without those only the training tasks measure."""
+    return OrderedDict(
+        (name, row) for name, row in rows.items() if row[1] not in TRAIN_ONLY)
+
+
 def train_step(model, x, amp):
     """Forward, backward of the mean of the outputs, gradients dropped."""
     with autocast(x.device, amp):
@@ -150,43 +162,86 @@ def train_step(model, x, amp):
         p.grad = None
 
 
-def prepare_train_step(args, base, variant, with_cp):
-    """In a memory-measuring process: the model and input of a CPU training
-    step, built as the main process builds them; returns the step."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    setup_process()
-    model = build_backbone(base, variant, with_cp=with_cp)
-    model.train()
-    x = make_inputs(args, torch.device('cpu'))['train']
+def retinanet_train_step(model, optim_wrapper, x, data_samples, amp):
+    """One training iteration: mmdet's losses, backward and the optimizer
+    step (``optim_wrapper.update_params``), as mmengine's loop runs it."""
+    with autocast(x.device, amp):
+        losses = model.loss(x, data_samples)
+    loss, _ = model.parse_losses(losses)
+    optim_wrapper.update_params(loss)
+
+
+def training_samples(x, num_boxes=8):
+    """Data samples with ``num_boxes`` random ground-truth boxes of random
+    classes (of COCO's 80) per image of ``x``."""
+    from mmengine.structures import InstanceData
+    generator = torch.Generator().manual_seed(0)
+    batch, _, height, width = x.shape
+    samples = dummy_data_samples('mmdet', height, width, batch_size=batch)
+    size = torch.tensor([width, height] * 2, dtype=torch.float32)
+    for sample in samples:
+        corners = torch.rand(num_boxes, 2, 2, generator=generator)
+        boxes = torch.cat([corners.min(1).values,
+                           corners.max(1).values], 1) * size
+        sample.gt_instances = InstanceData(
+            bboxes=boxes.to(x.device),
+            labels=torch.randint(80, (num_boxes, ),
+                                 generator=generator).to(x.device))
+    return samples
+
+
+def prepare_train_step(args, base, variant, task, x):
+    """The step of a training task (``train``, ``train_cp``,
+    ``retinanet_train``) of a row on ``x``, its model built the same way in
+    the main process and in a memory-measuring one, on ``x``'s device."""
+    device = x.device
+    if task == 'retinanet_train':
+        from mmengine.optim import build_optim_wrapper
+        model = build_retinanet(base, variant, train=True).to(device)
+        optim_wrapper = build_optim_wrapper(
+            model,
+            retinanet_config(base).optim_wrapper)
+        samples = training_samples(x)
+        return lambda: retinanet_train_step(model, optim_wrapper, x, samples,
+                                            args.amp)
+    model = build_backbone(
+        base, variant, with_cp=task == 'train_cp', as_trained=True)
+    model.train()  # (mmdet's ResNet.train() returns None: no chaining)
+    model = model.to(device)
     return lambda: train_step(model, x, args.amp)
 
 
+def _child_train_step(args, base, variant, task):
+    """:func:`prepare_train_step` in a memory-measuring process."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    setup_process()
+    return prepare_train_step(args, base, variant, task,
+                              make_inputs(args, torch.device('cpu'))['train'])
+
+
 def training_tasks(bench, rows, tasks, results):
-    """Training steps of the backbones (no fused or compiled rows), their
-    peak memory first, each in a fresh process."""
+    """Training steps of the backbones and RetinaNets (no fused or compiled
+    rows; the naive one for the backbone steps only), their peak memory
+    first, each in a fresh process."""
     args = bench.args
     for task in tasks:
-        with_cp = task == 'train_cp'
         names = [
-            name for name, (base, variant) in rows.items() if variant in (
-                '', 'naive') and not (with_cp and (variant or base in NO_CP))
+            name for name, (base, variant) in rows.items()
+            if variant in ('', 'naive', 'unfrozen')
+            and not (task == 'train_cp' and (variant or base in NO_CP))
+            and not (task == 'retinanet_train' and variant == 'naive')
         ]
         for name in names:
             base, variant = rows[name]
             results[name][f'{task}_mem'] = (
-                cpu_peak_memory(prepare_train_step,
-                                (args, base, variant, with_cp), base)
-                if bench.device.type == 'cpu' else None)
-        models = OrderedDict()
-        for name in names:
-            model = build_backbone(*rows[name], with_cp=with_cp)
-            model.train()  # (mmdet's ResNet.train() returns None)
-            models[name] = model.to(bench.device)
-        print(f'  {task}: {len(models)} models, interleaved', flush=True)
-        runs = OrderedDict((name, lambda model=model: train_step(
-            model, bench.inputs['train'], args.amp))
-                           for name, model in models.items())
+                cpu_peak_memory(_child_train_step, (args, base, variant, task),
+                                name) if bench.device.type == 'cpu' else None)
+        runs = OrderedDict((
+            name,
+            prepare_train_step(args, *rows[name], task, bench.inputs['train']))
+                           for name in names)
+        print(f'  {task}: {len(runs)} models, interleaved', flush=True)
         if bench.device.type == 'cuda':
             for name, run in runs.items():
                 results[name][f'{task}_mem'] = cuda_peak_memory(
@@ -194,7 +249,7 @@ def training_tasks(bench, rows, tasks, results):
         for name, figure in bench.measure(runs, args.train_rounds
                                           or args.rounds).items():
             results[name][task] = figure
-        del models, runs
+        del runs
         gc.collect()
 
 
@@ -207,7 +262,7 @@ def deploy_tasks(bench, rows, tasks, results):
     size. ``deploy_stream``: the RetinaNets over the stream."""
     from mmcmt.deploy import (end_profiling, export_detector,
                               load_onnx_detector, onnx_modules, op_time_shares)
-    names = [n for n in rows if n in DEPLOY_ROWS]
+    names = [n for n in inference_rows(rows) if n in DEPLOY_ROWS]
     x = bench.inputs['det'].cpu()
     inputs = dict(deploy=[x], deploy_stream=bench.task_inputs('stream'))
     samples = {

@@ -225,7 +225,6 @@ def _export_graph(module: nn.Module, in_template, args, out_template, outputs,
             output_names=out_names,
             dynamic_axes=dynamic,
             opset_version=opset,
-            custom_opsets={'com.microsoft': 1},  # CMT's attention
             **ONNX_EXPORT_KWARGS)
     return dict(
         input_shapes={

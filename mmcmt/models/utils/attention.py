@@ -111,7 +111,7 @@ class _OnnxRuntimeAttention(torch.autograd.Function):
         absent.setType(torch._C.OptionalType.ofTensor())
         # inputs: query, key, value, bias (of the projections),
         # key_padding_mask, attention_bias (B or 1, heads, N, Nk)
-        return g.op(
+        out = g.op(
             'com.microsoft::MultiHeadAttention',
             q,
             k,
@@ -122,6 +122,8 @@ class _OnnxRuntimeAttention(torch.autograd.Function):
                  g.op('Constant', value_t=torch.tensor([0]))),
             num_heads_i=num_heads,
             scale_f=scale)
+        out.setType(q.type())  # (B, N, C), as the query
+        return out
 
 
 def _query_blocks(q: torch.Tensor, k: torch.Tensor):
