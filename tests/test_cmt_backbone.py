@@ -608,3 +608,24 @@ def test_default_init_and_other_init_cfg():
     conv = model.stages[3].blocks[0].ffn.dwconv  # normal, fan-out scaled
     assert 0.8 < conv.weight.std() / math.sqrt(2 / 9) < 1.2
     assert torch.all(model.stages[0].downsample.norm.weight == 1)
+
+
+def test_position_biases_given_as_inputs():
+    """forward(x, position_biases(x)), as a deployed graph takes them,
+    computes forward(x); a wrong count is refused."""
+    model = CMT(arch=TINY).eval()
+    x = torch.randn(2, 3, 70, 101)
+    with torch.no_grad():
+        expected = model(x)
+        biases = [b.clone() for b in model.position_biases(x)]
+        model(torch.randn(1, 3, 64, 64))  # another size in the bias cache
+        got = model(x, biases)
+    # (grid of the input padded to 96x128: 24x32 at stride 4)
+    assert [tuple(b.shape) for b in biases] == [
+        (h, 24 * 32 >> 2 * i, (24 >> i) // r * ((32 >> i) // r))
+        for i, (h, r) in enumerate(zip(TINY['num_heads'], TINY['sr_ratios']))
+    ]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match='one per stage'):
+        model(x, biases[:3])

@@ -450,3 +450,12 @@ def test_error_paths(retinanet, tmp_path):
             os.symlink(osp.join(retinanet['onnx_dir'], name), broken / name)
     with pytest.raises(FileNotFoundError, match='bbox_head.onnx is missing'):
         attach_onnx(MODELS.build(retinanet['cfg'].model), str(broken))
+    # an export of the first format (the graph computed the position
+    # biases itself): refused, with the advice
+    old = tmp_path / 'old'
+    os.makedirs(old)
+    manifest = open(osp.join(retinanet['onnx_dir'], 'manifest.json')).read()
+    (old / 'manifest.json').write_text(
+        manifest.replace('mmcmt-onnx-detector/2', 'mmcmt-onnx-detector/1'))
+    with pytest.raises(UsageError, match='export the detector again'):
+        load_onnx_detector(str(old))

@@ -752,7 +752,14 @@ class CMT(BaseModule):
             # At stride 2 the stem's maps are the largest of the network.
             x = maybe_checkpoint(self.with_cp, layer, x)
         outs = []
-        biases = position_biases or [None] * len(self.stages)
+        biases = [None] * len(self.stages)
+        if position_biases is not None:
+            if len(position_biases) != len(self.stages):
+                raise ValueError(
+                    f'position_biases: expected one per stage '
+                    f'({len(self.stages)}), got {len(position_biases)}; '
+                    f'pass CMT.position_biases(x)')
+            biases = position_biases
         for i, (stage, bias) in enumerate(zip(self.stages, biases)):
             x = stage(x, bias)
             if i in self.out_indices:
