@@ -178,6 +178,12 @@ def test_export_backbone_onnx_dynamic_axes(tmp_path):
         assert len(errors) == 4 and max(errors) < 1e-3
     with pytest.raises(UsageError, match='exists'):
         export_backbone_onnx.main([out, '--arch', 'tiny'])
+    small = str(tmp_path / 'small.onnx')
+    with pytest.raises(UsageError, match='--shape: .* at least 32x32'):
+        export_backbone_onnx.main([small, '--shape', '16', '64'])
+    with pytest.raises(UsageError, match='--check-shape: .* got 64x31'):
+        export_backbone_onnx.main([small, '--check-shape', '1', '64', '31'])
+    assert not osp.exists(small)
 
 
 COMPILE_CHECK = """

@@ -26,6 +26,7 @@ from mmcmt.compat import ONNX_EXPORT_KWARGS
 from mmcmt.deploy import ort_session, require_onnx
 from mmcmt.engine import UsageError, run_main
 from mmcmt.models import CMT
+from mmcmt.models.backbones.cmt import MAX_STRIDE
 
 
 def parse_args(argv=None):
@@ -109,6 +110,13 @@ def main(argv=None):
     require_onnx()
     if osp.exists(args.out):
         raise UsageError(f'{args.out} exists; choose another file name')
+    shapes = dict(
+        zip(('--shape', '--check-shape'), (args.shape, args.check_shape[1:])))
+    for option, sides in shapes.items():
+        if min(sides) < MAX_STRIDE:
+            raise UsageError(
+                f'{option}: CMT needs inputs of at least {MAX_STRIDE}x'
+                f'{MAX_STRIDE} pixels, got {sides[0]}x{sides[1]}')
     model = CMT(args.arch)
     if args.checkpoint:
         model.load_pretrained(args.checkpoint)
