@@ -54,8 +54,8 @@ VARIANTS = OrderedDict([('CMT-S fused', ('CMT-S', 'fused')),
                         ('CMT-S naive', ('CMT-S', 'naive')),
                         ('ResNet-50 unfrozen', ('ResNet-50', 'unfrozen'))])
 #: Variants measured by the training tasks only: ``unfrozen`` trains every
-#: stage and BatchNorm (mmdet's RetinaNet config freezes ResNet-50's stem
-#: and first stage and keeps its BatchNorms in eval mode).
+#: stage (mmdet's RetinaNet config freezes ResNet-50's stem and first stage;
+#: its BatchNorms stay in eval mode, as there and in mmdet's default).
 TRAIN_ONLY = ('unfrozen', )
 COMPILED = OrderedDict([('ResNet-50 compiled', ('ResNet-50', 'compiled')),
                         ('CMT-S compiled', ('CMT-S', 'compiled'))])
@@ -102,11 +102,11 @@ def build_backbone(name, variant, with_cp=False, as_trained=False):
     random weights in the released checkpoints' layout. ``as_trained``: as
     the row's RetinaNet config trains it (ResNet-50's frozen stem and first
     stage and ``norm_eval``, Swin-T's drop path and outputs, CMT's drop
-    path), except for the ``unfrozen`` variant."""
+    path; the ``unfrozen`` variant with no frozen stage)."""
     from mmdet.registry import MODELS
     cfg = dict(BACKBONES[name][0])
-    if as_trained and variant != 'unfrozen' and variant != 'naive':
-        cfg = dict(retinanet_config(name).model.backbone)
+    if as_trained and variant in ('', 'unfrozen'):
+        cfg = dict(retinanet_config(name, variant).model.backbone)
     if variant == 'naive':
         settings = CMT.parse_arch(cfg['arch'])
         shapes = custom_arch_official_shapes(
@@ -134,9 +134,9 @@ def inference_model(model, variant):
     return model
 
 
-def retinanet_config(name):
+def retinanet_config(name, variant=''):
     """The COCO RetinaNet config of a backbone row, without pretrained
-    weights."""
+    weights (for the ``unfrozen`` variant, without frozen stages)."""
     from mmengine.config import Config
     from mmengine.hub import get_config
     path = BACKBONES[name][1]
@@ -144,6 +144,8 @@ def retinanet_config(name):
         osp.join(ROOT, path))
     cfg.model.backbone.init_cfg = None
     cfg.model.backbone.pop('pretrained', None)
+    if variant == 'unfrozen':
+        cfg.model.backbone.frozen_stages = -1
     return cfg
 
 
@@ -151,10 +153,8 @@ def build_retinanet(name, variant, train=False):
     """The RetinaNet (random weights, eval mode unless ``train``) without
     its data preprocessor: the inputs are normalised tensors already."""
     from mmdet.registry import MODELS
-    cfg = retinanet_config(name)
+    cfg = retinanet_config(name, variant)
     cfg.model.pop('data_preprocessor', None)
-    if variant == 'unfrozen':
-        cfg.model.backbone.update(frozen_stages=-1, norm_eval=False)
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.train(train)
