@@ -54,6 +54,8 @@ def test_benchmark_figures(tmp_path):
         train=1,
         train_cp=1,
         retinanet_train=1,
+        train_attention=1,
+        train_attention_fused=1,
         deploy_eager=2,
         deploy_ort=2,
         deploy_speedup=2,
@@ -74,6 +76,9 @@ def test_benchmark_figures(tmp_path):
     }
     assert unfrozen['train_mem'] > r50['train_mem']
     assert 'retinanet_train' not in results['CMT-S naive']
+    # CMT's attention alone: the CMT rows, not their variants
+    assert [name for name, row in results.items()
+            if 'train_attention' in row] == ['CMT-Ti', 'CMT-S']
     # deploy: ResNet-50, CMT-Ti and CMT-S only; CMT-S's operator shares
     assert 'deploy_ort' in results['ResNet-50']
     assert 'deploy_ort' not in results['CMT-S fused']
@@ -87,6 +92,9 @@ def test_benchmark_figures(tmp_path):
     assert 'heap: glibc defaults' in text
     assert '| ResNet-50 |' in text and '(1.00x [1.00x-1.00x])' in text
     assert 'CMT-S naive computes what CMT-S computes' in text
+    assert ('- CMT-S: its attention alone (every block, forward and '
+            'backward, the bias\'s gradient included) takes ') in text
+    assert 'the ResNet-50 unfrozen step; PyTorch\'s fused kernel' in text
     # the stream: the documented sizes scaled, in their order
     assert '- COCO stream: 32x64, 32x32, 64x32, 32x64' in text
     r50, s = results['ResNet-50'], results['CMT-S']
@@ -197,3 +205,31 @@ def test_benchmark_goals_are_data():
                                          ('A/B strict', [2., 1.5], False),
                                          ('B/A', [.5, 2 / 3], False)]
     assert set(BOUNDS) == {'at_most', 'below', 'at_least'}
+
+
+def test_benchmark_attention_alone_takes_the_training_shapes():
+    """The attention-alone run records every block's call (shapes of a
+    training step of CMT-S at 2x64x64, stage by stage), leaves the
+    BatchNorm statistics as they were, and times both attentions."""
+    from mmcmt.benchmark.attention import attention_calls, attention_step
+    model = CMT('small').train()
+    x = torch.randn(2, 3, 64, 64)
+    stats = [b.clone() for b in model.buffers()]
+    calls = attention_calls(model, x)
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+    # (tokens, bias, heads, blocks) per stage: stride 4 to 32, keys
+    # reduced by 8, 4, 2, 1 (to 2x2)
+    stages = [
+        ((2, 16, 16, 64), (1, 256, 4), 1, 3),
+        ((2, 8, 8, 128), (2, 64, 4), 2, 3),
+        ((2, 4, 4, 256), (4, 16, 4), 4, 16),
+        ((2, 2, 2, 512), (8, 4, 4), 8, 3),
+    ]
+    expected = []
+    for tokens, bias, heads, blocks in stages:
+        scale = (tokens[-1] // heads)**-0.5
+        expected += [(tokens, bias, heads, scale)] * blocks
+    assert calls == expected
+    timings = attention_step(model, x)()
+    assert set(timings) == {'train_attention', 'train_attention_fused'}
+    assert min(timings.values()) > 0

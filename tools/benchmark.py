@@ -31,7 +31,8 @@ SHAPES = dict(  # task -> default input (B, H, W), the tasks using it, note
          ': a 427x640 COCO image after mmdet\'s resize and padding'),
     cls=((8, 224, 224), 'cls', ''),
     cls64=((64, 224, 224), 'cls64', ''),
-    train=((2, 800, 1216), 'train, train_cp, retinanet_train', ''))
+    train=((2, 800, 1216), 'train, train_cp, train_attention, retinanet_train',
+           ''))
 
 
 def _epilog():

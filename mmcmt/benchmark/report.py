@@ -31,6 +31,10 @@ COLUMNS = [
     ('train_mem', 'peak memory (GiB)', '{:.2f}', False),
     ('train_cp', 'train step with_cp (s)', '{:.2f}', True),
     ('train_cp_mem', 'peak memory with_cp (GiB)', '{:.2f}', False),
+    ('train_attention', 'its attention alone, forward + backward (s)',
+     '{:.2f}', False),
+    ('train_attention_fused',
+     'the same, SDPA with the bias as a constant mask (s)', '{:.2f}', False),
     ('retinanet_train', 'RetinaNet train iteration {train} (s)', '{:.2f}',
      True),
     ('retinanet_train_mem', 'RetinaNet peak memory (GiB)', '{:.2f}', False),
@@ -102,11 +106,37 @@ def format_table(results, args):
                                            if share >= 0.001) +
                      f'. Its position biases, computed once per input size, '
                      f'took {results["CMT-S"]["ort_size_inputs"]:.3f} s.')
+    notes += attention_notes(results)
     if 'CMT-S naive' in results and 'check' in results['CMT-S naive']:
         notes.append(f'- CMT-S naive computes what CMT-S computes: max '
                      f'relative error {results["CMT-S naive"]["check"]:.1e} '
                      f'on the {names["cls"]} input (same weights).')
     return '\n'.join(lines + [''] + notes)
+
+
+def attention_notes(results):
+    """For the rows whose attention was timed: its share of the row's
+    training step and its ratio to the ResNet-50 step (the unfrozen one
+    when measured), per round."""
+    base_name = next((name for name in ('ResNet-50 unfrozen', BASELINE)
+                      if 'train' in results.get(name, {})), None)
+    notes = []
+    for name, row in results.items():
+        if 'train_attention' not in row:
+            continue
+        ours, fused = row['train_attention'], row['train_attention_fused']
+        text = (f'- {name}: its attention alone (every block, forward and '
+                f'backward, the bias\'s gradient included) takes '
+                f'{ours.ratio_to(row["train"]).format("{:.0%}")} of its '
+                f'training step')
+        if base_name:
+            base = results[base_name]['train']
+            text += (f' and {ours.ratio_to(base).format("{:.2f}x")} the '
+                     f'{base_name} step; PyTorch\'s fused kernel (the bias '
+                     f'as a constant mask, no bias gradient) '
+                     f'{fused.ratio_to(base).format("{:.2f}x")}')
+        notes.append(text + '.')
+    return notes
 
 
 def load_goals(path=GOALS_FILE):

@@ -15,6 +15,7 @@ import torch
 from mmcmt.models import CMT
 from mmcmt.utils import (autocast_networks, count_params, dummy_data_samples,
                          relative_error)
+from .attention import attention_step
 from .harness import autocast, make_inputs
 from .memory import cpu_peak_memory, cuda_peak_memory
 from .models import (DEPLOY_ROWS, NO_CP, TRAIN_ONLY, build_backbone,
@@ -38,6 +39,11 @@ TASKS = OrderedDict([
      'trains it (forward, then backward of the mean of its outputs) at '
      '--train-shape, and its peak memory'),
     ('train_cp', 'the same with with_cp=True (gradient checkpointing)'),
+    ('train_attention', 'with train, in its rounds: every CMT block\'s '
+     'attention alone, forward and backward on the shapes of its training '
+     'step, as mmcmt computes it (the bias\'s gradient included) and, as '
+     'a bound, PyTorch\'s scaled_dot_product_attention with the bias as a '
+     'constant mask (no bias gradient)'),
     ('retinanet_train', 'one training iteration of the whole RetinaNet of '
      'each backbone\'s COCO config (mmdet\'s losses on random boxes, '
      'backward, the config\'s optimizer step) at --train-shape, and its '
@@ -53,7 +59,7 @@ TASKS = OrderedDict([
 DEPLOY_TASKS = ('deploy', 'deploy_stream')
 INFER_TASKS = ('det', 'stream', 'cls', 'cls64')
 DETECTOR_TASKS = ('retinanet', 'retinanet_stream')
-TRAIN_TASKS = ('train', 'train_cp', 'retinanet_train')
+TRAIN_TASKS = ('train', 'train_cp', 'train_attention', 'retinanet_train')
 
 
 def run_tasks(bench, rows, tasks):
@@ -225,7 +231,12 @@ def training_tasks(bench, rows, tasks, results):
     rows; the naive one for the backbone steps only), their peak memory
     first, each in a fresh process."""
     args = bench.args
+    with_attention = 'train_attention' in tasks
+    if with_attention and 'train' not in tasks:
+        tasks = ['train'] + list(tasks)
     for task in tasks:
+        if task == 'train_attention':
+            continue  # measured in train's rounds
         names = [
             name for name, (base, variant) in rows.items()
             if variant in ('', 'naive', 'unfrozen')
@@ -241,16 +252,36 @@ def training_tasks(bench, rows, tasks, results):
             name,
             prepare_train_step(args, *rows[name], task, bench.inputs['train']))
                            for name in names)
-        print(f'  {task}: {len(runs)} models, interleaved', flush=True)
         if bench.device.type == 'cuda':
             for name, run in runs.items():
                 results[name][f'{task}_mem'] = cuda_peak_memory(
                     run, bench.device)
+        if task == 'train' and with_attention:
+            runs.update(attention_runs(bench, rows, names))
+        print(f'  {task}: {len(runs)} models, interleaved', flush=True)
         for name, figure in bench.measure(runs, args.train_rounds
                                           or args.rounds).items():
-            results[name][task] = figure
+            if isinstance(figure, dict):  # a CMT row's attention timings
+                results[name[:-len(' attention')]].update(figure)
+            else:
+                results[name][task] = figure
         del runs
         gc.collect()
+
+
+def attention_runs(bench, rows, names):
+    """``'<row> attention'`` -> :func:`.attention.attention_step` for the
+    CMT rows of ``names`` (not their variants), each on a model of its own
+    built as the row's training step builds it."""
+    runs = OrderedDict()
+    for name in names:
+        base, variant = rows[name]
+        if base.startswith('CMT') and not variant:
+            model = build_backbone(base, variant, as_trained=True)
+            model.train()
+            runs[f'{name} attention'] = attention_step(
+                model.to(bench.device), bench.inputs['train'])
+    return runs
 
 
 def deploy_tasks(bench, rows, tasks, results):
