@@ -60,6 +60,8 @@ DEPLOY_TASKS = ('deploy', 'deploy_stream')
 INFER_TASKS = ('det', 'stream', 'cls', 'cls64')
 DETECTOR_TASKS = ('retinanet', 'retinanet_stream')
 TRAIN_TASKS = ('train', 'train_cp', 'train_attention', 'retinanet_train')
+#: A CMT row's attention run in the train task: '<row>' + this.
+ATTENTION_RUN = ' attention'
 
 
 def run_tasks(bench, rows, tasks):
@@ -262,7 +264,7 @@ def training_tasks(bench, rows, tasks, results):
         for name, figure in bench.measure(runs, args.train_rounds
                                           or args.rounds).items():
             if isinstance(figure, dict):  # a CMT row's attention timings
-                results[name[:-len(' attention')]].update(figure)
+                results[name[:-len(ATTENTION_RUN)]].update(figure)
             else:
                 results[name][task] = figure
         del runs
@@ -270,7 +272,7 @@ def training_tasks(bench, rows, tasks, results):
 
 
 def attention_runs(bench, rows, names):
-    """``'<row> attention'`` -> :func:`.attention.attention_step` for the
+    """``'<row>' + ATTENTION_RUN`` -> :func:`.attention.attention_step` for the
     CMT rows of ``names`` (not their variants), each on a model of its own
     built as the row's training step builds it."""
     runs = OrderedDict()
@@ -279,7 +281,7 @@ def attention_runs(bench, rows, names):
         if base.startswith('CMT') and not variant:
             model = build_backbone(base, variant, as_trained=True)
             model.train()
-            runs[f'{name} attention'] = attention_step(
+            runs[name + ATTENTION_RUN] = attention_step(
                 model.to(bench.device), bench.inputs['train'])
     return runs
 
