@@ -12,11 +12,14 @@ without help mmdet's and mmseg's own ``tools/test.py``, ``--resume``,
 :func:`install` (run by ``import mmcmt``, hence by every config with
 ``custom_imports=dict(imports=['mmcmt'])``) keeps the safety on and
 
-- allow-lists exactly what mmengine stores besides tensors: ``HistoryBuffer``,
-  numpy arrays, dtypes and scalars, and ``getattr`` restricted to the
-  statistics methods of ``HistoryBuffer`` (pickled as
-  ``getattr(HistoryBuffer, 'mean')``; a general ``getattr`` would reopen the
-  door to arbitrary code);
+- allow-lists exactly what runs of mmengine, mmdet and mmseg store besides
+  tensors (:mod:`.allow_list`, derived from and tested against the
+  checkpoints of :mod:`.corpus`): ``HistoryBuffer``, numpy arrays, dtypes
+  and scalars, ``collections.Counter``, and ``getattr`` restricted to the
+  attributes that those pickles refer to (``getattr(HistoryBuffer,
+  'mean')``, OneCycle's annealing function; a general ``getattr`` would
+  reopen the door to arbitrary code), plus what the user allows by name
+  (:func:`.allow_globals`);
 - makes mmengine's loaders of local files and of http(s) URLs
   (``CheckpointLoader``'s schemes, behind ``load_checkpoint``,
   ``load_from``, ``resume``, ``init_detector``, the inferencers and
@@ -29,9 +32,10 @@ URLs are downloaded into torch's hub cache (``<torch hub dir>/checkpoints``,
 where mmengine and ``torch.hub`` put them) by :func:`load_url`; a file enters
 the cache only once it has arrived whole and loaded safely.
 
-torch before 2.4 cannot be taught new safe globals (no ``add_safe_globals``):
-there the same allow-list is enforced by a restricted unpickler of this
-module's own, on top of torch's list of what weights need.
+torch before 2.6 cannot be taught safe globals by name (no
+``add_safe_globals``, or one that takes no ``(object, name)`` pairs): there
+the same allow-list is enforced by a restricted unpickler of this module's
+own, on top of torch's list of what weights need.
 """
 import _compat_pickle
 import hashlib
@@ -49,15 +53,13 @@ import uuid
 import torch
 
 from ..compat import HAS_SAFE_GLOBALS
+from .allow_list import allowed_attributes, allowed_globals, never_allowed
 
 __all__ = [
     'CheckpointError', 'UntrustedCheckpointError', 'CorruptCheckpointError',
-    'DownloadError', 'allow_mmengine_checkpoints', 'load_file', 'load_url',
-    'is_url', 'install'
+    'DownloadError', 'allow_mmengine_checkpoints', 'safe_globals', 'load_file',
+    'load_url', 'is_url', 'install'
 ]
-
-#: The statistics of a HistoryBuffer that its pickled form may refer to.
-_HISTORY_BUFFER_METHODS = {'min', 'max', 'current', 'mean'}
 
 
 class CheckpointError(RuntimeError):
@@ -76,57 +78,70 @@ class DownloadError(CheckpointError):
     """A checkpoint URL that cannot be downloaded (no network, no file)."""
 
 
-def _mmengine_globals() -> dict:
-    """What mmengine's checkpoints hold besides tensors, by the name their
-    pickles give it."""
-    import numpy as np
-    from mmengine.logging import HistoryBuffer
+class _AttributeOwner:
+    """What a checkpoint gets for a class it may name only to reach allowed
+    attributes of it (``getattr(owner, name)``, :data:`.ATTRIBUTES`): it
+    cannot be called or built."""
 
-    def history_buffer_method(owner, name):
-        methods = _HISTORY_BUFFER_METHODS | set(
-            HistoryBuffer._statistics_methods)  # registered ones too
-        if owner is HistoryBuffer and name in methods:
-            return getattr(owner, name)
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, *args, **kwargs):
         raise pickle.UnpicklingError(
-            f'refusing getattr({owner!r}, {name!r}) in a checkpoint')
+            f'Unsupported global: GLOBAL {self.name} (called)')
 
-    multiarray = np.core.multiarray if np.__version__ < '2' else \
-        np._core.multiarray
-    allowed = [
-        HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray,
-        np.dtype
-    ] + [
-        type(np.dtype(t))
-        for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)
-    ]
-    names = {f'{obj.__module__}.{obj.__name__}': obj for obj in allowed}
-    names['builtins.getattr'] = history_buffer_method
-    return names
+    def __repr__(self):
+        return self.name
+
+
+_OWNERS = {}  # owner name -> its _AttributeOwner, one object each
+
+
+def _restricted_getattr(owner, name, *default):
+    """``getattr`` as checkpoints may call it: only for the attributes that
+    :func:`.allowed_attributes` lists (a general ``getattr`` would let a
+    file reach anything, ``os.system`` included)."""
+    owner_name = getattr(owner, 'name', None) if isinstance(
+        owner, _AttributeOwner) else f'{getattr(owner, "__module__", "")}.' \
+        f'{getattr(owner, "__qualname__", type(owner).__name__)}'
+    allowed = allowed_attributes().get(owner_name, {})
+    if isinstance(name, str) and name in allowed and (
+            isinstance(owner, _AttributeOwner)
+            or allowed_globals().get(owner_name) is owner):
+        return allowed[name]
+    raise pickle.UnpicklingError(
+        f'Unsupported global: GLOBAL getattr({owner_name}, {name!r})')
+
+
+def safe_globals() -> dict:
+    """What the safe loader gives a checkpoint for each name it may hold
+    besides torch's own list: the allowed classes and functions
+    (:mod:`.allow_list`, the user's included), the owners of allowed
+    attribute references and a ``getattr`` restricted to those."""
+    found = allowed_globals()
+    for owner in allowed_attributes():
+        if owner not in found:
+            found[owner] = _OWNERS.setdefault(owner, _AttributeOwner(owner))
+    found['builtins.getattr'] = _restricted_getattr
+    return found
 
 
 def allow_mmengine_checkpoints() -> None:
-    """Let ``torch.load(weights_only=True)`` read mmengine checkpoints (see
-    the module docstring). Idempotent; torch < 2.4 reads them through
-    :func:`load_file`'s own restricted unpickler instead."""
+    """Let ``torch.load(weights_only=True)`` read what mmengine, mmdet and
+    mmseg runs write (:func:`safe_globals`). Idempotent; where torch cannot
+    be taught named safe globals, :func:`load_file` reads through its own
+    restricted unpickler instead."""
     if not HAS_SAFE_GLOBALS:
         return
-    torch.serialization.add_safe_globals([
-        (obj, name) if name == 'builtins.getattr' else obj
-        for name, obj in _mmengine_globals().items()
-    ])
+    torch.serialization.add_safe_globals(
+        [(obj, name) for name, obj in safe_globals().items()])
 
 
 def _restricted_pickle() -> types.ModuleType:
-    """A ``pickle_module`` for ``torch.load`` (torch < 2.4) whose unpickler
-    builds only what ``weights_only=True`` builds (torch's own list) and
-    mmengine's objects (:func:`_mmengine_globals`)."""
-    import _codecs
-
+    """A ``pickle_module`` for ``torch.load`` (torch without named safe
+    globals) whose unpickler builds only what ``weights_only=True`` builds
+    (torch's own list) and :func:`safe_globals`."""
     from torch._weights_only_unpickler import _get_allowed_globals
-    allowed = dict(_get_allowed_globals(), **_mmengine_globals())
-    # protocol 2 pickles bytes (numpy arrays' data) as _codecs.encode(str),
-    # which newer torch allows too
-    allowed['_codecs.encode'] = _codecs.encode
 
     class Unpickler(pickle.Unpickler):
 
@@ -135,10 +150,12 @@ def _restricted_pickle() -> types.ModuleType:
             module, name = _compat_pickle.NAME_MAPPING.get((module, name),
                                                            (module, name))
             module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-            found = allowed.get(f'{module}.{name}')
+            full_name = f'{module}.{name}'
+            found = safe_globals().get(full_name,
+                                       _get_allowed_globals().get(full_name))
             if found is None:
                 # worded as torch words it, for _refused_object
-                shown = name if module == 'builtins' else f'{module}.{name}'
+                shown = name if module == 'builtins' else full_name
                 raise pickle.UnpicklingError(
                     f'Unsupported global: GLOBAL {shown}')
             return found
@@ -180,10 +197,7 @@ def load_file(path: str, map_location='cpu', name: str = None):
     except pickle.UnpicklingError as error:
         refused = _refused_object(str(error))
         if refused:
-            raise UntrustedCheckpointError(
-                f'refusing to load checkpoint {name}: it holds {refused}, '
-                f'which a checkpoint of weights never needs; the file is not '
-                f'trusted, so it was not loaded') from None
+            raise UntrustedCheckpointError(_refusal(name, refused)) from None
         # an opcode or a structure the safe unpickler does not know
         raise CorruptCheckpointError(
             f'cannot read checkpoint {name}: the file is truncated or '
@@ -287,9 +301,27 @@ def _download(url: str, dst: str, cache: str) -> None:
 
 
 def _refused_object(message: str):
-    """The global the safe unpickler refused, as torch names it."""
-    match = re.search(r'GLOBAL ([\w.]+)', message)
+    """The global (or attribute reference) the safe unpickler refused, as
+    torch names it (builtins bare)."""
+    match = re.search(r'GLOBAL (getattr\([^)]*\)|[\w.]+)', message)
     return match[1] if match else None
+
+
+def _refusal(name: str, refused: str) -> str:
+    """One line: what was refused, and, for a name that could be benign (a
+    class of the user's own code), how to allow it."""
+    message = f'refusing to load checkpoint {name}: it holds {refused}, '
+    if '.' not in refused or refused.startswith('getattr(') or \
+            never_allowed(refused):
+        return message + ('which a checkpoint of weights never needs; the '
+                          'file is not trusted, so it was not loaded')
+    return message + (
+        "which mmcmt's safe loader does not allow (no run of mmengine, "
+        'mmdet or mmseg writes it); the file is not trusted, so it was not '
+        'loaded. If you trust the file and that name, allow it: '
+        f"mmcmt.checkpoint.allow_globals('{refused}'), or in the config "
+        f"custom_hooks=[dict(type='AllowCheckpointGlobalsHook', "
+        f"names=['{refused}'])] (docs/notes/safe_loading.md)")
 
 
 def _first_line(error: BaseException) -> str:
