@@ -1,7 +1,10 @@
 """Checkpoints: safe reading of files and URLs (:mod:`.safe_load`, installed
-into mmengine when mmcmt is imported), the released checkpoints' key names
-(:mod:`.official`) and checked loading into a module (:mod:`.loading`).
+into mmengine when mmcmt is imported; what it allows: :mod:`.allow_list`,
+derived from the checkpoints of :mod:`.corpus`), the released checkpoints'
+key names (:mod:`.official`) and checked loading into a module
+(:mod:`.loading`).
 Depends only on torch and mmengine."""
+from .allow_list import AllowCheckpointGlobalsHook, allow_globals
 from .loading import load_checked, read_checkpoint, sub_state_dict
 from .official import (RELEASE_URL, RELEASED_FILES, convert_official_cmt,
                        is_official_cmt, pop_official_cmt)
@@ -9,7 +12,7 @@ from .safe_load import (CheckpointError, CorruptCheckpointError, DownloadError,
                         UntrustedCheckpointError, is_url, load_file, load_url)
 
 __all__ = [
-    'CheckpointError', 'CorruptCheckpointError', 'DownloadError',
+    'AllowCheckpointGlobalsHook', 'allow_globals', 'CheckpointError', 'CorruptCheckpointError', 'DownloadError',
     'RELEASED_FILES', 'RELEASE_URL', 'UntrustedCheckpointError',
     'convert_official_cmt', 'is_official_cmt', 'load_checked', 'load_file',
     'load_url', 'is_url', 'pop_official_cmt', 'read_checkpoint',

@@ -14,14 +14,14 @@ name: nothing is allowed by module or prefix, and an attribute reference
 ``docs/notes/safe_loading.md`` shows the same list.
 """
 import importlib
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, Set, Tuple, Union
 
 import numpy as np
 from mmengine.hooks import Hook
 
 __all__ = [
     'GLOBALS', 'NUMPY_DTYPES', 'ATTRIBUTES', 'NEVER_ALLOWED_MODULES', 'allowed_globals',
-    'allowed_attributes', 'allow_globals', 'never_allowed', 'user_globals',
+    'allowed_attributes', 'allow_globals', 'listed_names', 'never_allowed', 'user_globals',
     'AllowCheckpointGlobalsHook'
 ]
 
@@ -116,6 +116,17 @@ def allowed_attributes() -> Dict[str, Dict[str, object]]:
         found[_HISTORY_BUFFER].setdefault(method,
                                           getattr(HistoryBuffer, method))
     return found
+
+
+def listed_names() -> Set[str]:
+    """Every entry of this list as :func:`.corpus.pickled_globals` writes
+    what a checkpoint names: ``module.name``, ``getattr(module.Owner,
+    name)``, ``numpy.dtype(kind)``; ``builtins.getattr`` for the attribute
+    references."""
+    return ({'builtins.getattr'} | set(GLOBALS)
+            | {f'getattr({o}, {a})'
+               for o, a in ATTRIBUTES} | {f'numpy.dtype({k})'
+                                          for k in NUMPY_DTYPES})
 
 
 _USER_GLOBALS: Dict[str, object] = {}

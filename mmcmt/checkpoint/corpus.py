@@ -51,7 +51,8 @@ import torch.nn as nn
 __all__ = [
     'CorpusRun', 'corpus_runs', 'scheduler_runs', 'optim_wrapper_runs',
     'hook_runs', 'train_run', 'resume_run', 'pickled_globals',
-    'registered_schedulers', 'stateful_hooks', 'NOT_IN_CORPUS'
+    'registered_schedulers', 'stateful_hooks', 'fixture_run', 'stack_name',
+    'NOT_IN_CORPUS'
 ]
 
 #: Optimizer wrappers registered in mmengine that need a package or a
@@ -485,6 +486,31 @@ def hook_runs() -> List[CorpusRun]:
     return runs
 
 
+def fixture_run() -> CorpusRun:
+    """One run whose checkpoint names everything :data:`.allow_list`
+    allows on its stack (chained warm-up, MultiStep and OneCycle schedules,
+    AMP with AdamW, EMA): the file ``tests/data/checkpoints/<stack>.pth``
+    that each stack keeps for the other to load."""
+    return CorpusRun(
+        'fixture',
+        param_scheduler=[
+            dict(type='LinearLR', start_factor=0.1, **SCHEDULER_SPAN),
+            dict(type='MultiStepLR', milestones=[1, 3], **SCHEDULER_SPAN),
+        ] + [
+            dict(
+                type='OneCycleLR',
+                eta_max=0.1,
+                total_steps=4,
+                anneal_strategy=strategy,
+                by_epoch=False)
+            for strategy in SCHEDULER_VARIANTS['anneal_strategy']
+        ],
+        optim_wrapper=dict(
+            type=_cpu_amp_optim_wrapper(),
+            optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05)),
+        custom_hooks=[dict(type='EMAHook', ema_type='ExponentialMovingAverage')])
+
+
 def corpus_runs() -> List[CorpusRun]:
     """The whole corpus: schedulers, optimizer wrappers, stateful hooks."""
     return scheduler_runs() + optim_wrapper_runs() + hook_runs()
@@ -606,7 +632,7 @@ def pickled_globals(path: str) -> Set[str]:
     return names
 
 
-def stack_names(torch_version: Optional[str] = None) -> str:
+def stack_name(torch_version: Optional[str] = None) -> str:
     """The software stack a corpus was written on, for file names:
     ``torch2.13-numpy2``."""
     version = (torch_version or torch.__version__).split('+')[0]

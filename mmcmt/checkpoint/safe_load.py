@@ -53,11 +53,13 @@ import uuid
 import torch
 
 from ..compat import HAS_SAFE_GLOBALS
-from .allow_list import allowed_attributes, allowed_globals, never_allowed
+from .allow_list import (NUMPY_DTYPES, AllowCheckpointGlobalsHook,
+                         allowed_attributes, allowed_globals, never_allowed)
 
 __all__ = [
     'CheckpointError', 'UntrustedCheckpointError', 'CorruptCheckpointError',
-    'DownloadError', 'allow_mmengine_checkpoints', 'safe_globals', 'load_file',
+    'DownloadError', 'allow_mmengine_checkpoints', 'safe_globals',
+    'is_allowed', 'load_file',
     'load_url', 'is_url', 'install'
 ]
 
@@ -124,6 +126,18 @@ def safe_globals() -> dict:
             found[owner] = _OWNERS.setdefault(owner, _AttributeOwner(owner))
     found['builtins.getattr'] = _restricted_getattr
     return found
+
+
+def is_allowed(name: str) -> bool:
+    """Whether the safe loader builds ``name``, written as
+    :func:`.corpus.pickled_globals` writes what a checkpoint names."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+    if name.startswith('getattr('):
+        owner, _, attribute = name[len('getattr('):-1].partition(', ')
+        return attribute in allowed_attributes().get(owner, {})
+    if name.startswith('numpy.dtype('):
+        return name[len('numpy.dtype('):-1] in NUMPY_DTYPES
+    return name in safe_globals() or name in _get_allowed_globals()
 
 
 def allow_mmengine_checkpoints() -> None:
@@ -361,10 +375,14 @@ def _load_from_http(filename: str,
 
 
 def install() -> None:
-    """Allow-list mmengine's checkpoint contents and give mmengine's
-    checkpoint loaders of local files and URLs safe reading and clean
-    errors. Called by ``import mmcmt``."""
+    """Allow-list what mmengine, mmdet and mmseg runs write, register
+    ``AllowCheckpointGlobalsHook`` (in mmengine's root registry, so that
+    mmdet's and mmseg's configs find it too) and give mmengine's checkpoint
+    loaders of local files and URLs safe reading and clean errors. Called by
+    ``import mmcmt``."""
     allow_mmengine_checkpoints()
+    from mmengine.registry import HOOKS
+    HOOKS.register_module(module=AllowCheckpointGlobalsHook, force=True)
     from mmengine.runner import checkpoint as mmengine_checkpoint
     loader = mmengine_checkpoint.CheckpointLoader
     loader.register_scheme(prefixes='', loader=_load_from_local, force=True)
