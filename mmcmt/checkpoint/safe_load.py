@@ -90,7 +90,7 @@ class _AttributeOwner:
 
     def __call__(self, *args, **kwargs):
         raise pickle.UnpicklingError(
-            f'Unsupported global: GLOBAL {self.name} (called)')
+            f'Unsupported global: GLOBAL {self.name}()')
 
     def __repr__(self):
         return self.name
@@ -315,9 +315,10 @@ def _download(url: str, dst: str, cache: str) -> None:
 
 
 def _refused_object(message: str):
-    """The global (or attribute reference) the safe unpickler refused, as
-    torch names it (builtins bare)."""
-    match = re.search(r'GLOBAL (getattr\([^)]*\)|[\w.]+)', message)
+    """The global the safe unpickler refused, as torch names it (builtins
+    bare), or the attribute reference (``getattr(owner, 'name')``) or the
+    call of an attribute owner (``owner()``) that it refused."""
+    match = re.search(r'GLOBAL (getattr\([^)]*\)|[\w.]+(?:\(\))?)', message)
     return match[1] if match else None
 
 
@@ -325,8 +326,7 @@ def _refusal(name: str, refused: str) -> str:
     """One line: what was refused, and, for a name that could be benign (a
     class of the user's own code), how to allow it."""
     message = f'refusing to load checkpoint {name}: it holds {refused}, '
-    if '.' not in refused or refused.startswith('getattr(') or \
-            never_allowed(refused):
+    if '.' not in refused or refused.endswith(')') or never_allowed(refused):
         return message + ('which a checkpoint of weights never needs; the '
                           'file is not trusted, so it was not loaded')
     return message + (
