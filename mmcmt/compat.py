@@ -18,6 +18,7 @@ __all__ = [
     'register_load_state_dict_pre_hook'
 ]
 
+
 def _safe_globals_take_names() -> bool:
     """Whether ``add_safe_globals`` exists and takes ``(object, name)``
     pairs (2.6+; 2.4 and 2.5 take objects only, which cannot name numpy's
@@ -150,12 +151,11 @@ def capabilities() -> list:
          'ONNX: the TorchScript exporter chosen (dynamo=False)'
          if ONNX_EXPORT_KWARGS else
          'ONNX: the TorchScript exporter (the only one)'),
-        ('register_load_state_dict_pre_hook', public_hook,
-         'the public method' if public_hook else
-         'fallback: its private form, same call'),
+        ('register_load_state_dict_pre_hook', public_hook, 'the public method'
+         if public_hook else 'fallback: its private form, same call'),
         ('autocast_enabled', _autocast_takes_device(),
-         'torch.is_autocast_enabled(device)' if _autocast_takes_device() else
-         'fallback: one function per device'),
+         'torch.is_autocast_enabled(device)'
+         if _autocast_takes_device() else 'fallback: one function per device'),
         ('is_compiling', compiler, 'torch.compiler.is_compiling'
          if compiler else 'fallback: torch._dynamo.is_compiling'),
     ]

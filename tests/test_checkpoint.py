@@ -8,7 +8,8 @@ import torch
 from helpers import (ARCH_OF_VARIANT, official_shapes,
                      random_official_state_dict, run_tool)
 
-from mmcmt.checkpoint import convert_official_cmt, read_checkpoint
+from mmcmt.checkpoint import (ArchMismatchError, convert_official_cmt,
+                              read_checkpoint)
 from mmcmt.checkpoint.safe_load import load_file
 from mmcmt.models import CMT, CMTClassifier
 
@@ -302,13 +303,77 @@ def test_unexpected_keys_are_reported_not_fatal(tmp_path, official_tiny):
     _assert_loaded(model, official_tiny)
 
 
-def test_wrong_arch_is_a_clear_error(tmp_path, official_tiny):
-    path = tmp_path / 'cmt_tiny.pth'
-    torch.save(official_tiny, path)
+@pytest.mark.parametrize('held, model_arch, name, other', [
+    ('cmt_s', 'xs', "CMT-S (arch='small')", "CMT-XS (arch='xs')"),
+    ('cmt_ti', 'small', "CMT-Ti (arch='tiny')", "CMT-S (arch='small')"),
+])
+def test_wrong_arch_is_one_line_before_anything_loads(tmp_path, held,
+                                                      model_arch, name, other):
+    """A released file of another arch (as cmt_xs.pth once was a copy of
+    cmt_small.pth) names both archs and what to change in one line, before
+    any bias is resized or any tensor loaded."""
+    from mmengine.logging import MMLogger
+    path = tmp_path / f'{held}.pth'
+    torch.save(random_official_state_dict(SHAPES[held]['state_dict'], 3), path)
     model = CMT(
-        'small', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
-    with pytest.raises(RuntimeError, match='size mismatch'):
-        model.init_weights()
+        model_arch, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    logger = MMLogger.get_current_instance()
+    handler = _Records()
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(ArchMismatchError) as err:
+            model.init_weights()
+    finally:
+        logger.removeHandler(handler)
+    message = str(err.value)
+    assert '\n' not in message and len(message) < 400, message
+    assert f'{path}: the checkpoint holds {name} but the model is {other}' \
+        in message
+    wanted = re.search(r"arch='(\w+)'", name)[1]
+    assert f"set the backbone's arch='{wanted}'" in message
+    assert not any('resized' in r.getMessage() for r in handler.records)
+    # non-strict loading (as load_from does) leaves every tensor as it was
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ArchMismatchError):
+        model.load_state_dict(torch.load(path), strict=False)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_detector_checkpoint_of_another_arch(tmp_path):
+    """``load_from`` (mmengine's load_checkpoint, non-strict) of a CMT-S
+    detector into a CMT-Ti detector: the same line, naming the neck's
+    channels, instead of a warning and a half-loaded model."""
+    from mmengine.runner import load_checkpoint
+    small = CMT('small')
+    detector = {f'backbone.{k}': v for k, v in small.state_dict().items()}
+    path = tmp_path / 'retinanet_cmt_s.pth'
+    torch.save({'state_dict': detector, 'meta': {}}, path)
+    target = torch.nn.Module()
+    target.backbone = CMT('tiny')
+    with pytest.raises(ArchMismatchError) as err:
+        load_checkpoint(target, str(path))
+    assert str(err.value) == (
+        "the checkpoint holds CMT-S (arch='small') but the model is CMT-Ti "
+        "(arch='tiny'): set the backbone's arch='small' (and a neck's "
+        "in_channels=[64, 128, 256, 512]) to load it, or load a checkpoint "
+        "of the model's arch; nothing was loaded")
+
+
+def test_custom_arch_is_described_by_its_numbers():
+    custom = dict(
+        embed_dims=[32, 64, 128, 256],
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 2, 4, 8],
+        mlp_ratios=2,
+        sr_ratios=[8, 4, 2, 1],
+        stem_channels=16)
+    with pytest.raises(ArchMismatchError) as err:
+        CMT('base').load_state_dict(CMT(custom).state_dict())
+    assert ('holds a custom CMT (stem_channels=16, embed_dims=[32, 64, 128, '
+            '256], depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], '
+            "hidden_dims=[64, 128, 256, 512]) but the model is CMT-B "
+            "(arch='base')") in str(err.value)
 
 
 def test_not_a_state_dict(tmp_path):

@@ -27,8 +27,8 @@ from mmcmt.checkpoint.safe_load import UntrustedCheckpointError, load_file
 
 RUNS = corpus.corpus_runs()
 LOADERS = ['restricted'] + ['add_safe_globals'] * compat.HAS_SAFE_GLOBALS
-FIXTURES = sorted(glob.glob(osp.join(ROOT, 'tests', 'data', 'checkpoints',
-                                     '*.pth')))
+FIXTURES = sorted(
+    glob.glob(osp.join(ROOT, 'tests', 'data', 'checkpoints', '*.pth')))
 SHIPPED = sorted(
     glob.glob(osp.join(ROOT, 'configs', '*_coco.py')) +
     glob.glob(osp.join(ROOT, 'configs', '*_ade20k.py')))
@@ -99,8 +99,10 @@ def test_allow_list_is_what_runs_write(written):
                                                for p in FIXTURES]:
         for global_name in corpus.pickled_globals(path):
             held.setdefault(global_name, []).append(name)
-    refused = {n: runs[:3] for n, runs in held.items()
-               if not safe_load.is_allowed(n)}
+    refused = {
+        n: runs[:3]
+        for n, runs in held.items() if not safe_load.is_allowed(n)
+    }
     assert not refused, refused
     unused = allow_list.listed_names() - set(held)
     assert not unused, f'allowed, but no run writes them: {unused}'
@@ -186,16 +188,21 @@ def _payloads(marker):
     touch = _Reduce(os.system, f'touch {marker}')
     return {
         # an attribute owner is no callable
-        'call an owner': _Reduce(OneCycleParamScheduler, None, 0.1),
+        'call an owner':
+        _Reduce(OneCycleParamScheduler, None, 0.1),
         # getattr beyond the named attributes
-        'getattr __init__': _Reduce(getattr, OneCycleParamScheduler,
-                                    '__init__'),
-        'getattr __globals__': _Reduce(getattr, HistoryBuffer, '__dict__'),
-        'getattr of Counter': _Reduce(getattr, Counter, 'fromkeys'),
-        'register statistics': _Reduce(getattr, HistoryBuffer,
-                                       'register_statistics'),
-        'os.system': touch,
-        'os.system in a Counter': _Reduce(Counter, {'x': touch}),
+        'getattr __init__':
+        _Reduce(getattr, OneCycleParamScheduler, '__init__'),
+        'getattr __globals__':
+        _Reduce(getattr, HistoryBuffer, '__dict__'),
+        'getattr of Counter':
+        _Reduce(getattr, Counter, 'fromkeys'),
+        'register statistics':
+        _Reduce(getattr, HistoryBuffer, 'register_statistics'),
+        'os.system':
+        touch,
+        'os.system in a Counter':
+        _Reduce(Counter, {'x': touch}),
     }
 
 
@@ -205,8 +212,7 @@ def test_payloads_are_refused(payload, loader, tmp_path, capfd):
     marker = tmp_path / 'ran'
     path = str(tmp_path / 'payload.pth')
     torch.save(dict(state_dict={}, meta=_payloads(marker)[payload]), path)
-    for load in (load_file,
-                 lambda p: load_checkpoint(corpus._toy_model(), p)):
+    for load in (load_file, lambda p: load_checkpoint(corpus._toy_model(), p)):
         with pytest.raises(safe_load.CheckpointError) as info:
             load(path)
         message = str(info.value)
@@ -293,9 +299,10 @@ def test_user_object_named_then_allowed(how, loader, clean_allow_list,
     assert load_file(path)['user_state'].steps == 4
 
 
-@pytest.mark.parametrize(
-    'name', ['posix.system', 'os.system', 'builtins.eval', 'builtins.getattr',
-             'subprocess.Popen', 'no_such_module.Thing'])
+@pytest.mark.parametrize('name', [
+    'posix.system', 'os.system', 'builtins.eval', 'builtins.getattr',
+    'subprocess.Popen', 'no_such_module.Thing'
+])
 def test_allow_globals_refuses_what_runs_code(name, clean_allow_list):
     from mmcmt.checkpoint import allow_globals
     with pytest.raises(ValueError) as info:
@@ -352,8 +359,8 @@ def test_shipped_schedule_saves_loads_resumes(config, tmp_path):
     runner.train()
     checkpoint = load_file(path)
     kinds = [s['by_epoch'] for s in checkpoint['param_schedulers']]
-    assert len(kinds) == len(runner.cfg.get('param_scheduler') or
-                             run['param_scheduler'])
+    assert len(kinds) == len(
+        runner.cfg.get('param_scheduler') or run['param_scheduler'])
     if 'IterBased' in str(train_cfg.get('type')):
         resumed_cfg = dict(train_cfg, max_iters=6)
     else:

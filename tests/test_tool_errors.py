@@ -38,6 +38,13 @@ def files(tmp_path_factory):
     }
     torch.save(dict(good, payload=Payload()), tmp / 'untrusted.pth')
     torch.save(good, tmp / 'good.pth')
+    torch.save(
+        {
+            'state_dict': {
+                f'backbone.{k}': v
+                for k, v in CMT('small').state_dict().items()
+            }
+        }, tmp / 'other_arch.pth')
     data = (tmp / 'good.pth').read_bytes()
     (tmp / 'truncated.pth').write_bytes(data[:len(data) // 2])
     (tmp / 'garbage.pth').write_bytes(b'not a checkpoint at all')
@@ -104,6 +111,17 @@ def test_corrupt_checkpoint(files, tool, name):
     path = str(files / name)
     result = run_tool(*checkpoint_commands(files, path)[tool], check=False)
     one_line_error(result, repr(path), 'truncated or corrupt')
+
+
+@pytest.mark.parametrize('tool', ['test.py', 'infer.py'])
+def test_checkpoint_of_another_arch(files, tool):
+    """A CMT-S detector's checkpoint given to a CMT-Ti config: one line that
+    names both archs, not hundreds of size mismatches."""
+    path = str(files / 'other_arch.pth')
+    result = run_tool(*checkpoint_commands(files, path)[tool], check=False)
+    one_line_error(result, "the checkpoint holds CMT-S (arch='small')",
+                   "the model is CMT-Ti (arch='tiny')",
+                   "set the backbone's arch='small'")
 
 
 def test_init_cfg_untrusted_and_corrupt(files):

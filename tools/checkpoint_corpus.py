@@ -47,8 +47,8 @@ def report(paths: dict) -> int:
     print('|---|---|---|')
     for name, path in paths.items():
         names = sorted(corpus.pickled_globals(path) - torch_own)
-        shown = ', '.join(n if is_allowed(n) else f'**{n}** (refused)'
-                          for n in names) or '-'
+        shown = ', '.join(
+            n if is_allowed(n) else f'**{n}** (refused)' for n in names) or '-'
         try:
             load_file(path)
             loads = 'yes'

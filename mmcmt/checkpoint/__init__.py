@@ -5,14 +5,16 @@ key names (:mod:`.official`) and checked loading into a module
 (:mod:`.loading`).
 Depends only on torch and mmengine."""
 from .allow_list import AllowCheckpointGlobalsHook, allow_globals
-from .loading import load_checked, read_checkpoint, sub_state_dict
+from .loading import (ArchMismatchError, load_checked, read_checkpoint,
+                      sub_state_dict)
 from .official import (RELEASE_URL, RELEASED_FILES, convert_official_cmt,
                        is_official_cmt, pop_official_cmt)
 from .safe_load import (CheckpointError, CorruptCheckpointError, DownloadError,
                         UntrustedCheckpointError, is_url, load_file, load_url)
 
 __all__ = [
-    'AllowCheckpointGlobalsHook', 'allow_globals', 'CheckpointError', 'CorruptCheckpointError', 'DownloadError',
+    'AllowCheckpointGlobalsHook', 'ArchMismatchError', 'allow_globals',
+    'CheckpointError', 'CorruptCheckpointError', 'DownloadError',
     'RELEASED_FILES', 'RELEASE_URL', 'UntrustedCheckpointError',
     'convert_official_cmt', 'is_official_cmt', 'load_checked', 'load_file',
     'load_url', 'is_url', 'pop_official_cmt', 'read_checkpoint',

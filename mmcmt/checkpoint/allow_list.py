@@ -20,9 +20,9 @@ import numpy as np
 from mmengine.hooks import Hook
 
 __all__ = [
-    'GLOBALS', 'NUMPY_DTYPES', 'ATTRIBUTES', 'NEVER_ALLOWED_MODULES', 'allowed_globals',
-    'allowed_attributes', 'allow_globals', 'listed_names', 'never_allowed', 'user_globals',
-    'AllowCheckpointGlobalsHook'
+    'GLOBALS', 'NUMPY_DTYPES', 'ATTRIBUTES', 'NEVER_ALLOWED_MODULES',
+    'allowed_globals', 'allowed_attributes', 'allow_globals', 'listed_names',
+    'never_allowed', 'user_globals', 'AllowCheckpointGlobalsHook'
 ]
 
 _NUMPY_ARRAYS = ("numpy arrays and scalars: the message hub's log buffers, "
@@ -34,16 +34,25 @@ _ONE_CYCLE = 'mmengine.optim.scheduler.param_scheduler.OneCycleParamScheduler'
 #: Classes and functions a checkpoint may name, by the name its pickle gives
 #: them, and why they are there.
 GLOBALS: Dict[str, str] = {
-    _HISTORY_BUFFER: "the message hub's log buffers (every checkpoint)",
-    'numpy.ndarray': _NUMPY_ARRAYS,
-    'numpy.dtype': _NUMPY_ARRAYS,
-    'numpy.core.multiarray._reconstruct': _NUMPY_ARRAYS,
-    'numpy.core.multiarray.scalar': _NUMPY_ARRAYS,
-    'numpy._core.multiarray._reconstruct': _NUMPY_ARRAYS,
-    'numpy._core.multiarray.scalar': _NUMPY_ARRAYS,
-    '_codecs.encode': 'bytes as protocol 2 pickles them (the data of numpy '
+    _HISTORY_BUFFER:
+    "the message hub's log buffers (every checkpoint)",
+    'numpy.ndarray':
+    _NUMPY_ARRAYS,
+    'numpy.dtype':
+    _NUMPY_ARRAYS,
+    'numpy.core.multiarray._reconstruct':
+    _NUMPY_ARRAYS,
+    'numpy.core.multiarray.scalar':
+    _NUMPY_ARRAYS,
+    'numpy._core.multiarray._reconstruct':
+    _NUMPY_ARRAYS,
+    'numpy._core.multiarray.scalar':
+    _NUMPY_ARRAYS,
+    '_codecs.encode':
+    'bytes as protocol 2 pickles them (the data of numpy '
     "arrays on numpy 1.x); newer torch allows it, torch 2.1 doesn't",
-    'collections.Counter': "the milestones of MultiStepLR/-Momentum/"
+    'collections.Counter':
+    "the milestones of MultiStepLR/-Momentum/"
     "-ParamScheduler; newer torch allows it, torch 2.1 doesn't",
 }
 
@@ -110,8 +119,8 @@ def allowed_attributes() -> Dict[str, Dict[str, object]]:
     from mmengine.logging import HistoryBuffer
     found: Dict[str, Dict[str, object]] = {}
     for owner, attribute in ATTRIBUTES:
-        found.setdefault(owner, {})[attribute] = getattr(
-            resolve(owner), attribute)
+        found.setdefault(owner,
+                         {})[attribute] = getattr(resolve(owner), attribute)
     for method in HistoryBuffer._statistics_methods:  # registered ones
         found[_HISTORY_BUFFER].setdefault(method,
                                           getattr(HistoryBuffer, method))
@@ -125,8 +134,9 @@ def listed_names() -> Set[str]:
     references."""
     return ({'builtins.getattr'} | set(GLOBALS)
             | {f'getattr({o}, {a})'
-               for o, a in ATTRIBUTES} | {f'numpy.dtype({k})'
-                                          for k in NUMPY_DTYPES})
+               for o, a in ATTRIBUTES}
+            | {f'numpy.dtype({k})'
+               for k in NUMPY_DTYPES})
 
 
 _USER_GLOBALS: Dict[str, object] = {}

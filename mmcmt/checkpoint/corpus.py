@@ -82,7 +82,6 @@ SCHEDULER_VARIANTS = dict(anneal_strategy=['cos', 'linear'])
 #: What every run's schedulers share: iteration-based, over 4 iterations.
 SCHEDULER_SPAN = dict(by_epoch=False, begin=0, end=4)
 
-
 #: The numpy scalar types of the toy metric's values (a user's metrics may
 #: return any).
 NUMPY_SCALARS = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
@@ -195,11 +194,12 @@ def train_run(run: CorpusRun,
         val_evaluator=[_toy_metric()],
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs, val_interval=1),
         val_cfg=dict(),
-        optim_wrapper=dict(
-            optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
         default_hooks=dict(
             checkpoint=dict(
-                type='CheckpointHook', interval=1, save_best='toy/score',
+                type='CheckpointHook',
+                interval=1,
+                save_best='toy/score',
                 rule='greater'),
             logger=dict(type='LoggerHook', interval=1)),
         default_scope='mmengine',
@@ -218,7 +218,7 @@ def resume_run(run: CorpusRun, work_dir: str, checkpoint: str):
         run, work_dir, max_epochs=3, load_from=checkpoint, resume=True)
 
 
-# ------------------------------------------------------------------- schedulers
+# ------------------------------------------------------------------ schedulers
 def registered_schedulers() -> Dict[str, type]:
     """Every parameter scheduler in the registries of mmengine, mmdet and
     mmseg (those installed), by the name a config gives it."""
@@ -248,9 +248,9 @@ def scheduler_runs() -> List[CorpusRun]:
         variants = [('', config)]
         for argument, values in SCHEDULER_VARIANTS.items():
             if argument in _init_parameters(cls):
-                variants = [(f'-{argument}={value}', dict(config, **{
-                    argument: value
-                })) for value in values]
+                variants = [(f'-{argument}={value}',
+                             dict(config, **{argument: value}))
+                            for value in values]
         for suffix, variant in variants:
             runs.append(CorpusRun(name + suffix, param_scheduler=[variant]))
     return runs
@@ -260,8 +260,8 @@ def _scheduler_arguments(name: str, cls: type) -> dict:
     parameters = _init_parameters(cls)
     arguments = {
         k: v
-        for k, v in SCHEDULER_SPAN.items() if k in parameters or
-        _takes_kwargs(cls)
+        for k, v in SCHEDULER_SPAN.items()
+        if k in parameters or _takes_kwargs(cls)
     }
     for parameter in parameters.values():
         if parameter.name in ('self', 'optimizer'):
@@ -269,10 +269,9 @@ def _scheduler_arguments(name: str, cls: type) -> dict:
         if parameter.default is parameter.empty or parameter.name in (
                 'restart_weights', 'eta_min'):  # to match periods; XOR ratio
             if parameter.name not in SCHEDULER_ARGUMENTS:
-                raise KeyError(
-                    f'scheduler {name} requires the argument '
-                    f'{parameter.name!r}: add a value for it to '
-                    f'mmcmt.checkpoint.corpus.SCHEDULER_ARGUMENTS')
+                raise KeyError(f'scheduler {name} requires the argument '
+                               f'{parameter.name!r}: add a value for it to '
+                               f'mmcmt.checkpoint.corpus.SCHEDULER_ARGUMENTS')
             arguments[parameter.name] = SCHEDULER_ARGUMENTS[parameter.name]
     if 'param_name' not in inspect.signature(cls).parameters:
         arguments.pop('param_name', None)  # the LR and momentum forms'
@@ -307,7 +306,7 @@ def _takes_kwargs(cls: type) -> bool:
         for p in inspect.signature(init).parameters.values())
 
 
-# ----------------------------------------------------------- optimizer wrappers
+# ---------------------------------------------------------- optimizer wrappers
 def optim_wrapper_runs() -> List[CorpusRun]:
     """``OptimWrapper`` with SGD, Adam and AdamW, without and with gradient
     clipping (by norm; by value with accumulation), ``OptimWrapperDict``
@@ -381,8 +380,8 @@ def _cpu_amp_optim_wrapper() -> type:
         def __init__(self, **kwargs):
             checks = {
                 name: getattr(amp, name)
-                for name in dir(amp) if name.startswith('is_') and
-                name.endswith('_available')
+                for name in dir(amp)
+                if name.startswith('is_') and name.endswith('_available')
             }
             scaler = getattr(torch.amp, 'GradScaler', None)
             cpu_scaler = scaler is not None and 'device' in \
@@ -431,7 +430,7 @@ def _patch(stack: contextlib.ExitStack, owner, name: str, value) -> None:
     setattr(owner, name, value)
 
 
-# ------------------------------------------------------------------------ hooks
+# ----------------------------------------------------------------------- hooks
 def stateful_hooks() -> Dict[str, type]:
     """Every hook in the registries of mmengine, mmdet and mmseg that writes
     into checkpoints (overrides ``before_save_checkpoint``)."""
@@ -455,23 +454,24 @@ def averaged_models() -> List[str]:
     for scope, registry in _registries('MODELS', MODELS):
         for name, cls in registry.module_dict.items():
             if isinstance(cls, type) and issubclass(cls, BaseAveragedModel):
-                found.append(name if scope == 'mmengine' else f'{scope}.{name}')
+                found.append(name if scope ==
+                             'mmengine' else f'{scope}.{name}')
     return sorted(found)
 
 
 #: How the corpus runs each stateful hook: hook name -> function giving the
 #: runs. A hook that a release adds is missing here, and the corpus test
 #: says so.
-HOOK_RUNS: Dict[str, Callable[[], List[CorpusRun]]] = {
-    'EMAHook':
-    lambda: [
+def _ema_runs() -> List[CorpusRun]:
+    return [
         CorpusRun(
             f'EMAHook-{ema_type}',
-            custom_hooks=[
-                dict(type='EMAHook', ema_type=ema_type, begin_iter=1)
-            ]) for ema_type in averaged_models()
-    ],
-}
+            custom_hooks=[dict(type='EMAHook', ema_type=ema_type)])
+        for ema_type in averaged_models()
+    ]
+
+
+HOOK_RUNS: Dict[str, Callable[[], List[CorpusRun]]] = {'EMAHook': _ema_runs}
 
 
 def hook_runs() -> List[CorpusRun]:
@@ -508,7 +508,9 @@ def fixture_run() -> CorpusRun:
         optim_wrapper=dict(
             type=_cpu_amp_optim_wrapper(),
             optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05)),
-        custom_hooks=[dict(type='EMAHook', ema_type='ExponentialMovingAverage')])
+        custom_hooks=[
+            dict(type='EMAHook', ema_type='ExponentialMovingAverage')
+        ])
 
 
 def corpus_runs() -> List[CorpusRun]:
@@ -538,8 +540,7 @@ def _per_module_constructor() -> type:
     """An optimizer wrapper constructor that builds one wrapper per
     top-level child module named in its config, as GAN-style configs build
     an ``OptimWrapperDict``."""
-    from mmengine.optim import (DefaultOptimWrapperConstructor,
-                                OptimWrapperDict)
+    from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapperDict
 
     class PerModuleOptimWrapperConstructor:
 
@@ -623,8 +624,9 @@ def pickled_globals(path: str) -> Set[str]:
         with zipfile.ZipFile(path) as archive:
             for name in archive.namelist():
                 if name.endswith('/data.pkl') or name == 'data.pkl':
-                    Reader(io.BytesIO(archive.read(name)),
-                           encoding='latin1').load()
+                    Reader(
+                        io.BytesIO(archive.read(name)),
+                        encoding='latin1').load()
     else:  # torch's legacy format: magic, protocol, system info, object
         with open(path, 'rb') as f:
             for _ in range(4):

@@ -8,7 +8,12 @@ import torch
 from mmengine.logging import print_log
 
 from .official import RELEASE_URL
-from .safe_load import is_url, load_file, load_url
+from .safe_load import CheckpointError, is_url, load_file, load_url
+
+
+class ArchMismatchError(CheckpointError, ValueError):
+    """A checkpoint saved from another arch than the model's: one line that
+    names both, raised before anything is loaded."""
 
 
 def sub_state_dict(state_dict: Dict[str, torch.Tensor],

@@ -59,8 +59,7 @@ from .allow_list import (NUMPY_DTYPES, AllowCheckpointGlobalsHook,
 __all__ = [
     'CheckpointError', 'UntrustedCheckpointError', 'CorruptCheckpointError',
     'DownloadError', 'allow_mmengine_checkpoints', 'safe_globals',
-    'is_allowed', 'load_file',
-    'load_url', 'is_url', 'install'
+    'is_allowed', 'load_file', 'load_url', 'is_url', 'install'
 ]
 
 
@@ -147,8 +146,9 @@ def allow_mmengine_checkpoints() -> None:
     restricted unpickler instead."""
     if not HAS_SAFE_GLOBALS:
         return
-    torch.serialization.add_safe_globals(
-        [(obj, name) for name, obj in safe_globals().items()])
+    torch.serialization.add_safe_globals([
+        (obj, name) for name, obj in safe_globals().items()
+    ])
 
 
 def _restricted_pickle() -> types.ModuleType:

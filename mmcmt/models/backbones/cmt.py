@@ -29,8 +29,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...checkpoint import (is_official_cmt, load_checked, pop_official_cmt,
-                           read_checkpoint, sub_state_dict)
+from ...checkpoint import (ArchMismatchError, is_official_cmt, load_checked,
+                           pop_official_cmt, read_checkpoint, sub_state_dict)
 from ...compat import register_load_state_dict_pre_hook
 from ..utils.attention import biased_attention, factored_biased_attention
 from ..utils.fast_path import with_fast_path
@@ -43,6 +43,7 @@ from ..utils.relative_position import (factored_relative_position_bias,
 from . import cmt_export as export
 from . import cmt_fast_path as fast
 from . import cmt_lean_training as lean
+from .cmt_arch import check_arch, shape_signature
 
 #: Total stride of the backbone; inputs are padded to a multiple of it.
 MAX_STRIDE = 32
@@ -536,6 +537,7 @@ class CMT(BaseModule):
             channels = self.embed_dims[i]
         self.fused = False
         register_load_state_dict_pre_hook(self, _convert_official_backbone)
+        register_load_state_dict_pre_hook(self, _check_loaded_arch)
         self._freeze_stages()
 
     @classmethod
@@ -649,7 +651,10 @@ class CMT(BaseModule):
                 k.startswith('backbone.') for k in state_dict):
             # A classifier or detector checkpoint: take its backbone.
             state_dict = sub_state_dict(state_dict, 'backbone.')
-        load_checked(self, state_dict, checkpoint)
+        try:
+            load_checked(self, state_dict, checkpoint)
+        except ArchMismatchError as error:
+            raise ArchMismatchError(f'{checkpoint}: {error}') from None
 
     @torch.no_grad()
     def fuse(self) -> 'CMT':
@@ -796,6 +801,15 @@ def _convert_official_backbone(module, state_dict, prefix, *args):
     kept.update((k, v) for k, v in converted.items()
                 if not k.startswith(('backbone.', 'head.')))
     state_dict.update((prefix + k, v) for k, v in kept.items())
+
+
+def _check_loaded_arch(module, state_dict, prefix, *args):
+    """Load-state-dict pre-hook (after the layout conversion, before the
+    stages resize their biases): a checkpoint of another arch fails with one
+    line that names both archs."""
+    check_arch(
+        shape_signature(module.arch), state_dict, prefix, CMT.arch_zoo,
+        module.embed_dims)
 
 
 def _pair(size) -> Tuple[int, int]:
