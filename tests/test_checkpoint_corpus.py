@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, run_tool
 
 from mmcmt import compat
 from mmcmt.checkpoint import allow_list, corpus, safe_load
@@ -150,6 +150,34 @@ def test_checkpoint_of_either_stack_loads(fixture, loader, tmp_path):
     runner = corpus.resume_run(corpus.fixture_run(), str(tmp_path), fixture)
     runner.train()
     assert runner.iter == 6
+
+
+def test_tool_tells_what_a_file_holds(tmp_path):
+    """tools/checkpoint_corpus.py FILE...: the names beyond torch's list,
+    allowed or refused, without building anything (the payload does not
+    run); exit status 1 when a file does not load."""
+    marker = tmp_path / 'ran'
+    payload = str(tmp_path / 'payload.pth')
+    torch.save(dict(meta=_Reduce(os.system, f'touch {marker}')), payload)
+    result = run_tool(
+        'tools/checkpoint_corpus.py', FIXTURES[0], payload, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    rows = {
+        line.split(' | ')[0].strip('| '): line
+        for line in result.stdout.splitlines() if line.startswith('| /')
+    }
+    assert rows[FIXTURES[0]].endswith('| yes |')
+    assert 'getattr(mmengine.optim.scheduler.param_scheduler.' \
+        'OneCycleParamScheduler, _annealing_linear)' in rows[FIXTURES[0]]
+    assert '**posix.system** (refused)' in rows[payload]
+    assert 'not trusted' in rows[payload] and not marker.exists()
+    taken = tmp_path / 'taken'
+    taken.mkdir()
+    (taken / 'mine.txt').write_text('kept')
+    result = run_tool(
+        'tools/checkpoint_corpus.py', '--corpus', str(taken), check=False)
+    assert result.returncode == 2 and 'not empty' in result.stderr
+    assert (taken / 'mine.txt').read_text() == 'kept'
 
 
 def test_every_registered_piece_is_in_the_corpus():

@@ -11,6 +11,7 @@ import os.path as osp
 import re
 import shutil
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -42,35 +43,56 @@ def python(*args, cwd, check=True):
 
 # ----------------------------------------------------------------- detection
 DET_CONFIG = """\
+# the shipped COCO recipe with its 1x schedule (LinearLR warm-up, then
+# MultiStepLR), optimizer wrapper and hooks, on a data set of the user's own
 _base_ = '{base}'
 data_root = '{root}/'
 ann = data_root + 'annotations/instances_val2017.json'
+metainfo = dict(classes=('circle', 'square', 'triangle', 'cross'))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape',
+                                          'img_shape', 'scale_factor'))
+]
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root))
+                        dataset=dict(data_root=data_root, metainfo=metainfo,
+                                     pipeline=train_pipeline))
 val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root))
+                      dataset=dict(data_root=data_root, metainfo=metainfo,
+                                   pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=ann)
+val_evaluator = dict(ann_file=ann, classwise=True)
 test_evaluator = val_evaluator
-# two epochs of two iterations; keep every box so that COCO metrics exist
+# no ImageNet weights here; keep every box so that COCO metrics exist
+model = dict(backbone=dict(init_cfg=None), bbox_head=dict(num_classes=4),
+             test_cfg=dict(score_thr=0.0))
+# two epochs of two iterations
 train_cfg = dict(max_epochs=2, val_interval=2)
-model = dict(test_cfg=dict(score_thr=0.0))
 default_hooks = dict(logger=dict(interval=1))
 """
 
 
 @pytest.fixture(scope='module')
 def det(tmp_path_factory):
-    """A user's detection config, trained for 2 epochs by mmdet's
-    tools/train.py."""
+    """A user's detection config that inherits the shipped
+    configs/retinanet_cmt_ti_fpn_1x_coco.py (its 1x schedule, optimizer
+    wrapper and hooks), trained for 2 epochs by mmdet's tools/train.py."""
     tmp = tmp_path_factory.mktemp('det')
     make_synthetic_coco(
         str(tmp / 'coco'), num_train=4, num_val=2, img_size=(96, 96))
     config = tmp / 'my_retinanet_cmt.py'
     config.write_text(
         DET_CONFIG.format(
-            base=osp.join(ROOT, 'configs',
-                          'retinanet_cmt_ti_fpn_synthetic.py'),
+            base=osp.join(ROOT, 'configs', 'retinanet_cmt_ti_fpn_1x_coco.py'),
             root=tmp / 'coco'))
     work = tmp / 'work'
     out = python(
@@ -125,6 +147,48 @@ def test_mmdet_resume(det):
     assert 'resumed epoch: 1, iter: 2' in out
     resumed = load_file(str(work / 'epoch_2.pth'))
     assert resumed['meta']['epoch'] == 2 and resumed['meta']['iter'] == 4
+
+
+def test_checkpoints_hold_the_shipped_schedules(det, seg):
+    """What mmdet's and mmseg's train.py wrote with the shipped configs'
+    schedulers (MultiStepLR's milestones are a Counter, which torch 2.1's
+    own safe list lacks) loads safely, with those schedulers' state."""
+    schedulers = load_file(str(det['checkpoint']))['param_schedulers']
+    assert [s['end'] for s in schedulers] == [500, 12]
+    assert schedulers[1]['milestones'] == Counter({8: 1, 11: 1})
+    schedulers = load_file(str(seg['checkpoint']))['param_schedulers']
+    assert [s['end'] for s in schedulers] == [1500, 160000]
+
+
+@pytest.mark.parametrize('run', ['det', 'seg'])
+def test_mmcmt_tools_on_host_checkpoints(run, request):
+    """mmcmt's tools/test.py and train.py --resume read the checkpoints that
+    mmdet's and mmseg's train.py wrote."""
+    fixture = request.getfixturevalue(run)
+    tmp, first = fixture['tmp'], {'det': 'epoch_1.pth', 'seg': 'iter_2.pth'}
+    out = python(
+        osp.join(ROOT, 'tools', 'test.py'),
+        fixture['config'],
+        fixture['checkpoint'],
+        '--work-dir',
+        tmp / 'mmcmt_test',
+        cwd=tmp).stdout
+    assert re.search(r'coco/bbox_mAP: [\d.]+|mIoU: [\d.]+', out), out[-2000:]
+    work = tmp / 'mmcmt_resumed'
+    work.mkdir()
+    shutil.copy(fixture['work'] / first[run], work)
+    out = python(
+        osp.join(ROOT, 'tools', 'train.py'),
+        fixture['config'],
+        '--work-dir',
+        work,
+        '--resume',
+        work / first[run],
+        cwd=tmp).stdout
+    assert {
+        'det': 'resumed epoch: 1, iter: 2',
+        'seg': 'resumed epoch: 0, iter: 2'
+    }[run] in out
 
 
 def test_mmdet_get_flops(det):
@@ -276,12 +340,38 @@ def test_mim_train_and_test(det):
 
 # -------------------------------------------------------------- segmentation
 SEG_CONFIG = """\
+# the shipped ADE20K recipe with its 160k schedule (LinearLR warm-up, then
+# PolyLR), optimizer wrapper and hooks, on a data set of the user's own
 _base_ = '{base}'
 data_root = '{root}'
+classes = ('background', 'circle', 'square', 'triangle', 'cross')
+palette = [[120, 120, 120], [220, 20, 60], [0, 142, 255], [255, 200, 0],
+           [0, 200, 80]]
+crop_size = (128, 128)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(init_cfg=None),
+    decode_head=dict(num_classes=5, channels=64),
+    auxiliary_head=dict(num_classes=5, channels=64))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs')
+]
+dataset = dict(type='BaseSegDataset', data_root=data_root,
+               metainfo=dict(classes=classes, palette=palette),
+               img_suffix='.jpg', seg_map_suffix='.png',
+               reduce_zero_label=True)
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root))
+                        dataset=dict(dataset, pipeline=train_pipeline))
 val_dataloader = dict(num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root))
+                      dataset=dict(dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 train_cfg = dict(max_iters=4, val_interval=4)
 default_hooks = dict(checkpoint=dict(interval=2), logger=dict(interval=1))
@@ -290,15 +380,18 @@ default_hooks = dict(checkpoint=dict(interval=2), logger=dict(interval=1))
 
 @pytest.fixture(scope='module')
 def seg(tmp_path_factory):
-    """A user's segmentation config, trained for 4 iterations by mmseg's
+    """A user's segmentation config that inherits the shipped
+    configs/upernet_cmt_ti_512x512_160k_ade20k.py (its 160k schedule,
+    optimizer wrapper and hooks), trained for 4 iterations by mmseg's
     tools/train.py."""
     tmp = tmp_path_factory.mktemp('seg')
     make_synthetic_ade(
         str(tmp / 'ade'), num_train=4, num_val=2, img_size=(112, 80))
-    config = tmp / 'my_fpn_cmt.py'
+    config = tmp / 'my_upernet_cmt.py'
     config.write_text(
         SEG_CONFIG.format(
-            base=osp.join(ROOT, 'configs', 'fpn_cmt_ti_synthetic_ade.py'),
+            base=osp.join(ROOT, 'configs',
+                          'upernet_cmt_ti_512x512_160k_ade20k.py'),
             root=tmp / 'ade'))
     work = tmp / 'work'
     out = python(

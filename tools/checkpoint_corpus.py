@@ -77,7 +77,11 @@ def main(argv=None):
             raise FileNotFoundError(f'checkpoint not found: {path!r}')
         paths[path] = path
     if args.corpus:
-        check_new_folder(args.corpus)
+        try:
+            check_new_folder(args.corpus,
+                             'choose a new folder (nothing is overwritten)')
+        except FileExistsError as error:
+            raise UsageError(error) from None
         for run in corpus.corpus_runs():
             paths[run.name] = write(run, osp.join(args.corpus, run.name))
     if args.write_fixture:
