@@ -34,7 +34,6 @@ otherwise, so the checkpoint holds ``loss_scaler`` as AMP runs save it.
 :func:`pickled_globals` lists what a checkpoint's pickle names without
 building anything it names, so it is also safe on untrusted files.
 """
-import _compat_pickle
 import contextlib
 import inspect
 import io
@@ -47,6 +46,8 @@ from typing import Callable, Dict, List, Optional, Set
 import numpy as np
 import torch
 import torch.nn as nn
+
+from .safe_load import global_name
 
 __all__ = [
     'CorpusRun', 'corpus_runs', 'scheduler_runs', 'optim_wrapper_runs',
@@ -609,11 +610,7 @@ def pickled_globals(path: str) -> Set[str]:
     class Reader(pickle.Unpickler):
 
         def find_class(self, module, name):
-            # Python 2's names, which protocol 2 writes, as pickle maps them
-            module, name = _compat_pickle.NAME_MAPPING.get((module, name),
-                                                           (module, name))
-            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-            full_name = f'{module}.{name}'
+            full_name = global_name(module, name)
             names.add(full_name)
             return stand_in(full_name)
 

@@ -151,6 +151,14 @@ def allow_mmengine_checkpoints() -> None:
     ])
 
 
+def global_name(module: str, name: str) -> str:
+    """``module.name`` of a pickle's global, Python 2's names (which
+    protocol 2 writes: ``__builtin__``, ``copy_reg``) as pickle maps them."""
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name),
+                                                   (module, name))
+    return f'{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}'
+
+
 def _restricted_pickle() -> types.ModuleType:
     """A ``pickle_module`` for ``torch.load`` (torch without named safe
     globals) whose unpickler builds only what ``weights_only=True`` builds
@@ -160,16 +168,13 @@ def _restricted_pickle() -> types.ModuleType:
     class Unpickler(pickle.Unpickler):
 
         def find_class(self, module, name):
-            # Python 2's names, which protocol 2 writes, as pickle maps them
-            module, name = _compat_pickle.NAME_MAPPING.get((module, name),
-                                                           (module, name))
-            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-            full_name = f'{module}.{name}'
+            full_name = global_name(module, name)
             found = safe_globals().get(full_name,
                                        _get_allowed_globals().get(full_name))
             if found is None:
                 # worded as torch words it, for _refused_object
-                shown = name if module == 'builtins' else full_name
+                shown = full_name[len('builtins.'):] if full_name.startswith(
+                    'builtins.') else full_name
                 raise pickle.UnpicklingError(
                     f'Unsupported global: GLOBAL {shown}')
             return found
