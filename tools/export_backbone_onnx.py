@@ -18,12 +18,8 @@ Needs the optional ``export`` extras: ``pip install -e .[export]``
 import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 import os.path as osp
-import warnings
 
-import torch
-
-from mmcmt.compat import ONNX_EXPORT_KWARGS
-from mmcmt.deploy import ort_session, require_onnx
+from mmcmt.deploy import check_backbone, export_backbone, require_onnx
 from mmcmt.engine import UsageError, run_main
 from mmcmt.models import CMT
 from mmcmt.models.backbones.cmt import MAX_STRIDE
@@ -60,51 +56,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def export(model: CMT, out: str, shape, opset: int = 17) -> None:
-    """Export ``model`` (eval mode) traced at ``(1, C, *shape)``."""
-    x = torch.randn(1, model.in_channels, *shape)
-    names = [f'out{i}' for i in range(len(model.out_indices))]
-    dynamic = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
-    dynamic.update({
-        name: {
-            0: 'batch',
-            2: f'{name}_height',
-            3: f'{name}_width'
-        }
-        for name in names
-    })
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # tracer and deprecation chatter
-        # The TorchScript-based exporter: it traces the size arithmetic
-        # (padding, bias resizing) into the graph. (The dynamo exporter
-        # cannot yet solve the floor divisions of dynamic sizes.)
-        torch.onnx.export(
-            model, (x, ),
-            out,
-            input_names=['input'],
-            output_names=names,
-            dynamic_axes=dynamic,
-            opset_version=opset,
-            **ONNX_EXPORT_KWARGS)
-
-
-def check(model: CMT, out: str, shapes):
-    """``[(shape, [max abs error of each output])]`` of onnxruntime
-    against PyTorch on random inputs."""
-    session = ort_session(out)
-    results = []
-    for shape in shapes:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            expected = model(x)
-        got = session.run(None, {'input': x.numpy()})
-        results.append((tuple(shape), [
-            float((torch.from_numpy(g) - e).abs().max())
-            for g, e in zip(got, expected)
-        ]))
-    return results
-
-
 def main(argv=None):
     args = parse_args(argv)
     require_onnx()
@@ -123,13 +74,13 @@ def main(argv=None):
     model.eval()
     if not args.no_fuse:
         model.fuse()
-    export(model, args.out, args.shape, args.opset)
+    export_backbone(model, args.out, args.shape, args.opset)
     print(f'wrote {args.out} (arch {args.arch}, traced at 1x3x'
           f'{args.shape[0]}x{args.shape[1]}, '
           f'{"BatchNorms kept" if args.no_fuse else "BatchNorms folded"})')
     batch, height, width = args.check_shape
-    results = check(model, args.out, [(1, 3, *args.shape),
-                                      (batch, 3, height, width)])
+    results = check_backbone(model, args.out, [(1, 3, *args.shape),
+                                               (batch, 3, height, width)])
     print('onnxruntime vs PyTorch, max abs error per output:')
     for shape, errors in results:
         print(f'  input {"x".join(map(str, shape))}: ' +

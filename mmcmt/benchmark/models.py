@@ -108,20 +108,28 @@ def build_backbone(name, variant, with_cp=False, as_trained=False):
     if as_trained and variant in ('', 'unfrozen'):
         cfg = dict(retinanet_config(name, variant).model.backbone)
     if variant == 'naive':
-        settings = CMT.parse_arch(cfg['arch'])
-        shapes = custom_arch_official_shapes(
-            CMT, cfg['arch'], img_size=settings['pretrain_img_size'])
-        state = {
-            k: v
-            for k, v in random_official_state_dict(shapes).items()
-            if not k.startswith(('_fc', '_bn', 'head'))
-        }
-        return NaiveCMT(state, settings)
+        return naive_cmt(cfg['arch'])
     if with_cp:
         cfg['with_cp'] = True
     model = MODELS.build(cfg)
     model.init_weights()
     return model
+
+
+def naive_cmt(arch, seed=0):
+    """:class:`NaiveCMT` of ``arch`` (a CMT arch name or dict) with random
+    weights (``seed``) in the released checkpoints' layout, without the
+    classification head: load ``naive.state()`` into :class:`CMT` for the
+    same function."""
+    settings = CMT.parse_arch(arch)
+    shapes = custom_arch_official_shapes(
+        CMT, arch, img_size=settings.get('pretrain_img_size', 224))
+    state = {
+        k: v
+        for k, v in random_official_state_dict(shapes, seed).items()
+        if not k.startswith(('_fc', '_bn', 'head'))
+    }
+    return NaiveCMT(state, settings)
 
 
 def inference_model(model, variant):

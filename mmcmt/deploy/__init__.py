@@ -39,13 +39,20 @@ profile).
 onnx and onnxruntime are optional (``pip install -e .[export]``); they are
 imported when needed (:func:`require_onnx`).
 
-The modules, by concern: ``parts`` (a detector's exportable parts, their
-inputs, their nested inputs and outputs as flat named tensors), ``export``
-(tracing and checking the graphs), ``manifest`` (the export folder's format
-and what it records to check a model against), ``runtime`` (sessions, the
-modules that run the graphs inside mmdet), ``profiling``, ``compare`` (the
-checks against PyTorch) and ``extras`` (the optional packages).
+:func:`export_backbone` writes a CMT backbone alone as one graph
+(``tools/export_backbone_onnx.py``, ``python -m mmcmt.check``),
+:func:`run_backbone` runs it and :func:`check_backbone` compares it with
+PyTorch.
+
+The modules, by concern: ``backbone`` (a backbone alone), ``parts`` (a
+detector's exportable parts, their inputs, their nested inputs and outputs
+as flat named tensors), ``export`` (tracing and checking the graphs),
+``manifest`` (the export folder's format and what it records to check a
+model against), ``runtime`` (sessions, the modules that run the graphs
+inside mmdet), ``profiling``, ``compare`` (the checks against PyTorch) and
+``extras`` (the optional packages).
 """
+from .backbone import check_backbone, export_backbone, run_backbone
 from .compare import compare_parts, match_detections
 from .export import OPSET, export_detector
 from .extras import MissingExtrasError, require_onnx
@@ -58,8 +65,8 @@ from .runtime import (OnnxRuntimeModule, attach_onnx, load_onnx_detector,
 __all__ = [
     'CONFIG', 'DENSE_OUTPUTS', 'FORMAT', 'MANIFEST', 'MissingExtrasError',
     'OPSET', 'OP_GROUPS', 'OnnxRuntimeModule', 'Part', 'attach_onnx',
-    'capture_part_inputs', 'compare_parts', 'detector_parts', 'end_profiling',
-    'export_detector', 'graph_files', 'load_onnx_detector', 'match_detections',
-    'onnx_modules', 'op_time_shares', 'ort_session', 'read_manifest',
-    'require_onnx'
+    'capture_part_inputs', 'check_backbone', 'compare_parts', 'detector_parts',
+    'end_profiling', 'export_backbone', 'export_detector', 'graph_files',
+    'load_onnx_detector', 'match_detections', 'onnx_modules', 'op_time_shares',
+    'ort_session', 'read_manifest', 'require_onnx', 'run_backbone'
 ]
