@@ -14,8 +14,8 @@ import torch.nn as nn
 
 __all__ = [
     'HAS_SAFE_GLOBALS', 'HAS_CPU_FLASH_ATTENTION_MASK', 'ONNX_EXPORT_KWARGS',
-    'autocast_enabled', 'autocast_supported', 'capabilities', 'is_compiling',
-    'register_load_state_dict_pre_hook'
+    'autocast_dtype', 'autocast_enabled', 'autocast_supported', 'capabilities',
+    'is_compiling', 'register_load_state_dict_pre_hook'
 ]
 
 
@@ -85,6 +85,22 @@ else:  # torch < 2.4: one function per device
         if device_type == 'cpu':
             return torch.is_autocast_cpu_enabled()
         return torch.is_autocast_enabled()
+
+
+if hasattr(torch, 'get_autocast_dtype'):
+
+    def autocast_dtype(device_type: str) -> torch.dtype:
+        """The dtype autocast casts to on ``device_type`` (``'cpu'``,
+        ``'cuda'``)."""
+        return torch.get_autocast_dtype(device_type)
+else:  # torch < 2.4: one function per device
+
+    def autocast_dtype(device_type: str) -> torch.dtype:
+        """The dtype autocast casts to on ``device_type`` (``'cpu'``,
+        ``'cuda'``)."""
+        if device_type == 'cpu':
+            return torch.get_autocast_cpu_dtype()
+        return torch.get_autocast_gpu_dtype()
 
 
 def _flash_for_cpu_takes_mask() -> bool:

@@ -10,27 +10,39 @@ batch statistics of the forward pass) and the depthwise convolution in the
 backward pass: half the training memory of CMT-S at detection sizes, at the
 same step time (docs/advanced_guides/speed_and_memory.md). Gradients and
 running statistics are those of the plain layers.
+
+Under autocast (``--amp``: float16 or bfloat16, on the CPU and on CUDA) it
+computes in the dtypes that autocast gives the plain layers (the linear
+layers and the convolution in the low precision, the BatchNorms' statistics
+in float32, their outputs in the low precision), keeps the low-precision
+copy of its input that the plain first linear layer keeps, and recomputes
+under the same autocast in the backward pass.
 """
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...compat import autocast_enabled
+from ...compat import autocast_dtype, autocast_enabled
 from ..utils.fuse import bn_affine
 from ..utils.fused_ops import plus_identity
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
 
 
 def irffn(ffn, x: torch.Tensor) -> torch.Tensor:
-    """:class:`IRFFN` in training: ``(B, H, W, C) -> (B, H, W, C)``.
+    """:class:`IRFFN` in training: ``(B, H, W, C) -> (B, H, W, C)``, also
+    under autocast.
 
-    The plain layers where the lean form does not apply: under autocast, or
-    with norms other than plain BatchNorms (SyncBatchNorm)."""
+    The plain layers where the lean form does not apply: with norms other
+    than plain BatchNorms (SyncBatchNorm)."""
     norms = (ffn.norm1, ffn.norm2)
-    if autocast_enabled(x.device.type) or any(
-            type(bn) is not nn.BatchNorm2d for bn in norms):
+    if any(type(bn) is not nn.BatchNorm2d for bn in norms):
         return None
-    y = _LeanIRFFN.apply(x, ffn, ffn.fc1.weight, ffn.fc1.bias,
+    device = x.device.type
+    amp = (device, autocast_dtype(device)) if autocast_enabled(device) else \
+        None
+    y = _LeanIRFFN.apply(x, (ffn, amp), ffn.fc1.weight, ffn.fc1.bias,
                          ffn.norm1.weight, ffn.norm1.bias, ffn.dwconv.weight,
                          ffn.dwconv.bias, ffn.norm2.weight, ffn.norm2.bias,
                          ffn.fc2.weight, ffn.fc2.bias)
@@ -61,33 +73,42 @@ def _uses_batch_statistics(bn: nn.BatchNorm2d) -> bool:
 
 
 def _apply_batch_norm(bn, x, mean, invstd, use_batch):
-    """The forward pass's ``bn(x)`` again, from the statistics it used."""
+    """The forward pass's ``bn(x)`` again, from the statistics it used,
+    computed in the statistics' precision (float32 under autocast) and
+    returned in ``x``'s, as BatchNorm's kernel does."""
     if use_batch:
         scale = invstd if bn.weight is None else invstd * bn.weight
         shift = -mean * scale
         if bn.bias is not None:
             shift = shift + bn.bias
     else:  # the eval-mode affine map, as the BatchNorm folds use it
-        scale, shift = (v.to(x.dtype) for v in bn_affine(bn))
-    return torch.addcmul(shift.view(-1, 1, 1), x, scale.view(-1, 1, 1))
+        scale, shift = bn_affine(bn)
+    out = torch.addcmul(
+        shift.view(-1, 1, 1), x.to(scale.dtype), scale.view(-1, 1, 1))
+    return out.to(x.dtype)
 
 
 class _LeanIRFFN(torch.autograd.Function):
     """fc1, GELU, norm1, depthwise convolution plus identity, GELU, norm2,
-    fc2: ``(B, H, W, C) -> (B, H, W, C)`` (before norm3). Keeps ``x``, the
-    expansion's output and the BatchNorms' batch statistics."""
+    fc2: ``(B, H, W, C) -> (B, H, W, C)`` (before norm3). Keeps ``x`` (its
+    low-precision copy under autocast), the expansion's output and the
+    BatchNorms' batch statistics. ``form``: the module and the autocast in
+    force, ``(device type, dtype)`` or None."""
 
     @staticmethod
-    def forward(ctx, x, ffn, *params):
+    def forward(ctx, x, form, *params):
+        ffn, amp = form
         fc1, dwconv, fc2 = ffn.fc1, ffn.dwconv, ffn.fc2
         with torch.no_grad():
+            if amp is not None:  # what autocast gives the plain fc1
+                x = x.to(amp[1])
             a = F.linear(x, fc1.weight, fc1.bias)
             h, mean1, invstd1 = _batch_norm(ffn.norm1, F.gelu(nhwc_to_nchw(a)))
             d = dwconv._conv_forward(h, plus_identity(dwconv), dwconv.bias)
             del h
             h, mean2, invstd2 = _batch_norm(ffn.norm2, F.gelu(d))
             y = F.linear(nchw_to_nhwc(h), fc2.weight, fc2.bias)
-        ctx.ffn = ffn
+        ctx.ffn, ctx.amp = ffn, amp
         ctx.use_batch = (_uses_batch_statistics(ffn.norm1),
                          _uses_batch_statistics(ffn.norm2))
         ctx.save_for_backward(x, a, mean1, invstd1, mean2, invstd2)
@@ -95,6 +116,13 @@ class _LeanIRFFN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
+        # the forward's computation again, under the forward's autocast
+        with (torch.autocast(
+                *ctx.amp) if ctx.amp else contextlib.nullcontext()):
+            return _LeanIRFFN._backward(ctx, grad_y)
+
+    @staticmethod
+    def _backward(ctx, grad_y):
         x, a, mean1, invstd1, mean2, invstd2 = ctx.saved_tensors
         ffn = ctx.ffn
         fc1, norm1, dwconv, norm2, fc2 = (ffn.fc1, ffn.norm1, ffn.dwconv,
@@ -102,7 +130,7 @@ class _LeanIRFFN(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grads = [None] * 12  # x, ffn, then the ten parameters
         C, hidden = x.shape[-1], a.shape[-1]
-        dw_weight = plus_identity(dwconv)
+        dw_weight = plus_identity(dwconv).to(a.dtype)  # as autocast casts
 
         # the depthwise convolution's input and output, recomputed
         g1 = F.gelu(nhwc_to_nchw(a))
