@@ -4,8 +4,8 @@ dispatcher ran, not what mmcmt means to run): which kernel of
 a training step (flash, memory-efficient, cuDNN, math) or mmcmt's own
 attention function (:mod:`mmcmt.models.utils.attention`), and which form
 of the IRFFN trains (the memory-lean form of
-:mod:`mmcmt.models.backbones.cmt_lean_training` or the plain layers), in
-float32 and under autocast, and with SyncBatchNorm (the plain layers).
+:mod:`mmcmt.models.backbones.cmt_lean_training` in float32 and under
+autocast, the plain layers with SyncBatchNorm).
 
 Each is checked against mmcmt's rule for this device and torch: a fused
 kernel wherever torch has one for a float bias (on CUDA, the math path
@@ -76,7 +76,7 @@ def run(report, setup) -> None:
     with report.guard('attention and IRFFN in training'):
         _training(report, model, plan, device, calls)
     with report.guard('IRFFN under autocast and with SyncBatchNorm'):
-        _irffn_forms(report, model, device)
+        _irffn_forms(report, model, device, calls)
 
 
 def _inference(report, model, plan, device, calls) -> None:
@@ -138,10 +138,11 @@ def _training(report, model, plan, device, calls) -> None:
                  f'{lean} of {calls} blocks')
 
 
-def _irffn_forms(report, model, device) -> None:
-    """The IRFFN's form under autocast (reported) and with SyncBatchNorm
-    (the plain layers: the lean form computes with the batch's own
-    statistics); a small input, the form does not depend on it."""
+def _irffn_forms(report, model, device, calls) -> None:
+    """The IRFFN's form under autocast (the lean one) and with
+    SyncBatchNorm (the plain layers: the lean form computes with the
+    batch's own statistics); a small input, the form does not depend on
+    it."""
     x = random_input((2, 64, 64)).to(device)
     model.train()
     # bfloat16 first on a CPU, where float16 runs slow fallback kernels
@@ -161,7 +162,8 @@ def _irffn_forms(report, model, device) -> None:
 
         lean = operator_counts(step).get(LEAN_IRFFN, 0)
         model.zero_grad(set_to_none=True)
-        report.info(f'IRFFN under autocast ({amp})', _form(lean))
+        report.check(f'IRFFN trains in its lean form under autocast ({amp})',
+                     lean == calls, f'{lean} of {calls} blocks')
     ffn = nn.SyncBatchNorm.convert_sync_batchnorm(IRFFN(32, 128)).to(device)
     tokens = torch.randn(2, 8, 8, 32, device=device, requires_grad=True)
     lean = operator_counts(lambda: ffn(tokens).sum().backward()).get(
