@@ -78,7 +78,7 @@ def test_run_loads_again_and_resumes(run, written, loader, tmp_path):
     plain = torch.load(path, map_location='cpu', weights_only=False)
     assert _same(load_file(path), plain)
 
-    model = corpus._toy_model()
+    model = corpus.toy_model()
     load_checkpoint(model, path, map_location='cpu')
     for key, value in model.state_dict().items():
         assert torch.equal(value, plain['state_dict'][key]), key
@@ -240,7 +240,7 @@ def test_payloads_are_refused(payload, loader, tmp_path, capfd):
     marker = tmp_path / 'ran'
     path = str(tmp_path / 'payload.pth')
     torch.save(dict(state_dict={}, meta=_payloads(marker)[payload]), path)
-    for load in (load_file, lambda p: load_checkpoint(corpus._toy_model(), p)):
+    for load in (load_file, lambda p: load_checkpoint(corpus.toy_model(), p)):
         with pytest.raises(safe_load.CheckpointError) as info:
             load(path)
         message = str(info.value)

@@ -52,7 +52,8 @@ from .safe_load import global_name
 __all__ = [
     'CorpusRun', 'corpus_runs', 'scheduler_runs', 'optim_wrapper_runs',
     'hook_runs', 'train_run', 'resume_run', 'pickled_globals',
-    'registered_schedulers', 'stateful_hooks', 'fixture_run', 'stack_name',
+    'registered_schedulers', 'registered_optim_wrappers', 'stateful_hooks',
+    'averaged_models', 'fixture_run', 'stack_name', 'toy_model',
     'NOT_IN_CORPUS'
 ]
 
@@ -102,7 +103,7 @@ class CorpusRun(dict):
         return f'CorpusRun({self.name!r})'
 
 
-def _toy_model():
+def toy_model():
     from mmengine.model import BaseModel
     from mmengine.optim import OptimWrapperDict
 
@@ -188,7 +189,7 @@ def train_run(run: CorpusRun,
         num_workers=0,
         collate_fn=dict(type='default_collate'))
     kwargs = dict(
-        model=_toy_model(),
+        model=toy_model(),
         work_dir=work_dir,
         train_dataloader=loader,
         val_dataloader=loader,

@@ -167,10 +167,14 @@ def _restricted_pickle() -> types.ModuleType:
 
     class Unpickler(pickle.Unpickler):
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # resolved once per file, the user's additions included
+            self.allowed = dict(_get_allowed_globals(), **safe_globals())
+
         def find_class(self, module, name):
             full_name = global_name(module, name)
-            found = safe_globals().get(full_name,
-                                       _get_allowed_globals().get(full_name))
+            found = self.allowed.get(full_name)
             if found is None:
                 # worded as torch words it, for _refused_object
                 shown = full_name[len('builtins.'):] if full_name.startswith(
