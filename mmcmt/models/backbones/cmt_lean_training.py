@@ -17,6 +17,11 @@ layers and the convolution in the low precision, the BatchNorms' statistics
 in float32, their outputs in the low precision), keeps the low-precision
 copy of its input that the plain first linear layer keeps, and recomputes
 under the same autocast in the backward pass.
+
+Its BatchNorms may be SyncBatchNorms (``sync_bn`` in the configs): their
+batch statistics and the backward pass's two sums are then reduced over the
+norm's process group (:mod:`~mmcmt.models.utils.batch_norm`), as torch's
+SyncBatchNorm reduces them.
 """
 import contextlib
 
@@ -25,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...compat import autocast_dtype, autocast_enabled
-from ..utils.fuse import bn_affine
+from ..utils.batch_norm import (apply_batch_norm, batch_norm,
+                                batch_norm_backward)
 from ..utils.fused_ops import plus_identity
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
 
@@ -35,9 +41,9 @@ def irffn(ffn, x: torch.Tensor) -> torch.Tensor:
     under autocast.
 
     The plain layers where the lean form does not apply: with norms other
-    than plain BatchNorms (SyncBatchNorm)."""
+    than torch's BatchNorm2d and SyncBatchNorm."""
     norms = (ffn.norm1, ffn.norm2)
-    if any(type(bn) is not nn.BatchNorm2d for bn in norms):
+    if any(type(bn) not in (nn.BatchNorm2d, nn.SyncBatchNorm) for bn in norms):
         return None
     device = x.device.type
     amp = (device, autocast_dtype(device)) if autocast_enabled(device) else \
@@ -49,50 +55,12 @@ def irffn(ffn, x: torch.Tensor) -> torch.Tensor:
     return nchw_to_nhwc(ffn.norm3(nhwc_to_nchw(y)))
 
 
-def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor):
-    """``bn(x)`` as :meth:`nn.BatchNorm2d.forward` computes it (running
-    statistics updated in training), with the statistics it normalised by:
-    ``(out, mean, invstd)``; mean and invstd are empty when it used the
-    running statistics."""
-    factor = 0.
-    if bn.training and bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-        factor = (1. / float(bn.num_batches_tracked)
-                  if bn.momentum is None else bn.momentum)
-    keep = not bn.training or bn.track_running_stats
-    return torch.native_batch_norm(x, bn.weight, bn.bias,
-                                   bn.running_mean if keep else None,
-                                   bn.running_var if keep else None,
-                                   _uses_batch_statistics(bn), factor, bn.eps)
-
-
-def _uses_batch_statistics(bn: nn.BatchNorm2d) -> bool:
-    """Whether ``bn`` normalises by the batch's statistics (else by its
-    running ones), as :meth:`nn.BatchNorm2d.forward` decides."""
-    return bn.training or bn.running_mean is None
-
-
-def _apply_batch_norm(bn, x, mean, invstd, use_batch):
-    """The forward pass's ``bn(x)`` again, from the statistics it used,
-    computed in the statistics' precision (float32 under autocast) and
-    returned in ``x``'s, as BatchNorm's kernel does."""
-    if use_batch:
-        scale = invstd if bn.weight is None else invstd * bn.weight
-        shift = -mean * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
-    else:  # the eval-mode affine map, as the BatchNorm folds use it
-        scale, shift = bn_affine(bn)
-    out = torch.addcmul(
-        shift.view(-1, 1, 1), x.to(scale.dtype), scale.view(-1, 1, 1))
-    return out.to(x.dtype)
-
-
 class _LeanIRFFN(torch.autograd.Function):
     """fc1, GELU, norm1, depthwise convolution plus identity, GELU, norm2,
     fc2: ``(B, H, W, C) -> (B, H, W, C)`` (before norm3). Keeps ``x`` (its
     low-precision copy under autocast), the expansion's output and the
-    BatchNorms' batch statistics. ``form``: the module and the autocast in
+    BatchNorms' statistics (:class:`~mmcmt.models.utils.batch_norm.
+    Statistics`). ``form``: the module and the autocast in
     force, ``(device type, dtype)`` or None."""
 
     @staticmethod
@@ -103,15 +71,13 @@ class _LeanIRFFN(torch.autograd.Function):
             if amp is not None:  # what autocast gives the plain fc1
                 x = x.to(amp[1])
             a = F.linear(x, fc1.weight, fc1.bias)
-            h, mean1, invstd1 = _batch_norm(ffn.norm1, F.gelu(nhwc_to_nchw(a)))
+            h, stats1 = batch_norm(ffn.norm1, F.gelu(nhwc_to_nchw(a)))
             d = dwconv._conv_forward(h, plus_identity(dwconv), dwconv.bias)
             del h
-            h, mean2, invstd2 = _batch_norm(ffn.norm2, F.gelu(d))
+            h, stats2 = batch_norm(ffn.norm2, F.gelu(d))
             y = F.linear(nchw_to_nhwc(h), fc2.weight, fc2.bias)
-        ctx.ffn, ctx.amp = ffn, amp
-        ctx.use_batch = (_uses_batch_statistics(ffn.norm1),
-                         _uses_batch_statistics(ffn.norm2))
-        ctx.save_for_backward(x, a, mean1, invstd1, mean2, invstd2)
+        ctx.ffn, ctx.amp, ctx.stats = ffn, amp, (stats1, stats2)
+        ctx.save_for_backward(x, a)
         return y
 
     @staticmethod
@@ -123,8 +89,8 @@ class _LeanIRFFN(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_y):
-        x, a, mean1, invstd1, mean2, invstd2 = ctx.saved_tensors
-        ffn = ctx.ffn
+        x, a = ctx.saved_tensors
+        ffn, (stats1, stats2) = ctx.ffn, ctx.stats
         fc1, norm1, dwconv, norm2, fc2 = (ffn.fc1, ffn.norm1, ffn.dwconv,
                                           ffn.norm2, ffn.fc2)
         needs = ctx.needs_input_grad
@@ -134,12 +100,12 @@ class _LeanIRFFN(torch.autograd.Function):
 
         # the depthwise convolution's input and output, recomputed
         g1 = F.gelu(nhwc_to_nchw(a))
-        h1 = _apply_batch_norm(norm1, g1, mean1, invstd1, ctx.use_batch[0])
+        h1 = apply_batch_norm(norm1, g1, stats1)
         d = dwconv._conv_forward(h1, dw_weight, dwconv.bias)
 
         # fc2, its input recomputed: h2 = norm2(gelu(d))
         g = F.gelu(d)
-        h = _apply_batch_norm(norm2, g, mean2, invstd2, ctx.use_batch[1])
+        h = apply_batch_norm(norm2, g, stats2)
         dy = grad_y.reshape(-1, C)
         if needs[10]:
             grads[10] = dy.t().mm(nchw_to_nhwc(h).reshape(-1, hidden))
@@ -147,9 +113,8 @@ class _LeanIRFFN(torch.autograd.Function):
             grads[11] = dy.sum(0)
         del h
         dh = nhwc_to_nchw(dy.mm(fc2.weight).view(a.shape))
-        dg, grads[8], grads[9] = torch.ops.aten.native_batch_norm_backward(
-            dh, g, norm2.weight, norm2.running_mean, norm2.running_var, mean2,
-            invstd2, ctx.use_batch[1], norm2.eps, [True, needs[8], needs[9]])
+        dg, grads[8], grads[9] = batch_norm_backward(
+            norm2, dh, g, stats2, (True, needs[8], needs[9]))
         del dh, g
         dd = torch.ops.aten.gelu_backward(dg, d)
         del dg, d
@@ -158,9 +123,8 @@ class _LeanIRFFN(torch.autograd.Function):
             dwconv.dilation, False, [0, 0], dwconv.groups,
             [True, needs[6], needs[7]])
         del dd, h1
-        dg, grads[4], grads[5] = torch.ops.aten.native_batch_norm_backward(
-            dh, g1, norm1.weight, norm1.running_mean, norm1.running_var, mean1,
-            invstd1, ctx.use_batch[0], norm1.eps, [True, needs[4], needs[5]])
+        dg, grads[4], grads[5] = batch_norm_backward(
+            norm1, dh, g1, stats1, (True, needs[4], needs[5]))
         del dh, g1
         da = nchw_to_nhwc(torch.ops.aten.gelu_backward(
             dg, nhwc_to_nchw(a))).reshape(-1, hidden)

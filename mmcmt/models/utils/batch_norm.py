@@ -1,0 +1,210 @@
+"""BatchNorm's training computation as functions, for autograd functions
+that keep fewer tensors than the plain layers (:mod:`..backbones.
+cmt_lean_training`): the forward pass with the statistics it normalised by,
+the output again from those statistics, and the backward pass.
+
+Each follows the module it is given: :class:`~torch.nn.BatchNorm2d`, or
+:class:`~torch.nn.SyncBatchNorm`, whose batch statistics span the processes
+of its group. Across processes it computes what torch's SyncBatchNorm
+computes, with ``torch.distributed`` collectives alone (so with gloo on a
+CPU as with NCCL on CUDA; torch's own module runs on accelerators only):
+
+- forward: each process's mean, biased variance and count, gathered and
+  combined (Chan's parallel formula); the running variance gets the
+  unbiased variance of the whole batch;
+- backward: the two sums over each process's batch (``dy`` and ``dy * (x -
+  mean)``) all-reduced for the input's gradient; the weight's and bias's
+  gradients stay each process's own, which DDP then reduces.
+
+A world of one, eval mode, running statistics in use: it is BatchNorm2d.
+
+:func:`sync_batch_norm` is the whole module as one autograd function (input,
+mean and inverse standard deviation kept, as torch's SyncBatchNorm keeps
+them), and :func:`sync_batch_norm_on_cpu` lets torch's SyncBatchNorm modules
+run it on CPU tensors: how the tests and ``tools/benchmark.py`` train CMT
+under SyncBN in gloo processes.
+"""
+import contextlib
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .fuse import bn_affine
+
+_DIMS = (0, 2, 3)  # (B, C, H, W): statistics per channel
+
+
+def uses_batch_statistics(bn: _BatchNorm) -> bool:
+    """Whether ``bn`` normalises by the batch's statistics (else by its
+    running ones), as its ``forward`` decides."""
+    return bn.training or bn.running_mean is None
+
+
+def sync_group(bn: _BatchNorm):
+    """The process group whose whole batch ``bn``'s statistics span now, as
+    :meth:`torch.nn.SyncBatchNorm.forward` decides; None where it normalises
+    each process's batch alone (BatchNorm2d, eval mode, no process group,
+    a world of one)."""
+    if not (isinstance(bn, nn.SyncBatchNorm) and bn.training
+            and dist.is_available() and dist.is_initialized()):
+        return None
+    group = bn.process_group or dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+class Statistics:
+    """What a training BatchNorm normalised by: ``mean`` and ``invstd`` per
+    channel (empty when it used its running statistics), the process
+    ``group`` its batch spans (None: this process's batch) and that batch's
+    ``count`` of values per channel."""
+
+    def __init__(self, bn, mean, invstd, group=None, count=0):
+        self.use_batch = uses_batch_statistics(bn)
+        self.mean, self.invstd, self.group, self.count = (mean, invstd, group,
+                                                          count)
+
+
+def batch_norm(bn: _BatchNorm,
+               x: torch.Tensor) -> Tuple[torch.Tensor, Statistics]:
+    """``bn(x)`` for ``x`` of shape ``(B, C, H, W)`` as the module computes
+    it (running statistics updated in training), and the statistics it
+    normalised by."""
+    factor = 0.
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        factor = (1. / float(bn.num_batches_tracked)
+                  if bn.momentum is None else bn.momentum)
+    group = sync_group(bn)
+    if group is not None:
+        return _sync_batch_norm(bn, x, group, factor)
+    keep = not bn.training or bn.track_running_stats
+    out, mean, invstd = torch.native_batch_norm(
+        x, bn.weight, bn.bias,
+        bn.running_mean if keep else None, bn.running_var if keep else None,
+        uses_batch_statistics(bn), factor, bn.eps)
+    return out, Statistics(bn, mean, invstd)
+
+
+def _sync_batch_norm(bn, x, group, factor):
+    """:func:`batch_norm` over the whole batch of ``group``'s processes."""
+    # statistics in float32 at least, as BatchNorm's kernels keep them
+    xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    var, mean = torch.var_mean(xs, _DIMS, correction=0)
+    C = mean.numel()
+    local = torch.cat([mean, var, mean.new_tensor([x.numel() // C])])
+    parts = [
+        local.new_empty(local.shape)
+        for _ in range(dist.get_world_size(group))
+    ]
+    dist.all_gather(parts, local, group=group)
+    parts = torch.stack(parts)
+    means, variances, counts = parts[:, :C], parts[:, C:2 * C], parts[:, -1:]
+    count = counts.sum()
+    mean = (counts * means).sum(0) / count
+    var = (counts * (variances + (means - mean)**2)).sum(0) / count
+    invstd = (var + bn.eps).rsqrt()
+    if bn.training and bn.track_running_stats:
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+        bn.running_var.lerp_(
+            (var * count / (count - 1)).to(bn.running_var.dtype), factor)
+    stats = Statistics(bn, mean, invstd, group, float(count))
+    return apply_batch_norm(bn, x, stats), stats
+
+
+def apply_batch_norm(bn: _BatchNorm, x: torch.Tensor,
+                     stats: Statistics) -> torch.Tensor:
+    """The forward pass's ``bn(x)`` again, from the statistics it used,
+    computed in the statistics' precision (float32 under autocast) and
+    returned in ``x``'s, as BatchNorm's kernel does."""
+    if stats.use_batch:
+        scale = stats.invstd if bn.weight is None else stats.invstd * bn.weight
+        shift = -stats.mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+    else:  # the eval-mode affine map, as the BatchNorm folds use it
+        scale, shift = bn_affine(bn)
+    out = torch.addcmul(
+        shift.view(-1, 1, 1), x.to(scale.dtype), scale.view(-1, 1, 1))
+    return out.to(x.dtype)
+
+
+def batch_norm_backward(
+    bn: _BatchNorm, grad_out: torch.Tensor, x: torch.Tensor, stats: Statistics,
+    output_mask
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
+           Optional[torch.Tensor]]:
+    """The gradients of :func:`batch_norm`'s output with respect to ``x``,
+    the weight and the bias (those ``output_mask`` asks for; None for the
+    others), from the statistics it normalised by."""
+    if stats.group is None:
+        return torch.ops.aten.native_batch_norm_backward(
+            grad_out, x, bn.weight, bn.running_mean,
+            bn.running_var, stats.mean, stats.invstd, stats.use_batch, bn.eps,
+            list(output_mask))
+    mean, invstd = stats.mean.view(-1, 1, 1), stats.invstd.view(-1, 1, 1)
+    dy = grad_out.to(mean.dtype)
+    xmu = x.to(mean.dtype) - mean
+    sums = torch.cat([dy.sum(_DIMS), (dy * xmu).sum(_DIMS)])
+    C = mean.numel()
+    grad_weight = sums[C:] * stats.invstd if output_mask[1] else None
+    grad_bias = sums[:C].clone() if output_mask[2] else None
+    grad_x = None
+    if output_mask[0]:  # the whole batch's sums, as torch's SyncBatchNorm
+        dist.all_reduce(sums, group=stats.group)
+        sums = sums.view(2, C, 1, 1) / stats.count
+        scale = invstd if bn.weight is None else invstd * bn.weight.view(
+            -1, 1, 1)
+        grad_x = ((dy - sums[0] - xmu * invstd.square() * sums[1]) * scale).to(
+            x.dtype)
+    return grad_x, grad_weight, grad_bias
+
+
+class _SyncBatchNorm(torch.autograd.Function):
+    """A SyncBatchNorm module's function, keeping ``x``, its mean and
+    inverse standard deviation."""
+
+    @staticmethod
+    def forward(ctx, x, bn, weight, bias):
+        with torch.no_grad():
+            out, stats = batch_norm(bn, x)
+        ctx.bn, ctx.stats = bn, stats
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_x, grad_weight, grad_bias = batch_norm_backward(
+            ctx.bn, grad_out, x, ctx.stats, (needs[0], needs[2], needs[3]))
+        return grad_x, None, grad_weight, grad_bias
+
+
+def sync_batch_norm(bn: nn.SyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """``bn(x)`` as torch's SyncBatchNorm computes it, on any device."""
+    if sync_group(bn) is None:
+        return nn.BatchNorm2d.forward(bn, x)
+    return _SyncBatchNorm.apply(x, bn, bn.weight, bn.bias)
+
+
+@contextlib.contextmanager
+def sync_batch_norm_on_cpu():
+    """Within: torch's SyncBatchNorm modules given CPU tensors compute
+    :func:`sync_batch_norm` (torch's own refuses them), so a model converted
+    with :meth:`~torch.nn.SyncBatchNorm.convert_sync_batchnorm` trains in
+    gloo processes on a CPU as it does on GPUs."""
+    torch_forward = nn.SyncBatchNorm.forward
+
+    def forward(bn, x):
+        if x.device.type == 'cpu':
+            return sync_batch_norm(bn, x)
+        return torch_forward(bn, x)
+
+    nn.SyncBatchNorm.forward = forward
+    try:
+        yield
+    finally:
+        nn.SyncBatchNorm.forward = torch_forward
