@@ -7,27 +7,19 @@ def setup_cpu_distributed(cfg: Config) -> None:
 
     mmengine's launcher assumes GPUs: it calls ``torch.cuda.set_device`` and
     wraps the model in DDP with ``device_ids``. Without CUDA, the process
-    group is started here on gloo (so mmengine does not start its own), the
-    model is wrapped for CPU, and ``sync_bn`` is dropped with a warning
-    (torch's SyncBatchNorm runs on GPUs only); SyncBN layers that the config
-    builds itself (``norm_cfg=dict(type='SyncBN')`` in mmseg's heads) are
-    turned back into BatchNorms by the wrapper.
+    group is started here on gloo (so mmengine does not start its own) and
+    the model is wrapped for CPU. SyncBatchNorms (``sync_bn`` in the
+    configs, ``norm_cfg=dict(type='SyncBN')`` in mmseg's heads) normalise
+    across the processes as on GPUs: torch's module refuses CPU tensors, so
+    they compute :func:`~mmcmt.models.utils.batch_norm.sync_batch_norm`.
     """
     import torch
     import torch.distributed as dist
-    from mmengine.logging import print_log
     if cfg.launcher == 'none' or torch.cuda.is_available():
         return
     if not dist.is_initialized():
         dist.init_process_group('gloo')
     cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel')
-    if cfg.get('sync_bn'):
-        print_log(
-            'sync_bn ignored: SyncBatchNorm needs GPUs; each CPU '
-            'process normalises with its own batch',
-            'current',
-            level=30)
-        cfg.sync_bn = None
 
 
 def _register_cpu_ddp():
@@ -40,19 +32,24 @@ def _register_cpu_ddp():
         """mmengine's DDP wrapper for a model on the CPU (no device ids)."""
 
         def __init__(self, module, device_ids=None, **kwargs):
+            import torch.distributed as dist
             from mmengine.logging import print_log
-            from mmengine.model import revert_sync_batchnorm
+
+            from ..models.utils import batch_norm
             kwargs.setdefault('broadcast_buffers', False)
-            if any(
-                    isinstance(m, torch.nn.SyncBatchNorm)
-                    for m in module.modules()):
+            norms = sum(
+                isinstance(m, torch.nn.SyncBatchNorm)
+                for m in module.modules())
+            if norms:
+                batch_norm.install_sync_batch_norm_on_cpu()
                 print_log(
-                    'SyncBN layers of the model run as BatchNorm: '
-                    'SyncBatchNorm needs GPUs',
-                    'current',
-                    level=30)
-                module = revert_sync_batchnorm(module)
+                    f'{norms} SyncBatchNorm layers normalise across the '
+                    f'{dist.get_world_size()} CPU processes (gloo)', 'current')
             super().__init__(module=module, device_ids=None, **kwargs)
+
+        def _passing_sync_batchnorm_handle(self, module):
+            """DDP refuses SyncBatchNorm layers in CPU modules (torch's own
+            kernels need GPUs); here they compute mmcmt's function."""
 
     return CPUDistributedDataParallel
 
