@@ -53,6 +53,7 @@ def test_benchmark_figures(tmp_path):
         retinanet_stream=2,
         train=1,
         train_cp=1,
+        train_syncbn=1,
         retinanet_train=1,
         train_attention=1,
         train_attention_fused=1,
@@ -72,7 +73,8 @@ def test_benchmark_figures(tmp_path):
     # for backward than the config's frozen one
     unfrozen, r50 = results['ResNet-50 unfrozen'], results['ResNet-50']
     assert set(unfrozen) == {
-        'train', 'train_mem', 'retinanet_train', 'retinanet_train_mem'
+        'train', 'train_mem', 'train_syncbn', 'train_syncbn_mem',
+        'retinanet_train', 'retinanet_train_mem'
     }
     assert unfrozen['train_mem'] > r50['train_mem']
     assert 'retinanet_train' not in results['CMT-S naive']
@@ -138,6 +140,32 @@ def test_benchmark_figures(tmp_path):
         benchmark.main(['--out', out])  # never overwritten
 
 
+def test_benchmark_syncbn_and_plain_layers(tmp_path):
+    """The SyncBN training step (2 gloo processes, half the batch each) and
+    the plain-layers rows (CMT trained without its lean forms): measured
+    for the training tasks only, the lean form keeping less."""
+    import benchmark
+    results, goals = benchmark.main([
+        '--models', 'CMT-Ti', 'CMT-Ti plain', '--tasks', 'train',
+        'train_syncbn', '--train-shape', '2', '128', '160', '--rounds', '2',
+        '--warmup', '0', '--out',
+        str(tmp_path / 'bench.md')
+    ])
+    assert list(results) == ['ResNet-50', 'CMT-Ti', 'CMT-Ti plain']
+    for row in results.values():
+        assert set(row) == {
+            'train', 'train_mem', 'train_syncbn', 'train_syncbn_mem'
+        }
+        assert len(row['train_syncbn'].values) == 2
+        assert min(row['train_syncbn'].values) > 0
+        # half the batch each: less than the one-process step keeps
+        assert 0 < row['train_syncbn_mem'] < row['train_mem']
+    assert results['CMT-Ti']['train_mem'] < \
+        0.85 * results['CMT-Ti plain']['train_mem']
+    assert 'peak memory SyncBN (GiB per process)' in open(
+        tmp_path / 'bench.md').read()
+
+
 def test_benchmark_keeps_a_steady_heap_by_default(tmp_path):
     """The default heap regime, in a process of its own (it changes the
     allocator's settings for the rest of the process)."""
@@ -186,7 +214,7 @@ def test_benchmark_goals_are_data():
             return [t for part in term for t in terms(part)]
         return [term.rsplit(' ', 1)]
 
-    assert len(goals) == len({g['goal'] for g in goals}) == 13
+    assert len(goals) == len({g['goal'] for g in goals}) == 16
     for goal in goals:
         for row, key in terms(goal['ratio']):
             assert row in rows and key in keys, goal

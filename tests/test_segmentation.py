@@ -381,8 +381,9 @@ def test_distributed_training_two_processes(ade_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Distributed launcher: pytorch' in result.stdout
     assert 'GPU number: 2' in result.stdout  # mmengine's name for world size
-    assert re.search(r'\d+ SyncBatchNorm layers normalise across the 2 CPU '
-                     r'processes \(gloo\)', result.stdout)
+    assert re.search(
+        r'\d+ SyncBatchNorm layers normalise across the 2 CPU '
+        r'processes \(gloo\)', result.stdout)
     assert osp.isfile(osp.join(tmp_path, 'work', 'iter_2.pth'))
     assert re.search(r'mIoU: [\d.]+', result.stdout)
 

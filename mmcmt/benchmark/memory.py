@@ -81,6 +81,15 @@ def cpu_peak_memory(prepare, args, label):
 
 
 def _child_peak_memory(prepare, args, queue):
+    queue.put(peak_memory_here(prepare, *args))
+
+
+def peak_memory_here(prepare, *args):
+    """Peak memory (bytes) of ``prepare(*args)()`` measured in this process,
+    which must be a fresh one (as :func:`cpu_peak_memory` starts, or a rank
+    of :func:`mmcmt.utils.processes.run_in_processes`) that has not
+    allocated much yet: glibc maps every allocation of 64 KiB or more from
+    here on afresh and unmaps it on free."""
     ctypes.CDLL('libc.so.6').mallopt(M_MMAP_THRESHOLD, 64 << 10)
     step = prepare(*args)
     gc.collect()
@@ -89,7 +98,7 @@ def _child_peak_memory(prepare, args, queue):
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset VmHWM to the current RSS
     step()
-    queue.put((_status_kib('VmHWM') - start) * 1024)
+    return (_status_kib('VmHWM') - start) * 1024
 
 
 def _status_kib(field):

@@ -1,5 +1,6 @@
 """The rows of the benchmark: mmdet's ResNet-50, Swin-T, PVT-S and PVTv2-b2,
-CMT-Ti/XS/S/B, and variants of CMT-S (fused, naive, compiled); how each
+CMT-Ti/XS/S/B, variants of CMT-S (fused, naive, compiled) and of each CMT
+trained through its plain layers; how each
 row's backbone and COCO RetinaNet are built (random weights: speed does not
 depend on them), made ready for inference and counted.
 
@@ -50,13 +51,19 @@ BACKBONES = OrderedDict([
      for short, arch in (('Ti', 'tiny'), ('XS', 'xs'), ('S', 'small'),
                          ('B', 'base'))])
 # variant rows: name -> (backbone row, variant)
-VARIANTS = OrderedDict([('CMT-S fused', ('CMT-S', 'fused')),
-                        ('CMT-S naive', ('CMT-S', 'naive')),
-                        ('ResNet-50 unfrozen', ('ResNet-50', 'unfrozen'))])
+VARIANTS = OrderedDict([('CMT-S fused',
+                         ('CMT-S',
+                          'fused')), ('CMT-S naive', ('CMT-S', 'naive')),
+                        ('ResNet-50 unfrozen', ('ResNet-50', 'unfrozen'))] +
+                       [(f'CMT-{short} plain', (f'CMT-{short}', 'plain'))
+                        for short in ('Ti', 'XS', 'S', 'B')])
 #: Variants measured by the training tasks only: ``unfrozen`` trains every
 #: stage (mmdet's RetinaNet config freezes ResNet-50's stem and first stage;
-#: its BatchNorms stay in eval mode, as there and in mmdet's default).
-TRAIN_ONLY = ('unfrozen', )
+#: its BatchNorms stay in eval mode, as there and in mmdet's default);
+#: ``plain`` trains CMT through its plain layers, without the memory-lean
+#: training forms (:func:`~mmcmt.models.utils.fast_path.
+#: plain_layers_in_training`): what those are measured against.
+TRAIN_ONLY = ('unfrozen', 'plain')
 COMPILED = OrderedDict([('ResNet-50 compiled', ('ResNet-50', 'compiled')),
                         ('CMT-S compiled', ('CMT-S', 'compiled'))])
 NO_CP = ('PVT-S', 'PVTv2-b2')  # mmdet's PVTs have no with_cp
@@ -105,7 +112,7 @@ def build_backbone(name, variant, with_cp=False, as_trained=False):
     path; the ``unfrozen`` variant with no frozen stage)."""
     from mmdet.registry import MODELS
     cfg = dict(BACKBONES[name][0])
-    if as_trained and variant in ('', 'unfrozen'):
+    if as_trained and variant in ('', ) + TRAIN_ONLY:
         cfg = dict(retinanet_config(name, variant).model.backbone)
     if variant == 'naive':
         return naive_cmt(cfg['arch'])

@@ -3,6 +3,7 @@ inference, training steps and their peak memory, ONNX Runtime against
 PyTorch) and the checks made on the way (the naive row against CMT, the
 autocast error against float32). :func:`run_tasks` runs the asked ones and
 returns one dict of results per row."""
+import functools
 import gc
 import os.path as osp
 import tempfile
@@ -13,9 +14,11 @@ from collections import OrderedDict
 import torch
 
 from mmcmt.models import CMT
+from mmcmt.models.utils.fast_path import plain_layers_in_training
 from mmcmt.utils import (autocast_networks, count_params, dummy_data_samples,
                          relative_error)
 from .attention import attention_step
+from .distributed import syncbn_task
 from .harness import autocast, make_inputs
 from .memory import cpu_peak_memory, cuda_peak_memory
 from .models import (DEPLOY_ROWS, NO_CP, TRAIN_ONLY, build_backbone,
@@ -44,6 +47,10 @@ TASKS = OrderedDict([
      'step, as mmcmt computes it (the bias\'s gradient included) and, as '
      'a bound, PyTorch\'s scaled_dot_product_attention with the bias as a '
      'constant mask (no bias gradient)'),
+    ('train_syncbn', 'one training step of the backbone as its RetinaNet '
+     'config trains it in distributed runs (sync_bn: SyncBatchNorms), in 2 '
+     'local gloo processes, each with half of --train-shape\'s batch and '
+     'half the threads; time per step and peak memory per process'),
     ('retinanet_train', 'one training iteration of the whole RetinaNet of '
      'each backbone\'s COCO config (mmdet\'s losses on random boxes, '
      'backward, the config\'s optimizer step) at --train-shape, and its '
@@ -59,7 +66,8 @@ TASKS = OrderedDict([
 DEPLOY_TASKS = ('deploy', 'deploy_stream')
 INFER_TASKS = ('det', 'stream', 'cls', 'cls64')
 DETECTOR_TASKS = ('retinanet', 'retinanet_stream')
-TRAIN_TASKS = ('train', 'train_cp', 'train_attention', 'retinanet_train')
+TRAIN_TASKS = ('train', 'train_cp', 'train_attention', 'train_syncbn',
+               'retinanet_train')
 #: A CMT row's attention run in the train task: '<row>' + this.
 ATTENTION_RUN = ' attention'
 
@@ -200,8 +208,10 @@ def training_samples(x, num_boxes=8):
 
 def prepare_train_step(args, base, variant, task, x):
     """The step of a training task (``train``, ``train_cp``,
-    ``retinanet_train``) of a row on ``x``, its model built the same way in
-    the main process and in a memory-measuring one, on ``x``'s device."""
+    ``train_syncbn``, ``retinanet_train``) of a row on ``x``, its model
+    built the same way in the main process and in a memory-measuring one,
+    on ``x``'s device (``train_syncbn``: in a rank of a process group, on its
+    part of ``x``)."""
     device = x.device
     if task == 'retinanet_train':
         from mmengine.optim import build_optim_wrapper
@@ -210,13 +220,25 @@ def prepare_train_step(args, base, variant, task, x):
             model,
             retinanet_config(base).optim_wrapper)
         samples = training_samples(x)
-        return lambda: retinanet_train_step(model, optim_wrapper, x, samples,
-                                            args.amp)
-    model = build_backbone(
-        base, variant, with_cp=task == 'train_cp', as_trained=True)
-    model.train()  # (mmdet's ResNet.train() returns None: no chaining)
-    model = model.to(device)
-    return lambda: train_step(model, x, args.amp)
+        step = functools.partial(retinanet_train_step, model, optim_wrapper, x,
+                                 samples, args.amp)
+    else:
+        model = build_backbone(
+            base, variant, with_cp=task == 'train_cp', as_trained=True)
+        model.train()  # (mmdet's ResNet.train() returns None: no chaining)
+        if task == 'train_syncbn':
+            import torch.distributed as dist
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            x = x.chunk(dist.get_world_size())[dist.get_rank()]
+        step = functools.partial(train_step, model.to(device), x, args.amp)
+    if variant == 'plain':
+        return lambda: _in_plain_layers(step)
+    return step
+
+
+def _in_plain_layers(step):
+    with plain_layers_in_training():
+        step()
 
 
 def _child_train_step(args, base, variant, task):
@@ -241,10 +263,15 @@ def training_tasks(bench, rows, tasks, results):
             continue  # measured in train's rounds
         names = [
             name for name, (base, variant) in rows.items()
-            if variant in ('', 'naive', 'unfrozen')
+            if variant in ('', 'naive', 'unfrozen', 'plain')
             and not (task == 'train_cp' and (variant or base in NO_CP))
-            and not (task == 'retinanet_train' and variant == 'naive')
+            and not (task in ('retinanet_train',
+                              'train_syncbn') and variant == 'naive')
         ]
+        if task == 'train_syncbn':
+            syncbn_task(bench, OrderedDict((n, rows[n]) for n in names),
+                        results)
+            continue
         for name in names:
             base, variant = rows[name]
             results[name][f'{task}_mem'] = (

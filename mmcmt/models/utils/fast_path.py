@@ -8,6 +8,7 @@ plain layers; inductor fuses them itself). Training and gradients never see
 a fast form. It may also have a memory-lean training form and a form for
 ONNX export.
 """
+import contextlib
 import functools
 from typing import Callable, Optional
 
@@ -23,11 +24,25 @@ def takes_fast_path(module: nn.Module) -> bool:
                 or torch.jit.is_tracing() or is_compiling())
 
 
+_training_forms = [True]  # cleared within plain_layers_in_training()
+
+
 def takes_training_form(module: nn.Module) -> bool:
     """Whether ``module`` may run its memory-lean training form now: a
     gradient is tracked, and no graph is being traced or compiled."""
-    return torch.is_grad_enabled() and not (torch.jit.is_tracing()
-                                            or is_compiling())
+    return _training_forms[-1] and torch.is_grad_enabled() and not (
+        torch.jit.is_tracing() or is_compiling())
+
+
+@contextlib.contextmanager
+def plain_layers_in_training():
+    """Within, modules train through their plain layers, not their lean
+    training forms (what the lean forms are measured against)."""
+    _training_forms.append(False)
+    try:
+        yield
+    finally:
+        _training_forms.pop()
 
 
 def with_fast_path(fast_form: Optional[Callable] = None,
