@@ -162,8 +162,8 @@ def test_benchmark_syncbn_and_plain_layers(tmp_path):
         assert 0 < row['train_syncbn_mem'] < row['train_mem']
     assert results['CMT-Ti']['train_mem'] < \
         0.85 * results['CMT-Ti plain']['train_mem']
-    assert 'peak memory SyncBN (GiB per process)' in open(
-        tmp_path / 'bench.md').read()
+    report = (tmp_path / 'bench.md').read_text()
+    assert 'peak memory SyncBN (GiB per process)' in report
 
 
 def test_benchmark_keeps_a_steady_heap_by_default(tmp_path):
