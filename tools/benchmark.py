@@ -77,7 +77,8 @@ def parse_args(argv=None):
         '--train-rounds',
         type=int,
         help='rounds of the training tasks (default: --rounds; fewer keep '
-        'a CPU run short, a step at the default size being slow there)')
+        'a CPU run short, a step at the default size being slow there; 0: '
+        'their peak memory only)')
     parser.add_argument(
         '--warmup',
         type=int,

@@ -32,6 +32,9 @@ def syncbn_task(bench, rows, results):
         results[name]['train_syncbn_mem'] = max(
             run_in_processes(_rank_peak_memory, WORLD_SIZE, args, base,
                              variant))
+    from .tasks import train_rounds
+    if not train_rounds(args):
+        return  # peak memory only
     print(
         f'  train_syncbn: {len(rows)} models, interleaved, in '
         f'{WORLD_SIZE} processes',
@@ -63,14 +66,14 @@ def _rank_peak_memory(args, base, variant):
 def _rank_timings(args, rows):
     """name -> this rank's step times, the processes starting each step
     together (the wait for the other not timed)."""
-    from .tasks import prepare_train_step
+    from .tasks import prepare_train_step, train_rounds
     x = _setup_rank(args)
     runs = OrderedDict()
     for name, (base, variant) in rows.items():
         runs[name] = _timed(
             prepare_train_step(args, base, variant, 'train_syncbn', x))
-    times = interleaved(runs, torch.device('cpu'), args.train_rounds
-                        or args.rounds, args.warmup)
+    times = interleaved(runs, torch.device('cpu'), train_rounds(args),
+                        args.warmup)
     return {
         name: [t['step'] for t in values]
         for name, values in times.items()

@@ -12,6 +12,7 @@ import yaml
 
 from .harness import MedianSpread
 from .models import BASELINE
+from .tasks import train_rounds
 
 COLUMNS = [
     # (key, header, format, ratio to the baseline)
@@ -211,7 +212,7 @@ def report(results, args, heap, stamp, goals):
               f'{"autocast " + args.amp if args.amp else "float32"}; '
               f'heap: {heap}; '
               f'{args.rounds} rounds (training: '
-              f'{args.train_rounds or args.rounds}) after {args.warmup} '
+              f'{train_rounds(args)}) after {args.warmup} '
               f'warm-up, every model once per round in a rotating order; '
               f'median [min-max] over the rounds; in parentheses the ratio '
               f'to {BASELINE} computed per round; memory: {memory}.')

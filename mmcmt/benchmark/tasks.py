@@ -277,25 +277,33 @@ def training_tasks(bench, rows, tasks, results):
             results[name][f'{task}_mem'] = (
                 cpu_peak_memory(_child_train_step, (args, base, variant, task),
                                 name) if bench.device.type == 'cpu' else None)
-        runs = OrderedDict((
-            name,
-            prepare_train_step(args, *rows[name], task, bench.inputs['train']))
-                           for name in names)
+        runs = OrderedDict()
+        if bench.device.type == 'cuda' or train_rounds(args):
+            runs = OrderedDict((name,
+                                prepare_train_step(args, *rows[name], task,
+                                                   bench.inputs['train']))
+                               for name in names)
         if bench.device.type == 'cuda':
             for name, run in runs.items():
                 results[name][f'{task}_mem'] = cuda_peak_memory(
                     run, bench.device)
+        if not train_rounds(args):
+            continue  # peak memory only
         if task == 'train' and with_attention:
             runs.update(attention_runs(bench, rows, names))
         print(f'  {task}: {len(runs)} models, interleaved', flush=True)
-        for name, figure in bench.measure(runs, args.train_rounds
-                                          or args.rounds).items():
+        for name, figure in bench.measure(runs, train_rounds(args)).items():
             if isinstance(figure, dict):  # a CMT row's attention timings
                 results[name[:-len(ATTENTION_RUN)]].update(figure)
             else:
                 results[name][task] = figure
         del runs
         gc.collect()
+
+
+def train_rounds(args):
+    """Timed rounds of the training tasks (0: their peak memory only)."""
+    return args.rounds if args.train_rounds is None else args.train_rounds
 
 
 def attention_runs(bench, rows, names):
