@@ -166,8 +166,8 @@ def _irffn_forms(report, model, device, calls) -> None:
     tokens = torch.randn(2, 8, 8, 32, device=device, requires_grad=True)
     lean = operator_counts(lambda: ffn(tokens).sum().backward()).get(
         LEAN_IRFFN, 0)
-    report.check('IRFFN trains in its lean form with SyncBatchNorm',
-                 lean == 1, _form(lean))
+    report.check('IRFFN trains in its lean form with SyncBatchNorm', lean == 1,
+                 _form(lean))
 
 
 def _form(lean: int) -> str:
