@@ -145,21 +145,30 @@ def batch_norm_backward(
             grad_out, x, bn.weight, bn.running_mean,
             bn.running_var, stats.mean, stats.invstd, stats.use_batch, bn.eps,
             list(output_mask))
-    mean, invstd = stats.mean.view(-1, 1, 1), stats.invstd.view(-1, 1, 1)
-    dy = grad_out.to(mean.dtype)
-    xmu = x.to(mean.dtype) - mean
-    sums = torch.cat([dy.sum(_DIMS), (dy * xmu).sum(_DIMS)])
-    C = mean.numel()
-    grad_weight = sums[C:] * stats.invstd if output_mask[1] else None
-    grad_bias = sums[:C].clone() if output_mask[2] else None
+    # this process's two sums, by BatchNorm's kernel (no map allocated):
+    # the bias's gradient is sum(dy), the weight's sum(dy * (x - mean)) *
+    # invstd, with the statistics given
+    mean, invstd = stats.mean, stats.invstd
+    weight = bn.weight if bn.weight is not None else torch.ones_like(mean)
+    _, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+        grad_out, x, weight, None, None, mean, invstd, True, bn.eps,
+        [False, True, True])
+    grad_weight = sum_dy_xhat.clone() if output_mask[1] else None
+    grad_bias = sum_dy.clone() if output_mask[2] else None
     grad_x = None
     if output_mask[0]:  # the whole batch's sums, as torch's SyncBatchNorm
+        sums = torch.cat([sum_dy, sum_dy_xhat])
         dist.all_reduce(sums, group=stats.group)
-        sums = sums.view(2, C, 1, 1) / stats.count
-        scale = invstd if bn.weight is None else invstd * bn.weight.view(
-            -1, 1, 1)
-        grad_x = ((dy - sums[0] - xmu * invstd.square() * sums[1]) * scale).to(
-            x.dtype)
+        mean_dy, mean_dy_xhat = (sums / stats.count).to(mean.dtype).chunk(2)
+        # dx = (dy - mean_dy - (x - mean) * invstd * mean_dy_xhat) * invstd
+        #    * weight = dy * k_dy + x * k_x + k, per channel
+        k_dy = invstd * weight
+        k_x = -k_dy * invstd * mean_dy_xhat
+        k = -k_dy * mean_dy - k_x * mean
+        grad_x = torch.addcmul(
+            k.view(-1, 1, 1), x.to(k.dtype), k_x.view(-1, 1, 1))
+        grad_x = grad_x.addcmul_(grad_out.to(k.dtype),
+                                 k_dy.view(-1, 1, 1)).to(x.dtype)
     return grad_x, grad_weight, grad_bias
 
 
