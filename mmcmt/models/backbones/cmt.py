@@ -32,6 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...checkpoint import (ArchMismatchError, is_official_cmt, load_checked,
                            pop_official_cmt, read_checkpoint, sub_state_dict)
 from ...compat import register_load_state_dict_pre_hook
+from ..utils import fast_path
 from ..utils.attention import biased_attention, factored_biased_attention
 from ..utils.fast_path import with_fast_path
 from ..utils.fuse import assign_weights, fold_bn_into_consumer
@@ -401,7 +402,11 @@ class CMTStage(nn.Module):
         already (:meth:`CMT.position_biases`)."""
         x = self.downsample(x)
         if bias is None:
-            bias = self.bias_for(x.shape[1:3])
+            grid = tuple(x.shape[1:3])
+            if fast_path.takes_training_form(self):
+                bias = lean.relative_position_bias(self, grid)
+            if bias is None:
+                bias = self.bias_for(grid)
         for block in self.blocks:
             x = maybe_checkpoint(self.with_cp, block, x, bias)
         return nhwc_to_nchw(x)

@@ -22,6 +22,15 @@ Its BatchNorms may be SyncBatchNorms (``sync_bn`` in the configs): their
 batch statistics and the backward pass's two sums are then reduced over the
 norm's process group (:mod:`~mmcmt.models.utils.batch_norm`), as torch's
 SyncBatchNorm reduces them.
+
+The relative position bias, resized to a detection-size grid, is a
+per-process cost that does not shrink with the batch: ``heads x H*W x
+h*w`` values per stage (CMT-S at 800x1216: 231 MB at stride 4, 433 MB for
+the four stages, plus 100 MB of the resize's intermediate maps that
+autograd keeps). :func:`relative_position_bias` keeps none of them: each
+stage's bias is computed again in the backward pass, once for all its
+blocks (:class:`~mmcmt.models.utils.attention.BiasRecomputation`), and its
+gradient goes back to the stored bias by the resize's transposed products.
 """
 import contextlib
 
@@ -30,10 +39,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...compat import autocast_dtype, autocast_enabled
+from ..utils.attention import BiasRecomputation
 from ..utils.batch_norm import (apply_batch_norm, batch_norm,
                                 batch_norm_backward)
 from ..utils.fused_ops import plus_identity
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
+from ..utils.relative_position import resize_relative_position_bias_backward
 
 
 def irffn(ffn, x: torch.Tensor) -> torch.Tensor:
@@ -136,3 +147,58 @@ class _LeanIRFFN(torch.autograd.Function):
         if needs[0]:
             grads[0] = da.mm(fc1.weight).view(x.shape)
         return tuple(grads)
+
+
+def relative_position_bias(stage, grid):
+    """``stage.bias_for(grid)`` in training, where it is resized: the same
+    bias and gradient, not kept for the backward pass (computed again
+    there, once for all the stage's blocks). None where it does not apply:
+    the stored bias used as it is, a stored bias that needs no gradient,
+    and with ``with_cp`` (the checkpoints keep their inputs, the bias
+    among them)."""
+    param = stage.relative_position_bias
+    if tuple(grid) == stage.pretrain_grid or not param.requires_grad or \
+            stage.with_cp:
+        return None
+    device = param.device.type
+    amp = (device, autocast_dtype(device)) if autocast_enabled(device) else \
+        None
+    version = param._version
+
+    def compute():
+        """The forward pass's bias again, under its autocast."""
+        if param._version != version:
+            raise RuntimeError(
+                'the relative position bias needed for gradient computation '
+                'has been modified by an inplace operation (between the '
+                'forward and the backward pass)')
+        with (torch.autocast(*amp) if amp else contextlib.nullcontext()):
+            return stage._resize(param.detach(), tuple(grid))
+
+    recomputation = BiasRecomputation(compute)
+    return recomputation.attach(
+        _ResizedBias.apply(param, (stage, tuple(grid), recomputation)))
+
+
+class _ResizedBias(torch.autograd.Function):
+    """The stored bias resized to a grid (:meth:`CMTStage._resize`), keeping
+    no map: the backward pass takes the resize's transposed products."""
+
+    @staticmethod
+    def forward(ctx, param, form):
+        stage, grid, recomputation = form
+        ctx.stage, ctx.grid, ctx.recomputation = stage, grid, recomputation
+        with torch.no_grad():
+            bias = stage._resize(param, grid)
+        ctx.save_for_backward(param)
+        return bias
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.recomputation.release()  # every block's backward has run
+        param, = ctx.saved_tensors
+        stage = ctx.stage
+        return resize_relative_position_bias_backward(
+            grad, param, stage.pretrain_grid,
+            stage.key_grid(stage.pretrain_grid), ctx.grid,
+            stage.key_grid(ctx.grid)), None

@@ -14,6 +14,11 @@ The same fallback happens without any gradient: under ``no_grad`` a mask
 that requires grad (the stored bias, used as it is at the pre-training size)
 still sends SDPA to its unfused math, so inference passes the bias
 detached (measured in docs/advanced_guides/speed_and_memory.md).
+
+A bias that carries a :class:`BiasRecomputation` (the relative position
+bias resized to a detection-size grid: hundreds of megabytes per stage,
+shared by the stage's blocks) is not kept for the backward pass: it is
+computed again there, once for all the blocks that used it.
 """
 import torch
 import torch.nn.functional as F
@@ -22,6 +27,45 @@ from ...compat import HAS_CPU_FLASH_ATTENTION_MASK
 
 #: Elements of one block of the recomputed attention matrix (64 MB in fp32).
 BLOCK_ELEMENTS = 1 << 24
+
+
+class BiasRecomputation:
+    """The means to compute an attention bias again in the backward pass
+    instead of keeping it: ``compute()`` gives it as the forward pass had
+    it. :meth:`attach` it to the bias; each attention function that keeps
+    it instead of the bias (:meth:`keep`) later gets the bias from
+    :meth:`get`, computed once for all of them and dropped when the last
+    one has it (or at :meth:`release`)."""
+
+    def __init__(self, compute):
+        self.compute = compute
+        self._bias, self._users, self._given = None, 0, 0
+
+    def attach(self, bias: torch.Tensor) -> torch.Tensor:
+        bias._mmcmt_recompute = self
+        return bias
+
+    @staticmethod
+    def of(bias: torch.Tensor):
+        """The recomputation attached to ``bias``, or None."""
+        return getattr(bias, '_mmcmt_recompute', None)
+
+    def keep(self) -> 'BiasRecomputation':
+        self._users += 1
+        return self
+
+    def get(self) -> torch.Tensor:
+        bias = self._bias
+        if bias is None:
+            with torch.no_grad():
+                bias = self._bias = self.compute()
+        self._given += 1
+        if self._given >= self._users:
+            self.release()
+        return bias
+
+    def release(self):
+        self._bias, self._given = None, 0
 
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -163,13 +207,22 @@ class _CPUBiasedAttention(torch.autograd.Function):
                     scale=scale)
         else:
             out, lse = _blockwise_attention(q, k, v, bias, scale)
-        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.recomputation = BiasRecomputation.of(bias)
+        if ctx.recomputation is None:
+            ctx.save_for_backward(q, k, v, bias, out, lse)
+        else:  # the bias computed again in the backward pass
+            ctx.recomputation.keep()
+            ctx.save_for_backward(q, k, v, out, lse)
         ctx.scale = scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, bias, out, lse = ctx.saved_tensors
+        if ctx.recomputation is None:
+            q, k, v, bias, out, lse = ctx.saved_tensors
+        else:
+            q, k, v, out, lse = ctx.saved_tensors
+            bias = ctx.recomputation.get()
         scale = ctx.scale
         acc = torch.promote_types(q.dtype, torch.float32)
         q32, k32, v32 = q.to(acc), k.to(acc), v.to(acc)

@@ -74,6 +74,42 @@ def resize_relative_position_bias(
     return x.view(heads, num_queries, -1)
 
 
+def resize_relative_position_bias_backward(
+        grad: torch.Tensor,
+        bias: torch.Tensor,
+        src_query: Grid,
+        src_key: Grid,
+        dst_query: Grid,
+        dst_key: Grid,
+        mode: str = 'bicubic') -> torch.Tensor:
+    """The gradient of :func:`resize_relative_position_bias`'s result with
+    respect to ``bias``, given the result's gradient ``grad``, without the
+    result: the key-grid step's matrix products transposed (as autograd
+    computes them), then autograd through the query-grid interpolation
+    (a map of the stored key grid's size, small)."""
+    heads, _, num_keys = _check_grids(bias, src_query, src_key)
+    src_key, dst_key = tuple(src_key), tuple(dst_key)
+    with torch.enable_grad():
+        leaf = bias.detach().requires_grad_()
+        x = leaf
+        if tuple(dst_query) != tuple(src_query):
+            x = x.transpose(1, 2).reshape(heads, num_keys, *src_query)
+            x = F.interpolate(
+                x,
+                size=tuple(dst_query),
+                mode=mode,
+                align_corners=None if mode == 'nearest' else False)
+            x = x.flatten(2).transpose(1, 2)
+        x = x.reshape(-1, *src_key).contiguous()  # (heads * Nq, Hk, Wk)
+    if dst_key != src_key:
+        rows = interpolation_matrix(src_key[0], dst_key[0], mode, bias)
+        cols = interpolation_matrix(src_key[1], dst_key[1], mode, bias)
+        with torch.autocast(bias.device.type, enabled=False):
+            grad = torch.matmul(grad.reshape(x.shape[0], *dst_key), cols)
+            grad = torch.matmul(grad.transpose(1, 2), rows).transpose(1, 2)
+    return torch.autograd.grad(x, leaf, grad.reshape(x.shape))[0]
+
+
 def interpolation_matrix(src: int, dst: int, mode: str,
                          like: torch.Tensor) -> torch.Tensor:
     """``(dst, src)``: the weights ``F.interpolate`` gives each source
