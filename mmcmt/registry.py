@@ -26,12 +26,16 @@ def register_models(*modules):
             registry.register_module(module=module, force=True)
 
 
-def register_detection_hooks():
-    """Register mmcmt's hooks in mmdet's registry, when mmdet is installed
-    (``type='ClassAgnosticDetVisualizationHook'`` in ``default_hooks``)."""
+def register_detection_components():
+    """Register mmcmt's hook and metric in mmdet's registries, when mmdet is
+    installed (``type='ClassAgnosticDetVisualizationHook'`` in
+    ``default_hooks``, ``type='FoundObjectsMetric'`` in ``val_evaluator``).
+    """
     try:
-        from mmdet.registry import HOOKS
+        from mmdet.registry import HOOKS, METRICS
     except ImportError:
         return
+    from .evaluation import FoundObjectsMetric
     from .visualization import ClassAgnosticDetVisualizationHook
     HOOKS.register_module(module=ClassAgnosticDetVisualizationHook, force=True)
+    METRICS.register_module(module=FoundObjectsMetric, force=True)

@@ -1,6 +1,7 @@
 """Shared test helpers: the released checkpoints' key shapes and arch
 names, running the tools (with a time limit), a free port, the resume
 check."""
+import functools
 import json
 import os
 import os.path as osp
@@ -13,6 +14,7 @@ import sys
 import pytest
 import torch
 import yaml
+from mmengine.config import Config
 
 from mmcmt.checkpoint.safe_load import load_file
 from mmcmt.reference import (  # noqa: F401 (the tests import them from here)
@@ -175,13 +177,31 @@ def loader_options(root, workers=0):
     return options
 
 
-def coco_options(root, workers=0):
-    """:func:`loader_options` for a COCO config, with its evaluators, at
-    ``root`` (ending with a slash)."""
+SYNTHETIC = osp.join(ROOT, 'configs', 'retinanet_cmt_ti_fpn_synthetic.py')
+
+
+@functools.lru_cache()
+def _coco_metric_key(config, split):
+    """The --cfg-options key of ``config``'s CocoMetric in ``split``'s
+    evaluator (a single metric, or one of a list)."""
+    evaluator = Config.fromfile(config)[f'{split}_evaluator']
+    if isinstance(evaluator, dict):
+        return f'{split}_evaluator'
+    return f'{split}_evaluator.' + str([m['type'] for m in evaluator
+                                        ].index('CocoMetric'))
+
+
+def coco_options(root, workers=0, config=SYNTHETIC):
+    """:func:`loader_options` for a COCO config (by default the synthetic
+    one, which most tests train), with its evaluators, at ``root`` (ending
+    with a slash); the backbone starts from random weights (the synthetic
+    config's shapes classifier is what tools/demo.sh trains first: the
+    pretraining tool's test covers that route)."""
     options = loader_options(root, workers)
     for split in ('val', 'test'):
-        options.append(f'{split}_evaluator.ann_file='
+        options.append(f'{_coco_metric_key(config, split)}.ann_file='
                        f'{root}annotations/instances_val2017.json')
+    options.append('model.backbone.init_cfg=None')
     # a model trained for a few iterations may score every box under the
     # default 0.05; keep them all so that COCO metrics are always computed
     options.append('model.test_cfg.score_thr=0.0')

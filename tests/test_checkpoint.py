@@ -9,7 +9,7 @@ from helpers import (ARCH_OF_VARIANT, official_shapes,
                      random_official_state_dict, run_tool)
 
 from mmcmt.checkpoint import (ArchMismatchError, convert_official_cmt,
-                              read_checkpoint)
+                              read_checkpoint, to_official_cmt)
 from mmcmt.checkpoint.safe_load import load_file
 from mmcmt.models import CMT, CMTClassifier
 
@@ -425,6 +425,31 @@ def test_every_released_layout_converts(variant):
     model = CMTClassifier(ARCH_OF_VARIANT[variant])
     result = model.load_state_dict(sd, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+
+
+@pytest.mark.parametrize('variant', list(ARCH_OF_VARIANT))
+def test_to_official_writes_the_released_layout(variant):
+    """A classifier's state dict in the released layout: exactly the keys
+    and shapes of the released file, and back to the same tensors."""
+    model = CMTClassifier(ARCH_OF_VARIANT[variant])
+    for i, tensor in enumerate(model.state_dict().values()):
+        torch.manual_seed(i)
+        if tensor.is_floating_point():
+            tensor.copy_(torch.randn_like(tensor))
+    state_dict = model.state_dict()
+    official = to_official_cmt(state_dict)
+    assert {
+        k: list(v.shape)
+        for k, v in official.items()
+    } == SHAPES[variant]['state_dict']
+    back = convert_official_cmt(official)
+    assert sorted(back) == sorted(state_dict)
+    assert all(torch.equal(back[k], state_dict[k]) for k in state_dict)
+
+
+def test_to_official_names_foreign_keys():
+    with pytest.raises(KeyError, match='neck.lateral.weight'):
+        to_official_cmt({'neck.lateral.weight': torch.zeros(1)})
 
 
 def test_classify_tool_prints_top5(tmp_path, official_tiny):

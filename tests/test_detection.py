@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-from helpers import (check_resume, coco_options, free_port, get_flops_rows,
-                     metafile_model, run_command, run_tool)
+from helpers import (SYNTHETIC, check_resume, coco_options, free_port,
+                     get_flops_rows, metafile_model, run_command, run_tool)
 
 from mmcmt.checkpoint import RELEASE_URL, RELEASED_FILES
 from mmcmt.datasets import make_synthetic_coco
@@ -17,7 +17,6 @@ from mmcmt.engine import load_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COCO_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*_coco.py')))
-SYNTHETIC = osp.join(ROOT, 'configs', 'retinanet_cmt_ti_fpn_synthetic.py')
 
 
 @pytest.fixture(scope='module')
@@ -35,7 +34,7 @@ def small_config(path, root):
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser()
     parser.add_argument('--o', nargs='+', action=DictAction)
-    options = parser.parse_args(['--o'] + coco_options(root)).o
+    options = parser.parse_args(['--o'] + coco_options(root, config=path)).o
     cfg = load_config(path, options)
     for split in ('train', 'val', 'test'):
         dataset = cfg[f'{split}_dataloader'].dataset
@@ -310,3 +309,106 @@ def test_pictures_draw_one_box_per_object():
     assert cfg.default_hooks.visualization.type == \
         'ClassAgnosticDetVisualizationHook'
     assert not cfg.model.test_cfg.nms.get('class_agnostic', False)
+
+
+def test_object_crops_are_centred_on_the_objects(coco_root):
+    """Evaluation crops: one per object, centred on it (the crop's centre
+    has the colour of the object's centre in its image), and one of
+    background per image; training crops are augmented and differ."""
+    import numpy as np
+
+    from mmcmt.datasets import ObjectCrops
+    crops = ObjectCrops(
+        osp.join(coco_root, 'annotations', 'instances_train2017.json'),
+        osp.join(coco_root, 'train2017'), 32)
+    assert crops.classes == CLASSES + ('background', )
+    images, labels = crops.sample()
+    objects = len(crops.objects)
+    assert objects > 0 and images.shape == (len(labels), 32, 32, 3)
+    assert list(labels[:objects]) == [obj[-1] for obj in crops.objects]
+    assert (labels[objects:] == len(CLASSES)).all()
+    for crop, (i, x0, y0, x1, y1, _) in zip(images, crops.objects):
+        centre = crops.images[i][round((y0 + y1) / 2), round((x0 + x1) / 2)]
+        assert np.abs(crop[16, 16].astype(int) - centre).max() < 40
+    again, _ = crops.sample()
+    assert np.array_equal(again, images)
+    augmented, augmented_labels = crops.sample(np.random.default_rng(1))
+    assert sorted(augmented_labels) == sorted(labels)
+    assert not np.array_equal(augmented, images)
+
+
+def test_pretrain_tool_starts_the_detector_as_released_weights_do(
+        coco_root, tmp_path):
+    """tools/pretrain_shapes.py trains the classifier on object crops and
+    writes the released layout; the detector config loads it through
+    init_cfg Pretrained (the relative position biases resized from the
+    crops' grid), and an existing file is never overwritten."""
+    from mmdet.registry import MODELS
+
+    from mmcmt.checkpoint import (convert_official_cmt, is_official_cmt,
+                                  load_file)
+    out = tmp_path / 'cmt_ti_shapes.pth'
+    stdout = run_tool('tools/pretrain_shapes.py', coco_root, str(out),
+                      '--epochs', '2', '--size', '32', '--batch-size',
+                      '4').stdout
+    accuracies = re.findall(
+        r'epoch +\d/2 +loss [\d.]+ +val accuracy '
+        r'([\d.]+)', stdout)
+    assert len(accuracies) == 2, stdout
+    assert all(0 <= float(a) <= 1 for a in accuracies)
+    saved = load_file(str(out))
+    assert is_official_cmt(saved['model'])
+    assert saved['meta']['classes'] == list(CLASSES) + ['background']
+    backbone = {
+        k[len('backbone.'):]: v
+        for k, v in convert_official_cmt(saved['model']).items()
+        if k.startswith('backbone.')
+    }
+
+    cfg = small_config(SYNTHETIC, coco_root)
+    cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=str(out))
+    detector = MODELS.build(cfg.model)
+    detector.init_weights()
+    loaded = detector.backbone.state_dict()
+    assert sorted(loaded) == sorted(backbone)
+    for key, value in backbone.items():
+        if key.endswith('relative_position_bias'):  # 32 px grid -> 160 px
+            assert loaded[key].shape[0] == value.shape[0]
+            assert loaded[key].shape[1:] != value.shape[1:]
+        else:
+            assert torch.equal(loaded[key], value), key
+
+    before = out.read_bytes()
+    result = run_tool(
+        'tools/pretrain_shapes.py', coco_root, str(out), check=False)
+    assert result.returncode != 0 and 'exists' in result.stderr
+    assert out.read_bytes() == before
+
+
+def test_found_objects_metric_counts_by_hand():
+    """Objects found with the right class (IoU >= 0.5, score >= 0.5), one
+    detection per object, the rest wrong: counted on hand-made boxes."""
+    from mmcmt.evaluation import FoundObjectsMetric
+    metric = FoundObjectsMetric()
+    gt = torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40], [50, 0, 60, 10.]])
+    boxes = torch.tensor([
+        [0, 0, 10, 9],  # object 0, right class, IoU 0.9: found
+        [1, 0, 10, 10],  # object 0 again, lower score: wrong
+        [20, 20, 40, 30],  # object 1, IoU exactly 0.5: found
+        [50, 0, 60, 10],  # object 2 but the wrong class: wrong
+        [50, 0, 60, 10],  # object 2, right class, score < 0.5: not counted
+    ])
+    labels = torch.tensor([0, 0, 1, 3, 2])
+    scores = torch.tensor([0.9, 0.8, 0.6, 0.7, 0.4])
+    samples = [
+        dict(
+            gt_instances=dict(bboxes=gt, labels=torch.tensor([0, 1, 2])),
+            pred_instances=dict(bboxes=boxes, scores=scores, labels=labels))
+    ]
+    metric.process({}, samples)
+    assert metric.results == [(3, 2, 2)]
+    assert metric.compute_metrics(metric.results) == dict(found=2 / 3, wrong=2)
+    # no detections, and no objects
+    assert metric.match(gt, torch.tensor([0, 1, 2]), boxes[:0], scores[:0],
+                        labels[:0]) == (3, 0, 0)
+    assert metric.match(gt[:0], labels[:0], boxes, scores, labels) == (0, 0, 5)

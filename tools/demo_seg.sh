@@ -1,36 +1,59 @@
 #!/usr/bin/env bash
-# Segmentation on a fresh machine, no download needed: generate the
-# synthetic ADE20K-format shapes data set, train Semantic FPN with a CMT-Ti
-# backbone on it (tools/train.py), evaluate it (tools/test.py: mmseg's mIoU
-# table), draw its predictions (work_dirs/demo_seg/show/) and plot the
-# training curves (work_dirs/demo_seg/training_curves.png).
-# Run after tools/setup.sh (the README's one-liner does both).
+# Segmentation on a fresh machine, no download needed, along the card's
+# route: generate the synthetic ADE20K-format shapes data set (and the
+# COCO-format one, whose object crops pretrain the backbone); pretrain CMT-Ti
+# as a classifier on those crops and save it in the layout of the released
+# ImageNet checkpoints (tools/pretrain_shapes.py); train Semantic FPN with
+# that backbone (tools/train.py, which loads it by init_cfg and validates
+# every 100 iterations); evaluate it (tools/test.py: mmseg's mIoU table),
+# draw its predictions (WORK/show/) and plot the training curves
+# (WORK/training_curves.png). WORK is work_dirs/demo_seg, or a new
+# work_dirs/demo_seg_<time> when that exists: an earlier run is never
+# touched. Run after tools/setup.sh (the README's one-liner does both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 CONFIG=configs/fpn_cmt_ti_synthetic_ade.py
 DATA=data/synthetic_ade
+CROPS=data/synthetic_coco
 WORK=${WORK_DIR:-work_dirs/demo_seg}
+START=$SECONDS
 
 if [ ! -d "$DATA/annotations/validation" ]; then
   "$PY" tools/make_synthetic_ade.py "$DATA"
+fi
+if [ ! -f "$CROPS/annotations/instances_val2017.json" ]; then
+  "$PY" tools/make_synthetic_coco.py "$CROPS"
 fi
 if [ -e "$WORK" ]; then
   # never overwrite an earlier run
   WORK="${WORK}_$(date +%Y%m%d_%H%M%S)"
 fi
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK"
+mkdir -p "$WORK"
+PRETRAINED="$WORK/cmt_ti_shapes.pth"
+echo "[demo] 1/3 pretraining CMT-Ti on crops of the shapes (log: $WORK/pretrain.log)"
+if ! "$PY" tools/pretrain_shapes.py "$CROPS" "$PRETRAINED" 2>&1 |
+    tee "$WORK/pretrain.log" |
+    grep --line-buffered -E "^([0-9]+ training crops|epoch|saved) "; then
+  tail -30 "$WORK/pretrain.log"
+  exit 1
+fi
+echo "[demo] 2/3 training Semantic FPN from it (log: $WORK/<time>/<time>.log)"
+"$PY" tools/train.py "$CONFIG" --work-dir "$WORK" \
+  --cfg-options model.backbone.init_cfg.checkpoint="$PRETRAINED"
 CKPT=$(cat "$WORK/last_checkpoint")
-echo "evaluating $CKPT (log: $WORK/test.log)"
+echo "[demo] 3/3 evaluating $CKPT (log: $WORK/test.log)"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" \
-  --show-dir "$WORK/show" > "$WORK/test.log" 2>&1 || {
-  tail -30 "$WORK/test.log"; exit 1; }
+  --show-dir "$WORK/show" --cfg-options model.backbone.init_cfg=None \
+  > "$WORK/test.log" 2>&1 || { tail -30 "$WORK/test.log"; exit 1; }
 # mmseg's per-class table and the summary line (aAcc, mIoU, mAcc)
 awk '/per class results/ {on = 1; next}
      on && /^[+|]/ {print; seen = 1; next}
      on && seen {exit}' "$WORK/test.log"
 grep -oE "aAcc: [0-9.]+ +mIoU: [0-9.]+ +mAcc: [0-9.]+" "$WORK/test.log" | tail -1
+"$PY" tools/metafile_tables.py demos
 PICTURES="$WORK/show/vis_data/vis_image"
 echo "pictures (ground truth | prediction): $PICTURES/ ($(ls "$PICTURES" | wc -l) images)"
 "$PY" tools/plot_curves.py "$WORK"
 echo "checkpoint: $CKPT"
+echo "[demo] done in $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s"

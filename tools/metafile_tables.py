@@ -49,8 +49,10 @@ def load_models(path=METAFILE):
 def _link(model, root):
     if 'Config' in model:
         target = f'{root}/{model["Config"]}' if root else model['Config']
-    else:
+    elif 'Weights' in model:
         target = model['Weights']
+    else:  # a variant of a config (say, a demo from random weights)
+        return f'`{model["Name"]}`'
     return f'[`{model["Name"]}`]({target})'
 
 
@@ -235,6 +237,22 @@ def weights_table(models, root=''):
         rows)
 
 
+def demos_table(models, root=''):
+    """The demos (tools/demo.sh, tools/demo_seg.sh): each recipe from the
+    shapes classifier and, for comparison, from random weights."""
+    rows = [[
+        _link(model, root),
+        model['Metadata']['Backbone Start'],
+        _results(model['Results']),
+        _given(model['Metadata'].get('Time (min)')),
+        model['Metadata']['Training Resources'],
+    ] for model in models if 'Backbone Start' in model['Metadata']]
+    return _table([
+        'demo', 'backbone start', 'validation results',
+        'time, whole demo (min)', 'measured on'
+    ], rows)
+
+
 TABLES = {
     'readme': readme_table,
     'classifiers': classifiers_table,
@@ -243,6 +261,7 @@ TABLES = {
     'paper_coco': paper_coco_table,
     'results': results_table,
     'weights': weights_table,
+    'demos': demos_table,
 }
 
 

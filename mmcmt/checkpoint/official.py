@@ -89,6 +89,34 @@ def convert_official_cmt(
     return out
 
 
+def to_official_cmt(
+        state_dict: Dict[str,
+                         torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
+    """Map a :class:`CMTClassifier` state dict to the released layout: the
+    inverse of :func:`convert_official_cmt`, so that a classifier trained
+    with mmcmt is saved as the released ImageNet checkpoints are.
+
+    Raises:
+        KeyError: a key that is not the classifier's (a detector's ``neck.``
+            for example), named in the message.
+    """
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        official = _official_key(key)
+        if official is None:
+            raise KeyError(f'{key!r} is not a key of a CMTClassifier state '
+                           f'dict (backbone.* and head.*)')
+        if key.endswith(_AS_LINEAR):
+            value = value[:, :, None, None]  # back to a 1x1 convolution
+        if '.attn.kv.' in key:  # official order: keys first, then values
+            k, v = value.chunk(2, dim=0)
+            out[official.replace('.attn.kv.', '.attn.k.')] = k
+            out[official.replace('.attn.kv.', '.attn.v.')] = v
+        else:
+            out[official] = value
+    return out
+
+
 def pop_official_cmt(
         state_dict: Dict[str, torch.Tensor],
         prefix: str = '') -> Optional['OrderedDict[str, torch.Tensor]']:
@@ -131,4 +159,31 @@ def _convert_key(key: str) -> Optional[str]:
     m = re.match(r'^(_fc|_bn|head)\.(\w+)$', key)
     if m:
         return f'{_HEAD[m[1]]}.{m[2]}'
+    return None
+
+
+_OFFICIAL_BLOCK = {new: old for old, new in _BLOCK.items()}
+_OFFICIAL_BLOCK['attn.kv'] = 'attn.kv'  # split by to_official_cmt
+_OFFICIAL_HEAD = {new: old for old, new in _HEAD.items()}
+
+
+def _official_key(key: str) -> Optional[str]:
+    """The released name of an mmcmt key (:func:`_convert_key` reversed)."""
+    m = re.match(r'^backbone\.stem\.(\d)\.(conv|norm)\.(.+)$', key)
+    if m:
+        return f'stem_{m[2]}{int(m[1]) + 1}.{m[3]}'
+    m = re.match(r'^backbone\.stages\.(\d)\.(.+)$', key)
+    if m:
+        stage, rest = STAGE_NAMES[int(m[1])], m[2]
+        if rest == 'relative_position_bias':
+            return f'relative_pos_{stage}'
+        if rest.startswith('downsample.'):
+            return f'patch_embed_{stage}.{rest[len("downsample."):]}'
+        m = re.match(r'^blocks\.(\d+)\.(.+)\.(\w+)$', rest)
+        if m and m[2] in _OFFICIAL_BLOCK:
+            return f'blocks_{stage}.{m[1]}.{_OFFICIAL_BLOCK[m[2]]}.{m[3]}'
+        return None
+    m = re.match(r'^(head\.\w+)\.(\w+)$', key)
+    if m and m[1] in _OFFICIAL_HEAD:
+        return f'{_OFFICIAL_HEAD[m[1]]}.{m[2]}'
     return None

@@ -10,10 +10,11 @@ import json
 import os.path as osp
 from typing import Dict, List, Tuple
 
-#: Metrics worth a curve, in the order they are drawn: detection (COCO) and
-#: segmentation (mmseg's IoUMetric).
+#: Metrics worth a curve, in the order they are drawn: detection (COCO, and
+#: the fraction of objects found: mmcmt.evaluation) and segmentation (mmseg's
+#: IoUMetric).
 METRICS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75',
-           'coco/segm_mAP', 'mIoU', 'mAcc', 'aAcc')
+           'coco/segm_mAP', 'objects/found', 'mIoU', 'mAcc', 'aAcc')
 
 
 def read_scalars(work_dir: str) -> Tuple[List[dict], List[dict]]:
