@@ -330,10 +330,12 @@ def test_with_cp_updates_bn_statistics_once():
     dict(with_cp=True),
 ])
 def test_lean_training_form_is_the_plain_layers(kwargs, monkeypatch):
-    """The IRFFN's memory-lean training form (one hidden map kept instead
-    of six) computes the plain layers' outputs, every gradient and the same
-    BatchNorm running statistics (float64: to rounding), and keeps fewer
-    bytes for the backward pass."""
+    """The memory-lean training forms (the IRFFN's, one hidden map kept
+    instead of six, with norm2; the LPU, norm1 and the attention's
+    projections; the stem's; the relative position bias computed again in
+    the backward pass) compute the plain layers' outputs, every gradient
+    and the same BatchNorm running statistics (float64: to rounding), and
+    keep fewer bytes for the backward pass."""
     torch.manual_seed(0)
     lean = CMT(CP_ARCH, pretrain_img_size=64, **kwargs).double()
     lean.init_weights()
@@ -373,8 +375,10 @@ def test_lean_training_form_is_the_plain_layers(kwargs, monkeypatch):
                 a.grad, b.grad, rtol=1e-9, atol=1e-12 * scale, msg=name)
     for (name, a), b in zip(lean.named_buffers(), plain.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0, msg=name)
+    # measured: 0.36 (0.41 with frozen_stages=2); 0.49 (0.55) with the lean
+    # IRFFN and the recomputed bias alone
     if not kwargs.get('with_cp'):  # with_cp keeps the blocks' inputs only
-        assert saved_lean < 0.7 * saved_plain, (saved_lean, saved_plain)
+        assert saved_lean < 0.5 * saved_plain, (saved_lean, saved_plain)
 
 
 AMP = [
@@ -625,6 +629,126 @@ def test_lean_training_form_under_syncbn_autocast_and_the_rest(dtype):
             assert lean_error <= 0.5 * amp_error, (lean_error, amp_error)
             if not steps[index][0].get('with_cp'):
                 assert lean['saved'] < 0.7 * plain['saved']
+
+
+@pytest.mark.parametrize('dst_query, dst_key', [((10, 6), (5, 3)),
+                                                ((7, 7), (5, 9)),
+                                                ((12, 4), (7, 7))])
+def test_resize_backward_is_the_resize_gradient(dst_query, dst_key):
+    """The resize's gradient by its transposed products (the bias's lean
+    training form) is autograd's through the resize (float64, to
+    rounding)."""
+    from mmcmt.models.utils.relative_position import \
+        resize_relative_position_bias_backward
+    src = (7, 7)
+    bias = torch.randn(2, 49, 49, dtype=torch.float64, requires_grad=True)
+    resized = resize_relative_position_bias(bias, src, src, dst_query, dst_key)
+    grad = torch.randn_like(resized)
+    expected, = torch.autograd.grad(resized, bias, grad)
+    got = resize_relative_position_bias_backward(grad, bias.detach(), src, src,
+                                                 dst_query, dst_key)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def _keeps(model, x):
+    """The shapes of the tensors autograd keeps in a forward pass of
+    ``model`` (parameters excluded) and its outputs."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    shapes = []
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in params:
+            shapes.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        outs = model(x)
+    return shapes, outs
+
+
+@pytest.mark.parametrize('lean', [True, False])
+def test_resized_bias_computed_again_once_per_stage(lean, monkeypatch):
+    """In training the resized bias (heads x H*W x h*w per stage, hundreds
+    of megabytes at detection sizes) is not kept for the backward pass:
+    each stage's is computed again there, once for all its blocks. Through
+    the plain layers it is kept and resized once."""
+    from mmcmt.models.backbones import cmt
+    calls = []
+    real = cmt.resize_relative_position_bias
+    monkeypatch.setattr(cmt, 'resize_relative_position_bias',
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    if not lean:
+        _plain_layers(monkeypatch)
+    model = CMT(dict(TINY, depths=[2, 3, 2, 2]), pretrain_img_size=64)
+    x = torch.rand(1, 3, 96, 64)
+    biases = [(stage.relative_position_bias.shape[0], 24 * 16 // 4**i,
+               24 * 16 // 4**i // stage.sr_ratio**2)
+              for i, stage in enumerate(model.stages)]  # at 96x64
+    shapes, outs = _keeps(model, x)
+    assert len(calls) == 4  # once per stage
+    kept = [shape for shape in biases if shape in shapes]
+    assert kept == ([] if lean else biases)
+    sum(o.sum() for o in outs).backward()
+    assert len(calls) == (8 if lean else 4)
+    assert all(s.relative_position_bias.grad is not None for s in model.stages)
+
+
+def test_stored_bias_changed_before_backward_is_an_error():
+    """The bias computed again in the backward pass must be the forward
+    pass's: a stored bias changed in place in between is an error, as for
+    any tensor autograd keeps."""
+    model = CMT(TINY, pretrain_img_size=64)
+    outs = model(torch.rand(1, 3, 96, 64))
+    with torch.no_grad():
+        model.stages[0].relative_position_bias.add_(1)
+    with pytest.raises(RuntimeError, match='modified by an inplace'):
+        sum(o.sum() for o in outs).backward()
+
+
+def test_lean_forms_step_aside_for_other_norms(monkeypatch):
+    """The block's and the stem's lean forms take torch's LayerNorm and
+    BatchNorm2d / SyncBatchNorm; with other norms those layers train
+    through their plain layers, and the model computes what it computes
+    through its plain layers."""
+    from mmcmt.models.backbones import cmt_lean_training as lean
+
+    class OwnLayerNorm(torch.nn.LayerNorm):
+        pass
+
+    torch.manual_seed(0)
+    model = CMT(TINY, pretrain_img_size=64).double()
+    block, layer = model.stages[0].blocks[0], model.stem[0]
+    tokens = torch.rand(1, 8, 8, 8, dtype=torch.float64, requires_grad=True)
+    assert lean.attention_input(block, tokens) is not None
+    assert lean.irffn(block.ffn, tokens, block.norm2) is not None
+    image = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    assert lean.stem_layer(layer, image) is not None
+    for stage in model.stages:
+        for module in stage.blocks:
+            for name in ('norm1', 'norm2'):
+                norm = getattr(module, name)
+                own = OwnLayerNorm(norm.normalized_shape, norm.eps).double()
+                own.load_state_dict(norm.state_dict())
+                setattr(module, name, own)
+    layer.norm = torch.nn.GroupNorm(1, layer.norm.num_features).double()
+    assert lean.attention_input(block, tokens) is None
+    assert lean.irffn(block.ffn, tokens, block.norm2) is None
+    assert lean.stem_layer(layer, image) is None
+    plain = CMT(TINY, pretrain_img_size=64).double()
+    plain.stem[0].norm = torch.nn.GroupNorm(1, 8).double()
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 64, 96, dtype=torch.float64)
+    results = []
+    for net in (model, plain):
+        if net is plain:
+            _plain_layers(monkeypatch)
+        outs = net(x)
+        sum(o.sum() for o in outs).backward()
+        results.append((outs, [p.grad for p in net.parameters()]))
+    for a, b in zip(results[0][0], results[1][0]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
 def test_drop_path_only_in_training():

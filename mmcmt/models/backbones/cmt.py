@@ -6,8 +6,9 @@ networks (Guo et al., CVPR 2022). The core depends only on torch and mmengine.
 Each module's ``forward`` is the paper's computation. The modules decorated
 with :func:`with_fast_path` run the same function faster in eval mode
 without gradients (:mod:`.cmt_fast_path`, the only place of that path) and,
-for the IRFFN, keeping fewer tensors for the backward pass in training
-(:mod:`.cmt_lean_training`); the IRFFN and the attention are traced for
+for the stem's layers and the IRFFN, keeping fewer tensors for the backward
+pass in training (:mod:`.cmt_lean_training`, whose other forms the blocks
+and stages call themselves); the IRFFN and the attention are traced for
 ONNX export as the graphs ONNX Runtime runs fastest (:mod:`.cmt_export`).
 
 Layout: inside a stage the feature map is kept as an NHWC tensor ``(B, H, W,
@@ -115,7 +116,7 @@ class StemLayer(nn.Module):
             in_channels, out_channels, 3, stride=stride, padding=1)
         self.norm = nn.BatchNorm2d(out_channels)
 
-    @with_fast_path(fast.stem_layer)
+    @with_fast_path(fast.stem_layer, training_form=lean.stem_layer)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(gelu(self.conv(x)))
 
@@ -208,13 +209,20 @@ class LightweightAttention(nn.Module):
         Returns:
             Tensor: ``(B, H, W, C)``.
         """
-        B, H, W, C = x.shape
-        heads = self.num_heads
-        q = self.q(x).reshape(B, H * W, heads, -1).transpose(1, 2)
+        q = self.q(x)
         if self.sr_ratio > 1:
             x = nchw_to_nhwc(self.sr(nhwc_to_nchw(x)))
-        k, v = self.kv(x).reshape(B, -1, 2, heads,
-                                  C // heads).permute(2, 0, 3, 1, 4)
+        return self.attend(q, self.kv(x), bias)
+
+    def attend(self, q: torch.Tensor, kv: torch.Tensor,
+               bias: torch.Tensor) -> torch.Tensor:
+        """The attention from the projections: ``q`` ``(B, H, W, C)``, the
+        keys and values ``kv`` ``(B, h, w, 2C)``; ``bias`` as in
+        :meth:`forward`. Returns ``(B, H, W, C)``."""
+        B, H, W, C = q.shape
+        heads = self.num_heads
+        q = q.reshape(B, H * W, heads, -1).transpose(1, 2)
+        k, v = kv.reshape(B, -1, 2, heads, C // heads).permute(2, 0, 3, 1, 4)
         if isinstance(bias, tuple):  # factored (traced for export)
             out = factored_biased_attention(q, k, v, *bias, self.scale)
         else:
@@ -270,15 +278,28 @@ class CMTBlock(nn.Module):
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = self.lpu(x)
+        # In training, the LPU, norm1 and the attention's projections of the
+        # normalised map, and norm2 with the IRFFN, run in memory-lean forms
+        # (:mod:`.cmt_lean_training`) where they apply.
+        lean_form = fast_path.takes_training_form(self)
+        parts = lean.attention_input(self, x) if lean_form else None
+        if parts is None:
+            x = self.lpu(x)
+            y = self.attn(self.norm1(x), bias)
+        else:
+            x, q, source = parts
+            x = nchw_to_nhwc(x)
+            attn = self.attn
+            if attn.sr_ratio > 1:  # source: the reduction's convolution
+                source = attn.kv(nchw_to_nhwc(attn.sr.norm(source)))
+            y = attn.attend(q, source, bias)
         # The branches' outputs are fresh tensors that autograd does not
         # keep: the residuals are added into them in place.
-        x = drop_path(
-            self.attn(self.norm1(x), bias), self.drop_path_rate,
-            self.training).add_(x)
-        return drop_path(
-            self.ffn(self.norm2(x)), self.drop_path_rate,
-            self.training).add_(x)
+        x = drop_path(y, self.drop_path_rate, self.training).add_(x)
+        y = lean.irffn(self.ffn, x, self.norm2) if lean_form else None
+        if y is None:
+            y = self.ffn(self.norm2(x))
+        return drop_path(y, self.drop_path_rate, self.training).add_(x)
 
 
 class CMTStage(nn.Module):

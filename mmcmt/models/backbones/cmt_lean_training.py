@@ -23,6 +23,31 @@ batch statistics and the backward pass's two sums are then reduced over the
 norm's process group (:mod:`~mmcmt.models.utils.batch_norm`), as torch's
 SyncBatchNorm reduces them.
 
+The rest of a block keeps, in the plain layers, maps of the block's width
+that are cheap to compute again from another kept one:
+
+- ``norm2``'s output, which the IRFFN's first linear layer keeps:
+  :func:`irffn` given the LayerNorm keeps its input instead (kept by the
+  LayerNorm anyway) and computes the output again;
+- the LPU's output (kept by ``norm1``) and ``norm1``'s output (kept by the
+  query projection and the key/value reduction's convolution):
+  :func:`attention_input` keeps the LPU's input alone (kept by the LPU
+  anyway) and computes both again (a depthwise convolution and a
+  LayerNorm);
+- in the stem, at half the input's resolution, each GELU's output (kept by
+  the BatchNorm after it): :func:`stem_layer` keeps the convolution's
+  output alone.
+
+Each of these forms computes in the dtypes of the plain layers under the
+same autocast, and takes SyncBatchNorms as the IRFFN does. With the lean
+IRFFN, a block keeps 9 maps of its width (the LPU's input, the attention's
+queries and output, the attention residual's sum, the expansion's output,
+four wide, and ``norm3``'s input) where the plain layers keep 32 and the
+lean IRFFN alone 12; the stem keeps 5 maps of its width where it kept 8.
+CMT-S, one image at 800x1216: 1.48 GiB kept for the backward pass, where
+the plain layers keep 4.93 GiB (1.95 GiB with the lean IRFFN and the
+recomputed bias alone).
+
 The relative position bias, resized to a detection-size grid, is a
 per-process cost that does not shrink with the batch: ``heads x H*W x
 h*w`` values per stage (CMT-S at 800x1216: 231 MB at stride 4, 433 MB for
@@ -47,47 +72,64 @@ from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
 from ..utils.relative_position import resize_relative_position_bias_backward
 
 
-def irffn(ffn, x: torch.Tensor) -> torch.Tensor:
+def irffn(ffn, x: torch.Tensor, norm=None) -> torch.Tensor:
     """:class:`IRFFN` in training: ``(B, H, W, C) -> (B, H, W, C)``, also
-    under autocast.
+    under autocast; with ``norm`` (the block's LayerNorm before it),
+    ``ffn(norm(x))``, keeping ``x`` (which the LayerNorm keeps anyway) in
+    place of the LayerNorm's output.
 
-    The plain layers where the lean form does not apply: with norms other
-    than torch's BatchNorm2d and SyncBatchNorm."""
+    None where the lean form does not apply: with norms other than torch's
+    BatchNorm2d and SyncBatchNorm (and LayerNorm)."""
     norms = (ffn.norm1, ffn.norm2)
     if any(type(bn) not in (nn.BatchNorm2d, nn.SyncBatchNorm) for bn in norms):
+        return None
+    if norm is not None and type(norm) is not nn.LayerNorm:
         return None
     device = x.device.type
     amp = (device, autocast_dtype(device)) if autocast_enabled(device) else \
         None
-    y = _LeanIRFFN.apply(x, (ffn, amp), ffn.fc1.weight, ffn.fc1.bias,
+    y = _LeanIRFFN.apply(x, (ffn, norm, amp), ffn.fc1.weight, ffn.fc1.bias,
                          ffn.norm1.weight, ffn.norm1.bias, ffn.dwconv.weight,
                          ffn.dwconv.bias, ffn.norm2.weight, ffn.norm2.bias,
-                         ffn.fc2.weight, ffn.fc2.bias)
+                         ffn.fc2.weight, ffn.fc2.bias,
+                         *((norm.weight, norm.bias) if norm else ()))
     return nchw_to_nhwc(ffn.norm3(nhwc_to_nchw(y)))
 
 
+def _layer_norm(norm, x):
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias,
+                        norm.eps)
+
+
 class _LeanIRFFN(torch.autograd.Function):
-    """fc1, GELU, norm1, depthwise convolution plus identity, GELU, norm2,
-    fc2: ``(B, H, W, C) -> (B, H, W, C)`` (before norm3). Keeps ``x`` (its
-    low-precision copy under autocast), the expansion's output and the
-    BatchNorms' statistics (:class:`~mmcmt.models.utils.batch_norm.
-    Statistics`). ``form``: the module and the autocast in
-    force, ``(device type, dtype)`` or None."""
+    """(A LayerNorm,) fc1, GELU, norm1, depthwise convolution plus identity,
+    GELU, norm2, fc2: ``(B, H, W, C) -> (B, H, W, C)`` (before norm3). Keeps
+    ``x`` (without the LayerNorm, its low-precision copy under autocast),
+    the expansion's output and the BatchNorms' statistics
+    (:class:`~mmcmt.models.utils.batch_norm.Statistics`); the LayerNorm's
+    output is computed again in the backward pass. ``form``: the IRFFN, the
+    LayerNorm or None, and the autocast in force, ``(device type, dtype)``
+    or None."""
 
     @staticmethod
     def forward(ctx, x, form, *params):
-        ffn, amp = form
+        ffn, norm, amp = form
         fc1, dwconv, fc2 = ffn.fc1, ffn.dwconv, ffn.fc2
         with torch.no_grad():
+            u = x if norm is None else _layer_norm(norm, x)
             if amp is not None:  # what autocast gives the plain fc1
-                x = x.to(amp[1])
-            a = F.linear(x, fc1.weight, fc1.bias)
+                u = u.to(amp[1])
+            if norm is None:
+                x = u
+            a = F.linear(u, fc1.weight, fc1.bias)
+            del u
             h, stats1 = batch_norm(ffn.norm1, F.gelu(nhwc_to_nchw(a)))
             d = dwconv._conv_forward(h, plus_identity(dwconv), dwconv.bias)
             del h
             h, stats2 = batch_norm(ffn.norm2, F.gelu(d))
             y = F.linear(nchw_to_nhwc(h), fc2.weight, fc2.bias)
-        ctx.ffn, ctx.amp, ctx.stats = ffn, amp, (stats1, stats2)
+        ctx.ffn, ctx.norm, ctx.amp = ffn, norm, amp
+        ctx.stats = stats1, stats2
         ctx.save_for_backward(x, a)
         return y
 
@@ -101,12 +143,28 @@ class _LeanIRFFN(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad_y):
         x, a = ctx.saved_tensors
-        ffn, (stats1, stats2) = ctx.ffn, ctx.stats
+        ffn, norm, (stats1, stats2) = ctx.ffn, ctx.norm, ctx.stats
         fc1, norm1, dwconv, norm2, fc2 = (ffn.fc1, ffn.norm1, ffn.dwconv,
                                           ffn.norm2, ffn.fc2)
         needs = ctx.needs_input_grad
-        grads = [None] * 12  # x, ffn, then the ten parameters
+        # x, the form, the ten parameters, the LayerNorm's weight and bias
+        grads = [None] * len(needs)
         C, hidden = x.shape[-1], a.shape[-1]
+        u = x
+        if norm is not None:  # its output again, differentiable
+            with torch.enable_grad():
+                leaves = [
+                    t.detach().requires_grad_(need)
+                    for t, need in zip((x, norm.weight,
+                                        norm.bias), (needs[0], needs[12],
+                                                     needs[13]))
+                    if t is not None
+                ]
+                x_norm = F.layer_norm(leaves[0], norm.normalized_shape,
+                                      *leaves[1:], norm.eps)
+            u = x_norm.detach()
+            if ctx.amp is not None:  # as the plain fc1's autocast casts it
+                u = u.to(ctx.amp[1])
         dw_weight = plus_identity(dwconv).to(a.dtype)  # as autocast casts
 
         # the depthwise convolution's input and output, recomputed
@@ -141,11 +199,22 @@ class _LeanIRFFN(torch.autograd.Function):
             dg, nhwc_to_nchw(a))).reshape(-1, hidden)
         del dg
         if needs[2]:
-            grads[2] = da.t().mm(x.reshape(-1, C))
+            grads[2] = da.t().mm(u.reshape(-1, C))
         if needs[3]:
             grads[3] = da.sum(0)
-        if needs[0]:
-            grads[0] = da.mm(fc1.weight).view(x.shape)
+        del u
+        if norm is None:
+            if needs[0]:
+                grads[0] = da.mm(fc1.weight).view(x.shape)
+            return tuple(grads)
+        du = da.mm(fc1.weight).view(x.shape).to(x_norm.dtype)
+        del da
+        wanted = [t for t in leaves if t.requires_grad]
+        if wanted:  # the LayerNorm's gradients
+            found = iter(torch.autograd.grad(x_norm, wanted, du))
+            for index, leaf in zip((0, 12, 13), leaves):
+                if leaf.requires_grad:
+                    grads[index] = next(found)
         return tuple(grads)
 
 
@@ -202,3 +271,165 @@ class _ResizedBias(torch.autograd.Function):
             grad, param, stage.pretrain_grid,
             stage.key_grid(stage.pretrain_grid), ctx.grid,
             stage.key_grid(ctx.grid)), None
+
+
+def attention_input(block, x: torch.Tensor):
+    """The LPU, ``norm1`` and the attention's projections of the normalised
+    map in training, also under autocast: ``(x1, q, source)``, ``x1 =
+    lpu(x)`` (a channels-last ``(B, C, H, W)`` map), ``q =
+    attn.q(norm1(x1))`` and ``source`` the reduction's convolution of
+    ``norm1(x1)`` (before its BatchNorm; ``attn.kv`` of it without a
+    reduction). Keeps ``x`` alone (which the plain LPU keeps too), where
+    the plain layers also keep ``x1`` and ``norm1(x1)``: both are computed
+    again in the backward pass (a depthwise convolution and a LayerNorm).
+
+    None where it does not apply: a norm other than torch's LayerNorm."""
+    norm, attn = block.norm1, block.attn
+    if type(norm) is not nn.LayerNorm:
+        return None
+    device = x.device.type
+    amp = (device, autocast_dtype(device)) if autocast_enabled(device) else \
+        None
+    source = attn.sr.conv if attn.sr_ratio > 1 else attn.kv
+    return _LeanAttentionInput.apply(x, (block, amp), block.lpu.weight,
+                                     block.lpu.bias, norm.weight, norm.bias,
+                                     attn.q.weight, attn.q.bias, source.weight,
+                                     source.bias)
+
+
+class _LeanAttentionInput(torch.autograd.Function):
+    """:func:`attention_input`: keeps ``x`` (its low-precision copy under
+    autocast, as the plain LPU's convolution keeps it). ``form``: the block
+    and the autocast in force, ``(device type, dtype)`` or None."""
+
+    @staticmethod
+    def forward(ctx, x, form, *params):
+        block, amp = form
+        lpu, norm, attn = block.lpu, block.norm1, block.attn
+        with torch.no_grad():
+            if amp is not None:  # what autocast gives the plain LPU
+                x = x.to(amp[1])
+            x1 = lpu._conv_forward(
+                nhwc_to_nchw(x), plus_identity(lpu), lpu.bias)
+            u = _layer_norm(norm, nchw_to_nhwc(x1))
+            q = F.linear(u, attn.q.weight, attn.q.bias)
+            if attn.sr_ratio > 1:
+                conv = attn.sr.conv
+                source = conv._conv_forward(
+                    nhwc_to_nchw(u), conv.weight, conv.bias)
+            else:
+                source = F.linear(u, attn.kv.weight, attn.kv.bias)
+        ctx.block, ctx.amp = block, amp
+        ctx.save_for_backward(x)
+        return x1, q, source
+
+    @staticmethod
+    def backward(ctx, grad_x1, grad_q, grad_source):
+        # the forward's computation again, under the forward's autocast
+        with (torch.autocast(
+                *ctx.amp) if ctx.amp else contextlib.nullcontext()):
+            return _LeanAttentionInput._backward(ctx, grad_x1, grad_q,
+                                                 grad_source)
+
+    @staticmethod
+    def _backward(ctx, grad_x1, grad_q, grad_source):
+        x, = ctx.saved_tensors
+        block, amp = ctx.block, ctx.amp
+        lpu, norm, attn = block.lpu, block.norm1, block.attn
+        needs = ctx.needs_input_grad
+        grads = [None] * len(needs)  # x, form, then the eight parameters
+        C = x.shape[-1]
+        lpu_weight = plus_identity(lpu).to(x.dtype)  # as autocast casts
+
+        # norm1's input and output again, the output differentiable
+        x1 = lpu._conv_forward(nhwc_to_nchw(x), lpu_weight, lpu.bias)
+        with torch.enable_grad():
+            leaves = [
+                t.detach().requires_grad_(need)
+                for t, need in zip((nchw_to_nhwc(x1), norm.weight,
+                                    norm.bias), (True, needs[4], needs[5]))
+                if t is not None
+            ]
+            x_norm = F.layer_norm(leaves[0], norm.normalized_shape,
+                                  *leaves[1:], norm.eps)
+        u = x_norm.detach()
+        if amp is not None:  # as autocast casts it for the projections
+            u = u.to(amp[1])
+        flat = u.reshape(-1, C)
+
+        # the projections of u
+        grad_q = grad_q.reshape(-1, C)
+        if needs[6]:
+            grads[6] = grad_q.t().mm(flat)
+        if needs[7]:
+            grads[7] = grad_q.sum(0)
+        grad_u = grad_q.mm(attn.q.weight).view(u.shape).to(x_norm.dtype)
+        del grad_q
+        if attn.sr_ratio > 1:
+            conv = attn.sr.conv
+            grad, grads[8], grads[9] = torch.ops.aten.convolution_backward(
+                grad_source, nhwc_to_nchw(u), conv.weight.to(u.dtype), [C],
+                conv.stride, conv.padding, conv.dilation, False, [0, 0],
+                conv.groups, [True, needs[8], needs[9]])
+            grad = nchw_to_nhwc(grad)
+        else:
+            grad_source = grad_source.reshape(-1, grad_source.shape[-1])
+            if needs[8]:
+                grads[8] = grad_source.t().mm(flat)
+            if needs[9]:
+                grads[9] = grad_source.sum(0)
+            grad = grad_source.mm(attn.kv.weight).view(u.shape)
+        grad_u = grad_u + grad.to(x_norm.dtype)
+        del grad, flat, u
+
+        # norm1, then the LPU (its input's gradient, the residual's added)
+        wanted = [t for t in leaves if t.requires_grad]
+        found = iter(torch.autograd.grad(x_norm, wanted, grad_u))
+        grad_x1 = grad_x1 + nhwc_to_nchw(next(found))
+        for index, leaf in zip((4, 5), leaves[1:]):
+            if leaf.requires_grad:
+                grads[index] = next(found)
+        del x_norm, leaves, grad_u
+        grads[0], grads[2], grads[3] = torch.ops.aten.convolution_backward(
+            grad_x1, nhwc_to_nchw(x), lpu_weight, [C], lpu.stride, lpu.padding,
+            lpu.dilation, False, [0, 0], lpu.groups,
+            [needs[0], needs[2], needs[3]])
+        if grads[0] is not None:
+            grads[0] = nchw_to_nhwc(grads[0])
+        return tuple(grads)
+
+
+def stem_layer(layer, x: torch.Tensor) -> torch.Tensor:
+    """:class:`StemLayer` in training: ``norm(gelu(conv(x)))``, also under
+    autocast and with a SyncBatchNorm, keeping the convolution's output
+    alone where the plain layers keep the GELU's too (the GELU is computed
+    again in the backward pass). None with a norm other than torch's
+    BatchNorm2d and SyncBatchNorm."""
+    bn = layer.norm
+    if type(bn) not in (nn.BatchNorm2d, nn.SyncBatchNorm):
+        return None
+    return _LeanGeluBatchNorm.apply(layer.conv(x), bn, bn.weight, bn.bias)
+
+
+class _LeanGeluBatchNorm(torch.autograd.Function):
+    """``bn(gelu(x))`` for a ``(B, C, H, W)`` map, keeping ``x`` and the
+    BatchNorm's statistics."""
+
+    @staticmethod
+    def forward(ctx, x, bn, weight, bias):
+        with torch.no_grad():
+            out, ctx.stats = batch_norm(bn, F.gelu(x))
+        ctx.bn = bn
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad, grad_weight, grad_bias = batch_norm_backward(
+            ctx.bn, grad_out, F.gelu(x), ctx.stats,
+            (needs[0], needs[2], needs[3]))
+        if grad is not None:
+            grad = torch.ops.aten.gelu_backward(grad, x)
+        return grad, None, grad_weight, grad_bias
