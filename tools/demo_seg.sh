@@ -44,7 +44,7 @@ echo "[demo] 2/3 training Semantic FPN from it (log: $WORK/<time>/<time>.log)"
 CKPT=$(cat "$WORK/last_checkpoint")
 echo "[demo] 3/3 evaluating $CKPT (log: $WORK/test.log)"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" \
-  --show-dir "$WORK/show" --cfg-options model.backbone.init_cfg=None \
+  --show-dir "$WORK/show" \
   > "$WORK/test.log" 2>&1 || { tail -30 "$WORK/test.log"; exit 1; }
 # mmseg's per-class table and the summary line (aAcc, mIoU, mAcc)
 awk '/per class results/ {on = 1; next}

@@ -100,8 +100,9 @@ def readme_table(models, root=''):
     rows, with_attention = [], []
     for model in models:
         meta, paper = model['Metadata'], model.get('In Paper', {})
-        if not paper and not model.get('Results'):
-            continue
+        if not paper and not model.get('Results') or not (
+                'Config' in model or 'Weights' in model):
+            continue  # variants (a demo from random weights): demos table
         flops_key = WITHOUT_ATTENTION if WITHOUT_ATTENTION in paper \
             else 'FLOPs (G)'
         flops = _fixed(meta.get(flops_key), _flops_digits(model))

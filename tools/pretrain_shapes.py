@@ -53,7 +53,7 @@ def parse_args(argv=None):
         type=int,
         default=64,
         help='side of the crops, a multiple of 32 (default: 64)')
-    parser.add_argument('--epochs', type=int, default=30, help='default: 30')
+    parser.add_argument('--epochs', type=int, default=10, help='default: 10')
     parser.add_argument(
         '--batch-size', type=int, default=64, help='default: 64')
     parser.add_argument(
