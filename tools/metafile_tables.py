@@ -100,8 +100,8 @@ def readme_table(models, root=''):
     rows, with_attention = [], []
     for model in models:
         meta, paper = model['Metadata'], model.get('In Paper', {})
-        if not paper and not model.get('Results') or not (
-                'Config' in model or 'Weights' in model):
+        named = 'Config' in model or 'Weights' in model
+        if not named or not paper and not model.get('Results'):
             continue  # variants (a demo from random weights): demos table
         flops_key = WITHOUT_ATTENTION if WITHOUT_ATTENTION in paper \
             else 'FLOPs (G)'
