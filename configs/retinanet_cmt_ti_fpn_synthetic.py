@@ -12,7 +12,7 @@
 # classifier trained on crops of the shapes and saved in the layout of the
 # released ImageNet checkpoints (loaded as those are, by init_cfg), 4
 # classes, 320x320 images, batch 2, AdamW at a higher learning rate, a
-# lighter head and a short schedule (3 epochs of 200 iterations, validation
+# lighter head and a short schedule (4 epochs of 200 iterations, validation
 # after each). The figures (AP, objects found, time, and the same schedule
 # from random weights) are in configs/metafile.yml and docs/get_started.md.
 _base_ = './retinanet_cmt_ti_fpn_1x_coco.py'
@@ -90,7 +90,7 @@ val_evaluator = [
 test_evaluator = val_evaluator
 
 # Schedule.
-max_epochs = 3
+max_epochs = 4
 train_cfg = dict(max_epochs=max_epochs, val_interval=1)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),

@@ -180,6 +180,13 @@ def loader_options(root, workers=0):
 SYNTHETIC = osp.join(ROOT, 'configs', 'retinanet_cmt_ti_fpn_synthetic.py')
 
 
+def ade_options(root, workers=0):
+    """:func:`loader_options` for a segmentation config, the backbone started
+    from random weights (the synthetic config's shapes classifier is what
+    tools/demo_seg.sh trains first)."""
+    return loader_options(root, workers) + ['model.backbone.init_cfg=None']
+
+
 @functools.lru_cache()
 def _coco_metric_key(config, split):
     """The --cfg-options key of ``config``'s CocoMetric in ``split``'s

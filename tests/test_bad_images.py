@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import (coco_options, loader_options, official_shapes,
+from helpers import (ade_options, coco_options, official_shapes,
                      random_official_state_dict, run_tool)
 
 from mmcmt.datasets import (image_problem, make_synthetic_ade,
@@ -249,7 +249,7 @@ def test_segmentation_test_skips_bad_images(tmp_path, checkpoint):
     images = sorted(glob.glob(f'{root}/**/validation/*.jpg', recursive=True))
     data = open(images[1], 'rb').read()
     open(images[1], 'wb').write(data[:len(data) // 2])
-    options = ['--cfg-options'] + loader_options(str(root))
+    options = ['--cfg-options'] + ade_options(str(root))
     result = run_tool(
         'tools/test.py',
         SEG_SYNTHETIC,

@@ -242,7 +242,8 @@ def test_position_biases_computed_once_per_size(retinanet):
     assert len(biases) == len(expected) == 4
     for got, want in zip(biases.values(), expected):
         assert got.shape == tuple(want.shape)
-        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            got, want.detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
 def small_two_stage_config(path):

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import (check_resume, free_port, get_flops_rows, loader_options,
+from helpers import (ade_options, check_resume, free_port, get_flops_rows,
                      metafile_model, run_command, run_tool)
 
 from mmcmt.checkpoint import RELEASE_URL, RELEASED_FILES
@@ -62,7 +62,7 @@ def small_config(path, root):
     """A config pointed at generated data, at a small size: ADE20K's resize
     to a short side of 512 (2048x512) becomes 128 (512x128), its 512x512
     crops 64x64 (no ImageNet weights here)."""
-    cfg = load_config(path, parse_options(loader_options(root)))
+    cfg = load_config(path, parse_options(ade_options(root)))
     for split in ('train', 'val', 'test'):
         dataset = cfg[f'{split}_dataloader'].dataset
         for transform in dataset.pipeline:
@@ -263,7 +263,7 @@ def test_train_test_infer_resume_cycle(ade_root, tmp_path):
     # states, so after a resume the dropout masks (torch's generator) would
     # differ from the uninterrupted run's, and with them the weights. (The
     # flips do not: the iteration-based loop replays the skipped batches.)
-    options = loader_options(ade_root) + [
+    options = ade_options(ade_root) + [
         'train_dataloader.batch_size=2', 'train_cfg.max_iters=4',
         'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=2',
         'default_hooks.logger.interval=1', 'log_processor.window_size=1',
@@ -281,7 +281,7 @@ def test_train_test_infer_resume_cycle(ade_root, tmp_path):
     out = run_tool('tools/test.py', SYNTHETIC,
                    osp.join(full, 'iter_4.pth'), '--work-dir',
                    str(tmp_path / 'test'), '--show-dir', show, '--out', masks,
-                   '--cfg-options', *loader_options(ade_root)).stdout
+                   '--cfg-options', *ade_options(ade_root)).stdout
     summary = re.search(r'aAcc: ([\d.]+) +mIoU: ([\d.]+) +mAcc: ([\d.]+)', out)
     assert summary, out[-2000:]
     assert 0 < float(summary[1]) <= 100
@@ -335,9 +335,12 @@ def test_get_flops_reports_the_metafile_figures():
     """tools/get_flops.py on a segmentor with CMT-Ti at 1280x800 prints the
     CMT-Ti backbone's figures of configs/metafile.yml (``Backbone Only`` of
     the ImageNet model; the same numbers at the printed precision), from
-    which the docs' tables are printed."""
-    out = run_tool('tools/get_flops.py', SYNTHETIC, '--shape', '800',
-                   '1280').stdout
+    which the docs' tables are printed. The config's backbone was pretrained
+    at 64x64: at the arch's own size (None) its position biases are the
+    released ones."""
+    out = run_tool('tools/get_flops.py', SYNTHETIC, '--shape', '800', '1280',
+                   '--cfg-options',
+                   'model.backbone.pretrain_img_size=None').stdout
     rows = get_flops_rows(out)
     backbone = metafile_model('cmt-tiny_3rdparty_in1k')['Metadata']
     assert backbone['Arch'] == 'tiny'
@@ -367,7 +370,7 @@ def test_distributed_training_two_processes(ade_root, tmp_path):
         f'_base_ = {SYNTHETIC!r}\n'
         'model = dict(decode_head=dict(norm_cfg=dict(\n'
         "    _delete_=True, type='SyncBN', requires_grad=True)))\n")
-    options = loader_options(ade_root) + [
+    options = ade_options(ade_root) + [
         'train_dataloader.batch_size=1', 'train_cfg.max_iters=2',
         'train_cfg.val_interval=2'
     ]

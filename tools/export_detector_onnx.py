@@ -28,11 +28,11 @@ import os.path as osp
 
 import numpy as np
 import torch
-from mmengine.config import DictAction
 
 from mmcmt.deploy import (compare_parts, export_detector, graph_files,
                           load_onnx_detector, match_detections, require_onnx)
-from mmcmt.engine import UsageError, check_file, load_config, run_main
+from mmcmt.engine import (UsageError, add_cfg_options_argument, check_file,
+                          load_config, run_main)
 from mmcmt.utils import check_new_folder
 
 
@@ -75,11 +75,7 @@ def parse_args(argv=None):
         help='ONNX Runtime intra-op threads (default: '
         'OMP_NUM_THREADS when set, else one per core)')
     parser.add_argument('--opset', type=int, default=17)
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config settings, key=value')
+    add_cfg_options_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -1,6 +1,6 @@
 """Parameters and FLOPs of a detector or segmentor config, no dataset needed.
 
-    python tools/get_flops.py CONFIG [--shape H [W]]
+    python tools/get_flops.py CONFIG [--shape H [W]] [--cfg-options k=v ...]
 
 Builds the model from the config (random weights: the backbone's
 ``init_cfg`` is not loaded), runs a random ``1 x 3 x H x W`` input through
@@ -17,7 +17,7 @@ import argparse
 import torch
 import torch.nn as nn
 
-from mmcmt.engine import load_config, run_main
+from mmcmt.engine import add_cfg_options_argument, load_config, run_main
 from mmcmt.utils import count_flops, count_params, dummy_data_samples
 
 
@@ -44,12 +44,13 @@ def main(argv=None):
         metavar='H W',
         help='input height and width, or one side of a square (as mmdet\'s '
         'tools take it); default 800 1280')
+    add_cfg_options_argument(parser)
     args = parser.parse_args(argv)
     if len(args.shape) > 2:
         parser.error(f'--shape takes H and W (or one side), got {args.shape}')
     H, W = args.shape * (3 - len(args.shape))
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.cfg_options)
     from mmengine.registry import init_default_scope
     init_default_scope(cfg.default_scope)
     from mmengine.registry import MODELS

@@ -37,15 +37,20 @@ def load_config(path: str,
     return cfg
 
 
-def add_runner_arguments(parser) -> None:
-    """The flags train.py and test.py share, as mmdet spells them."""
+def add_cfg_options_argument(parser) -> None:
+    """``--cfg-options key=value ...``, as mmdet's tools take it."""
     from mmengine.config import DictAction
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
         help='override config settings, key=value')
+
+
+def add_runner_arguments(parser) -> None:
+    """The flags train.py and test.py share, as mmdet spells them."""
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    add_cfg_options_argument(parser)
     parser.add_argument(
         '--launcher',
         default='none',
