@@ -200,6 +200,7 @@ def test_ade20k_config_settings(config):
 def synthetic_model():
     cfg = load_config(SYNTHETIC)
     cpu_norms(cfg.model)
+    cfg.model.backbone.init_cfg = None  # random weights: no demo classifier
     return build_model(cfg).eval()
 
 
