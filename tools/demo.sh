@@ -16,37 +16,17 @@ CONFIG=configs/retinanet_cmt_ti_fpn_synthetic.py
 DATA=data/synthetic_coco
 WORK=${WORK_DIR:-work_dirs/demo}
 START=$SECONDS
+# shellcheck source=tools/demo_steps.sh
+source tools/demo_steps.sh
 
 if [ ! -f "$DATA/annotations/instances_val2017.json" ]; then
   "$PY" tools/make_synthetic_coco.py "$DATA"
 fi
-if [ -e "$WORK" ]; then
-  # never overwrite an earlier run
-  WORK="${WORK}_$(date +%Y%m%d_%H%M%S)"
-fi
-mkdir -p "$WORK"
-PRETRAINED="$WORK/cmt_ti_shapes.pth"
-echo "[demo] 1/3 pretraining CMT-Ti on crops of the shapes (log: $WORK/pretrain.log)"
-if ! "$PY" tools/pretrain_shapes.py "$DATA" "$PRETRAINED" 2>&1 |
-    tee "$WORK/pretrain.log" |
-    grep --line-buffered -E "^([0-9]+ training crops|epoch|saved) "; then
-  tail -30 "$WORK/pretrain.log"
-  exit 1
-fi
-echo "[demo] 2/3 training RetinaNet from it (log: $WORK/<time>/<time>.log)"
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK" \
-  --cfg-options model.backbone.init_cfg.checkpoint="$PRETRAINED"
-CKPT=$(cat "$WORK/last_checkpoint")
-echo "[demo] 3/3 evaluating $CKPT (log: $WORK/test.log)"
-"$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" \
-  --show-dir "$WORK/show" \
-  > "$WORK/test.log" 2>&1 || { tail -30 "$WORK/test.log"; exit 1; }
+make_work_dir
+pretrain_train_test "$DATA" 'RetinaNet'
 grep -E "Average (Precision|Recall)|bbox_mAP" "$WORK/test.log"
 # mmdet's per-class AP table (classwise=True)
 grep -E "^[|+]" "$WORK/test.log"
 grep -oE "objects found with the right class.*" "$WORK/test.log"
-"$PY" tools/metafile_tables.py demos
 echo "pictures of the detections: $WORK/show/ ($(ls "$WORK/show" | wc -l) images)"
-"$PY" tools/plot_curves.py "$WORK"
-echo "checkpoint: $CKPT"
-echo "[demo] done in $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s"
+finish_demo

@@ -18,6 +18,8 @@ DATA=data/synthetic_ade
 CROPS=data/synthetic_coco
 WORK=${WORK_DIR:-work_dirs/demo_seg}
 START=$SECONDS
+# shellcheck source=tools/demo_steps.sh
+source tools/demo_steps.sh
 
 if [ ! -d "$DATA/annotations/validation" ]; then
   "$PY" tools/make_synthetic_ade.py "$DATA"
@@ -25,35 +27,13 @@ fi
 if [ ! -f "$CROPS/annotations/instances_val2017.json" ]; then
   "$PY" tools/make_synthetic_coco.py "$CROPS"
 fi
-if [ -e "$WORK" ]; then
-  # never overwrite an earlier run
-  WORK="${WORK}_$(date +%Y%m%d_%H%M%S)"
-fi
-mkdir -p "$WORK"
-PRETRAINED="$WORK/cmt_ti_shapes.pth"
-echo "[demo] 1/3 pretraining CMT-Ti on crops of the shapes (log: $WORK/pretrain.log)"
-if ! "$PY" tools/pretrain_shapes.py "$CROPS" "$PRETRAINED" 2>&1 |
-    tee "$WORK/pretrain.log" |
-    grep --line-buffered -E "^([0-9]+ training crops|epoch|saved) "; then
-  tail -30 "$WORK/pretrain.log"
-  exit 1
-fi
-echo "[demo] 2/3 training Semantic FPN from it (log: $WORK/<time>/<time>.log)"
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK" \
-  --cfg-options model.backbone.init_cfg.checkpoint="$PRETRAINED"
-CKPT=$(cat "$WORK/last_checkpoint")
-echo "[demo] 3/3 evaluating $CKPT (log: $WORK/test.log)"
-"$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" \
-  --show-dir "$WORK/show" \
-  > "$WORK/test.log" 2>&1 || { tail -30 "$WORK/test.log"; exit 1; }
+make_work_dir
+pretrain_train_test "$CROPS" 'Semantic FPN'
 # mmseg's per-class table and the summary line (aAcc, mIoU, mAcc)
 awk '/per class results/ {on = 1; next}
      on && /^[+|]/ {print; seen = 1; next}
      on && seen {exit}' "$WORK/test.log"
 grep -oE "aAcc: [0-9.]+ +mIoU: [0-9.]+ +mAcc: [0-9.]+" "$WORK/test.log" | tail -1
-"$PY" tools/metafile_tables.py demos
 PICTURES="$WORK/show/vis_data/vis_image"
 echo "pictures (ground truth | prediction): $PICTURES/ ($(ls "$PICTURES" | wc -l) images)"
-"$PY" tools/plot_curves.py "$WORK"
-echo "checkpoint: $CKPT"
-echo "[demo] done in $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s"
+finish_demo
