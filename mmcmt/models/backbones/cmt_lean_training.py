@@ -123,7 +123,9 @@ class _LeanIRFFN(torch.autograd.Function):
                 x = u
             a = F.linear(u, fc1.weight, fc1.bias)
             del u
-            h, stats1 = batch_norm(ffn.norm1, F.gelu(nhwc_to_nchw(a)))
+            # GELU over a's own (NHWC) layout, as the plain fc1's output:
+            # on a channels-last view ATen's kernel rounds differently
+            h, stats1 = batch_norm(ffn.norm1, nhwc_to_nchw(F.gelu(a)))
             d = dwconv._conv_forward(h, plus_identity(dwconv), dwconv.bias)
             del h
             h, stats2 = batch_norm(ffn.norm2, F.gelu(d))
@@ -168,7 +170,7 @@ class _LeanIRFFN(torch.autograd.Function):
         dw_weight = plus_identity(dwconv).to(a.dtype)  # as autocast casts
 
         # the depthwise convolution's input and output, recomputed
-        g1 = F.gelu(nhwc_to_nchw(a))
+        g1 = nhwc_to_nchw(F.gelu(a))  # as the forward pass
         h1 = apply_batch_norm(norm1, g1, stats1)
         d = dwconv._conv_forward(h1, dw_weight, dwconv.bias)
 
