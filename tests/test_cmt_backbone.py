@@ -474,6 +474,34 @@ def test_lean_training_form_with_syncbn_and_other_norms():
     assert cmt_lean_training.irffn(ffn, tokens) is None
 
 
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('dtype,param_dtype',
+                         [(torch.float64, torch.float64),
+                          (torch.float32, torch.float32),
+                          (torch.bfloat16, torch.float32),
+                          (torch.bfloat16, torch.bfloat16)])
+def test_batch_norm_in_place_is_torchs(dtype, param_dtype, training):
+    """The lean forms' BatchNorm written into its own input (no fresh map)
+    is torch's ``native_batch_norm`` to the bit: output, saved statistics
+    (in the dtype torch allocates them) and running statistics."""
+    from mmcmt.models.utils.batch_norm import _native_batch_norm
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 7).to(dtype, memory_format=torch.channels_last)
+    weight, bias, mean = (torch.randn(8, dtype=param_dtype) for _ in 'wbm')
+    var = torch.rand(8, dtype=param_dtype) + 0.5
+    original = mean.clone()
+    running, expected_running = (mean, var), (mean.clone(), var.clone())
+    expected = torch.native_batch_norm(x, weight, bias, *expected_running,
+                                       training, 0.1, 1e-5)
+    y = x.clone()
+    found = _native_batch_norm(
+        y, weight, bias, *running, training, 0.1, 1e-5, out=y)
+    assert found[0].data_ptr() == y.data_ptr() and torch.equal(y, expected[0])
+    for a, b in zip(found[1:] + running, expected[1:] + expected_running):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert training != torch.equal(mean, original)  # updated in training
+
+
 def _random_statistics(model):
     """BatchNorm statistics and affines away from 0 / 1."""
     for module in model.modules():

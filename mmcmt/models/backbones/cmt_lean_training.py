@@ -124,11 +124,15 @@ class _LeanIRFFN(torch.autograd.Function):
             a = F.linear(u, fc1.weight, fc1.bias)
             del u
             # GELU over a's own (NHWC) layout, as the plain fc1's output:
-            # on a channels-last view ATen's kernel rounds differently
-            h, stats1 = batch_norm(ffn.norm1, nhwc_to_nchw(F.gelu(a)))
+            # on a channels-last view ATen's kernel rounds differently. The
+            # BatchNorms write into their inputs: a fresh wide map costs
+            # more in page faults than its computation
+            h, stats1 = batch_norm(
+                ffn.norm1, nhwc_to_nchw(F.gelu(a)), inplace=True)
             d = dwconv._conv_forward(h, plus_identity(dwconv), dwconv.bias)
             del h
-            h, stats2 = batch_norm(ffn.norm2, F.gelu(d))
+            h, stats2 = batch_norm(
+                ffn.norm2, torch.ops.aten.gelu_(d), inplace=True)
             y = F.linear(nchw_to_nhwc(h), fc2.weight, fc2.bias)
         ctx.ffn, ctx.norm, ctx.amp = ffn, norm, amp
         ctx.stats = stats1, stats2
@@ -169,9 +173,12 @@ class _LeanIRFFN(torch.autograd.Function):
                 u = u.to(ctx.amp[1])
         dw_weight = plus_identity(dwconv).to(a.dtype)  # as autocast casts
 
-        # the depthwise convolution's input and output, recomputed
-        g1 = nhwc_to_nchw(F.gelu(a))  # as the forward pass
-        h1 = apply_batch_norm(norm1, g1, stats1)
+        # The maps again, each gradient written into the memory of a map no
+        # longer needed where it can be: 7 fresh wide maps where autograd
+        # would allocate 6 for the plain layers' backward pass.
+        # The depthwise convolution's input and output (as the forward pass)
+        h1 = nhwc_to_nchw(F.gelu(a))
+        apply_batch_norm(norm1, h1, stats1, out=h1)
         d = dwconv._conv_forward(h1, dw_weight, dwconv.bias)
 
         # fc2, its input recomputed: h2 = norm2(gelu(d))
@@ -182,23 +189,31 @@ class _LeanIRFFN(torch.autograd.Function):
             grads[10] = dy.t().mm(nchw_to_nhwc(h).reshape(-1, hidden))
         if needs[11]:
             grads[11] = dy.sum(0)
+        dh = h  # fc2's input gradient, as autocast computes it
+        torch.mm(
+            dy.to(h.dtype),
+            fc2.weight.to(h.dtype),
+            out=nchw_to_nhwc(h).view(-1, hidden))
         del h
-        dh = nhwc_to_nchw(dy.mm(fc2.weight).view(a.shape))
         dg, grads[8], grads[9] = batch_norm_backward(
             norm2, dh, g, stats2, (True, needs[8], needs[9]))
         del dh, g
-        dd = torch.ops.aten.gelu_backward(dg, d)
+        dd = torch.ops.aten.gelu_backward.grad_input(dg, d, grad_input=dg)
         del dg, d
         dh, grads[6], grads[7] = torch.ops.aten.convolution_backward(
             dd, h1, dw_weight, [hidden], dwconv.stride, dwconv.padding,
             dwconv.dilation, False, [0, 0], dwconv.groups,
             [True, needs[6], needs[7]])
-        del dd, h1
+        del dd
+        g1 = h1  # norm1's input again, into the convolution's input
+        torch.ops.aten.gelu.out(a, out=nchw_to_nhwc(g1))
+        del h1
         dg, grads[4], grads[5] = batch_norm_backward(
             norm1, dh, g1, stats1, (True, needs[4], needs[5]))
         del dh, g1
-        da = nchw_to_nhwc(torch.ops.aten.gelu_backward(
-            dg, nhwc_to_nchw(a))).reshape(-1, hidden)
+        da = nchw_to_nhwc(
+            torch.ops.aten.gelu_backward.grad_input(
+                dg, nhwc_to_nchw(a), grad_input=dg)).reshape(-1, hidden)
         del dg
         if needs[2]:
             grads[2] = da.t().mm(u.reshape(-1, C))

@@ -33,8 +33,6 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .fuse import bn_affine
-
 _DIMS = (0, 2, 3)  # (B, C, H, W): statistics per channel
 
 
@@ -68,11 +66,47 @@ class Statistics:
                                                           count)
 
 
+def _native_batch_norm(x,
+                       weight,
+                       bias,
+                       running_mean,
+                       running_var,
+                       training,
+                       momentum,
+                       eps,
+                       out=None):
+    """``torch.native_batch_norm``, its output written into ``out`` if given
+    (which may be ``x``: the kernel reads each value before it writes it)."""
+    if out is None:
+        return torch.native_batch_norm(x, weight, bias, running_mean,
+                                       running_var, training, momentum, eps)
+    # the saved statistics' dtype, as the kernels allocate them: float32 for
+    # a low-precision x on CUDA or with float32 parameters, else x's
+    dtype = x.dtype
+    if dtype in (torch.float16, torch.bfloat16) and (x.is_cuda or any(
+            t is not None and t.dtype != dtype
+            for t in (weight, bias, running_mean, running_var))):
+        dtype = torch.float32
+    return torch.ops.aten.native_batch_norm.out(
+        x,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        training,
+        momentum,
+        eps,
+        out=out,
+        save_mean=x.new_empty(0, dtype=dtype),
+        save_invstd=x.new_empty(0, dtype=dtype))
+
+
 def batch_norm(bn: _BatchNorm,
-               x: torch.Tensor) -> Tuple[torch.Tensor, Statistics]:
+               x: torch.Tensor,
+               inplace: bool = False) -> Tuple[torch.Tensor, Statistics]:
     """``bn(x)`` for ``x`` of shape ``(B, C, H, W)`` as the module computes
     it (running statistics updated in training), and the statistics it
-    normalised by."""
+    normalised by; with ``inplace``, written into ``x``."""
     factor = 0.
     if bn.training and bn.track_running_stats:
         bn.num_batches_tracked.add_(1)
@@ -80,16 +114,17 @@ def batch_norm(bn: _BatchNorm,
                   if bn.momentum is None else bn.momentum)
     group = sync_group(bn)
     if group is not None:
-        return _sync_batch_norm(bn, x, group, factor)
+        return _sync_batch_norm(bn, x, group, factor, inplace)
     keep = not bn.training or bn.track_running_stats
-    out, mean, invstd = torch.native_batch_norm(
-        x, bn.weight, bn.bias,
-        bn.running_mean if keep else None, bn.running_var if keep else None,
-        uses_batch_statistics(bn), factor, bn.eps)
+    out, mean, invstd = _native_batch_norm(x, bn.weight, bn.bias,
+                                           bn.running_mean if keep else None,
+                                           bn.running_var if keep else None,
+                                           uses_batch_statistics(bn), factor,
+                                           bn.eps, x if inplace else None)
     return out, Statistics(bn, mean, invstd)
 
 
-def _sync_batch_norm(bn, x, group, factor):
+def _sync_batch_norm(bn, x, group, factor, inplace):
     """:func:`batch_norm` over the whole batch of ``group``'s processes."""
     # statistics in float32 at least, as BatchNorm's kernels keep them
     xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -112,24 +147,29 @@ def _sync_batch_norm(bn, x, group, factor):
         bn.running_var.lerp_(
             (var * count / (count - 1)).to(bn.running_var.dtype), factor)
     stats = Statistics(bn, mean, invstd, group, float(count))
-    return apply_batch_norm(bn, x, stats), stats
+    return apply_batch_norm(bn, x, stats, x if inplace else None), stats
 
 
-def apply_batch_norm(bn: _BatchNorm, x: torch.Tensor,
-                     stats: Statistics) -> torch.Tensor:
+def apply_batch_norm(bn: _BatchNorm,
+                     x: torch.Tensor,
+                     stats: Statistics,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The forward pass's ``bn(x)`` again, from the statistics it used,
     computed in the statistics' precision (float32 under autocast) and
-    returned in ``x``'s, as BatchNorm's kernel does."""
-    if stats.use_batch:
-        scale = stats.invstd if bn.weight is None else stats.invstd * bn.weight
-        shift = -stats.mean * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
-    else:  # the eval-mode affine map, as the BatchNorm folds use it
-        scale, shift = bn_affine(bn)
-    out = torch.addcmul(
-        shift.view(-1, 1, 1), x.to(scale.dtype), scale.view(-1, 1, 1))
-    return out.to(x.dtype)
+    returned in ``x``'s, as BatchNorm's kernel does; written into ``out``
+    (which may be ``x``) if given."""
+    if not stats.use_batch:  # by the running statistics, as the forward
+        return _native_batch_norm(x, bn.weight, bn.bias, bn.running_mean,
+                                  bn.running_var, False, 0., bn.eps, out)[0]
+    scale = stats.invstd if bn.weight is None else stats.invstd * bn.weight
+    shift = -stats.mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    # x * scale + shift by BatchNorm's kernel, in eval mode with mean 0 and
+    # variance 1 (eps 0: exactly scale and shift): one pass, where casting a
+    # low-precision x to float32 and back takes three
+    return _native_batch_norm(x, scale, shift, torch.zeros_like(scale),
+                              torch.ones_like(scale), False, 0., 0., out)[0]
 
 
 def batch_norm_backward(
