@@ -7,9 +7,11 @@ expansion's output, its GELU, its BatchNorm, the depthwise convolution's
 output, its GELU and BatchNorm). :class:`_LeanIRFFN` keeps one of them, the
 expansion's output, and recomputes the GELUs, the BatchNorms (with the
 batch statistics of the forward pass) and the depthwise convolution in the
-backward pass: half the training memory of CMT-S at detection sizes, at the
-same step time (docs/advanced_guides/speed_and_memory.md). Gradients and
-running statistics are those of the plain layers.
+backward pass: half the training memory of CMT-S at detection sizes; the
+step takes 0.8x the plain layers' time on a CPU with glibc's own heap, and
+up to 1.07x with a heap that reuses freed memory, as CUDA's does
+(docs/advanced_guides/speed_and_memory.md). Gradients and running
+statistics are those of the plain layers.
 
 Under autocast (``--amp``: float16 or bfloat16, on the CPU and on CUDA) it
 computes in the dtypes that autocast gives the plain layers (the linear
