@@ -66,36 +66,21 @@ class Statistics:
                                                           count)
 
 
-def _native_batch_norm(x,
-                       weight,
-                       bias,
-                       running_mean,
-                       running_var,
-                       training,
-                       momentum,
-                       eps,
-                       out=None):
-    """``torch.native_batch_norm``, its output written into ``out`` if given
+def _native_batch_norm(x, *args, out=None):
+    """``torch.native_batch_norm(x, weight, bias, running_mean, running_var,
+    training, momentum, eps)``, its output written into ``out`` if given
     (which may be ``x``: the kernel reads each value before it writes it)."""
     if out is None:
-        return torch.native_batch_norm(x, weight, bias, running_mean,
-                                       running_var, training, momentum, eps)
+        return torch.native_batch_norm(x, *args)
     # the saved statistics' dtype, as the kernels allocate them: float32 for
     # a low-precision x on CUDA or with float32 parameters, else x's
     dtype = x.dtype
     if dtype in (torch.float16, torch.bfloat16) and (x.is_cuda or any(
-            t is not None and t.dtype != dtype
-            for t in (weight, bias, running_mean, running_var))):
+            t is not None and t.dtype != dtype for t in args[:4])):
         dtype = torch.float32
     return torch.ops.aten.native_batch_norm.out(
         x,
-        weight,
-        bias,
-        running_mean,
-        running_var,
-        training,
-        momentum,
-        eps,
+        *args,
         out=out,
         save_mean=x.new_empty(0, dtype=dtype),
         save_invstd=x.new_empty(0, dtype=dtype))
@@ -116,11 +101,16 @@ def batch_norm(bn: _BatchNorm,
     if group is not None:
         return _sync_batch_norm(bn, x, group, factor, inplace)
     keep = not bn.training or bn.track_running_stats
-    out, mean, invstd = _native_batch_norm(x, bn.weight, bn.bias,
-                                           bn.running_mean if keep else None,
-                                           bn.running_var if keep else None,
-                                           uses_batch_statistics(bn), factor,
-                                           bn.eps, x if inplace else None)
+    out, mean, invstd = _native_batch_norm(
+        x,
+        bn.weight,
+        bn.bias,
+        bn.running_mean if keep else None,
+        bn.running_var if keep else None,
+        uses_batch_statistics(bn),
+        factor,
+        bn.eps,
+        out=x if inplace else None)
     return out, Statistics(bn, mean, invstd)
 
 
@@ -159,8 +149,16 @@ def apply_batch_norm(bn: _BatchNorm,
     returned in ``x``'s, as BatchNorm's kernel does; written into ``out``
     (which may be ``x``) if given."""
     if not stats.use_batch:  # by the running statistics, as the forward
-        return _native_batch_norm(x, bn.weight, bn.bias, bn.running_mean,
-                                  bn.running_var, False, 0., bn.eps, out)[0]
+        return _native_batch_norm(
+            x,
+            bn.weight,
+            bn.bias,
+            bn.running_mean,
+            bn.running_var,
+            False,
+            0.,
+            bn.eps,
+            out=out)[0]
     scale = stats.invstd if bn.weight is None else stats.invstd * bn.weight
     shift = -stats.mean * scale
     if bn.bias is not None:
@@ -168,8 +166,16 @@ def apply_batch_norm(bn: _BatchNorm,
     # x * scale + shift by BatchNorm's kernel, in eval mode with mean 0 and
     # variance 1 (eps 0: exactly scale and shift): one pass, where casting a
     # low-precision x to float32 and back takes three
-    return _native_batch_norm(x, scale, shift, torch.zeros_like(scale),
-                              torch.ones_like(scale), False, 0., 0., out)[0]
+    return _native_batch_norm(
+        x,
+        scale,
+        shift,
+        torch.zeros_like(scale),
+        torch.ones_like(scale),
+        False,
+        0.,
+        0.,
+        out=out)[0]
 
 
 def batch_norm_backward(
