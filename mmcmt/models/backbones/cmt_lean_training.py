@@ -5,20 +5,25 @@ Autograd keeps, for the IRFFN, every intermediate map that a later gradient
 needs: six maps four times as wide as the block's input (the 1x1
 expansion's output, its GELU, its BatchNorm, the depthwise convolution's
 output, its GELU and BatchNorm). :class:`_LeanIRFFN` keeps one of them, the
-expansion's output, and recomputes the GELUs, the BatchNorms (with the
-batch statistics of the forward pass) and the depthwise convolution in the
-backward pass: half the training memory of CMT-S at detection sizes; the
-step takes 0.8x the plain layers' time on a CPU with glibc's own heap, and
-up to 1.07x with a heap that reuses freed memory, as CUDA's does
-(docs/advanced_guides/speed_and_memory.md). Gradients and running
-statistics are those of the plain layers.
+expansion's output, and recomputes the GELUs and the depthwise convolution
+in the backward pass: half the training memory of CMT-S at detection
+sizes, in about the plain layers' time
+(docs/advanced_guides/speed_and_memory.md). Each BatchNorm is folded into
+the layer after it, in both passes: BatchNorm's own kernel takes its batch
+statistics (and updates the running ones), the scale and shift they make
+multiply and shift the next layer's kernel, and its output is never
+computed. Gradients and running statistics are those of the plain layers,
+to rounding (as accurate as theirs).
 
 Under autocast (``--amp``: float16 or bfloat16, on the CPU and on CUDA) it
 computes in the dtypes that autocast gives the plain layers (the linear
 layers and the convolution in the low precision, the BatchNorms' statistics
 in float32, their outputs in the low precision), keeps the low-precision
 copy of its input that the plain first linear layer keeps, and recomputes
-under the same autocast in the backward pass.
+under the same autocast in the backward pass. There the BatchNorms are not
+folded but computed as the plain layers compute them (the same outputs to
+the bit): a folded kernel's products would round in the low precision
+before the mean is taken out.
 
 Its BatchNorms may be SyncBatchNorms (``sync_bn`` in the configs): their
 batch statistics and the backward pass's two sums are then reduced over the
@@ -67,8 +72,8 @@ import torch.nn.functional as F
 
 from ...compat import autocast_dtype, autocast_enabled
 from ..utils.attention import BiasRecomputation
-from ..utils.batch_norm import (apply_batch_norm, batch_norm,
-                                batch_norm_backward)
+from ..utils.batch_norm import (affine, apply_batch_norm, batch_norm,
+                                batch_norm_backward, batch_statistics)
 from ..utils.fused_ops import plus_identity
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
 from ..utils.relative_position import resize_relative_position_bias_backward
@@ -126,16 +131,28 @@ class _LeanIRFFN(torch.autograd.Function):
             a = F.linear(u, fc1.weight, fc1.bias)
             del u
             # GELU over a's own (NHWC) layout, as the plain fc1's output:
-            # on a channels-last view ATen's kernel rounds differently. The
-            # BatchNorms write into their inputs: a fresh wide map costs
-            # more in page faults than its computation
-            h, stats1 = batch_norm(
-                ffn.norm1, nhwc_to_nchw(F.gelu(a)), inplace=True)
-            d = dwconv._conv_forward(h, plus_identity(dwconv), dwconv.bias)
-            del h
-            h, stats2 = batch_norm(
-                ffn.norm2, torch.ops.aten.gelu_(d), inplace=True)
-            y = F.linear(nchw_to_nhwc(h), fc2.weight, fc2.bias)
+            # on a channels-last view ATen's kernel rounds differently
+            g1 = nhwc_to_nchw(F.gelu(a))
+            kernel = plus_identity(dwconv)
+            if amp is None:  # each BatchNorm folded into the layer after it
+                stats1 = batch_statistics(ffn.norm1, g1)
+                d = _affine_depthwise_conv(dwconv, kernel, g1,
+                                           *affine(ffn.norm1, stats1))
+                del g1
+                g = torch.ops.aten.gelu_(d)
+                stats2 = batch_statistics(ffn.norm2, g)
+                scale, shift = affine(ffn.norm2, stats2)
+                y = F.linear(
+                    nchw_to_nhwc(g), fc2.weight * scale,
+                    torch.addmv(fc2.bias, fc2.weight, shift)
+                    if fc2.bias is not None else fc2.weight @ shift)
+            else:  # as the plain layers round (the BatchNorms in place)
+                h, stats1 = batch_norm(ffn.norm1, g1, inplace=True)
+                d = dwconv._conv_forward(h, kernel, dwconv.bias)
+                del h, g1
+                h, stats2 = batch_norm(
+                    ffn.norm2, torch.ops.aten.gelu_(d), inplace=True)
+                y = F.linear(nchw_to_nhwc(h), fc2.weight, fc2.bias)
         ctx.ffn, ctx.norm, ctx.amp = ffn, norm, amp
         ctx.stats = stats1, stats2
         ctx.save_for_backward(x, a)
@@ -173,43 +190,58 @@ class _LeanIRFFN(torch.autograd.Function):
             u = x_norm.detach()
             if ctx.amp is not None:  # as the plain fc1's autocast casts it
                 u = u.to(ctx.amp[1])
-        dw_weight = plus_identity(dwconv).to(a.dtype)  # as autocast casts
+        kernel = plus_identity(dwconv)
+        dw_weight = kernel.to(a.dtype)  # as autocast casts
+        fold = ctx.amp is None  # the BatchNorms folded, as in the forward
 
         # The maps again, each gradient written into the memory of a map no
-        # longer needed where it can be: 7 fresh wide maps where autograd
-        # would allocate 6 for the plain layers' backward pass.
-        # The depthwise convolution's input and output (as the forward pass)
-        h1 = nhwc_to_nchw(F.gelu(a))
-        apply_batch_norm(norm1, h1, stats1, out=h1)
-        d = dwconv._conv_forward(h1, dw_weight, dwconv.bias)
+        # longer needed where it can be: the depthwise convolution's output
+        # (of h1 = norm1(g1) = g1 * scale1 + shift1), g1 kept for norm1's
+        # backward pass
+        g1 = nhwc_to_nchw(F.gelu(a))
+        if fold:
+            scale1, shift1 = affine(norm1, stats1)
+            d = _affine_depthwise_conv(dwconv, kernel, g1, scale1, shift1)
+        else:
+            h1 = apply_batch_norm(norm1, g1, stats1)
+            d = dwconv._conv_forward(h1, dw_weight, dwconv.bias)
 
-        # fc2, its input recomputed: h2 = norm2(gelu(d))
+        # fc2, of h2 = norm2(g) = g * scale + shift: folded, its weight's
+        # gradient dy^T h2 = (dy^T g) * scale + sum(dy) shift^T
         g = F.gelu(d)
-        h = apply_batch_norm(norm2, g, stats2)
         dy = grad_y.reshape(-1, C)
-        if needs[10]:
-            grads[10] = dy.t().mm(nchw_to_nhwc(h).reshape(-1, hidden))
         if needs[11]:
             grads[11] = dy.sum(0)
-        dh = h  # fc2's input gradient, as autocast computes it
-        torch.mm(
-            dy.to(h.dtype),
-            fc2.weight.to(h.dtype),
-            out=nchw_to_nhwc(h).view(-1, hidden))
+        h = g if fold else apply_batch_norm(norm2, g, stats2)
+        if needs[10]:
+            grads[10] = dy.t().mm(nchw_to_nhwc(h).reshape(-1, hidden))
+            if fold:
+                scale, shift = affine(norm2, stats2)
+                grads[10] = grads[10].mul_(scale).add_(
+                    dy.sum(0)[:, None] * shift)
+        # fc2's input gradient, as autocast computes it (into h2's memory)
+        dh = torch.mm(
+            dy.to(g.dtype),
+            fc2.weight.to(g.dtype),
+            out=None if fold else nchw_to_nhwc(h).view(-1, hidden))
+        dh = nhwc_to_nchw(dh.view(nchw_to_nhwc(g).shape))
         del h
         dg, grads[8], grads[9] = batch_norm_backward(
             norm2, dh, g, stats2, (True, needs[8], needs[9]))
         del dh, g
         dd = torch.ops.aten.gelu_backward.grad_input(dg, d, grad_input=dg)
         del dg, d
-        dh, grads[6], grads[7] = torch.ops.aten.convolution_backward(
-            dd, h1, dw_weight, [hidden], dwconv.stride, dwconv.padding,
-            dwconv.dilation, False, [0, 0], dwconv.groups,
-            [True, needs[6], needs[7]])
+        if fold:
+            dh, grads[6], grads[7] = _affine_depthwise_conv_backward(
+                dwconv, dw_weight, dd, g1, scale1, shift1,
+                (needs[6], needs[7]))
+        else:
+            dh, grads[6], grads[7] = torch.ops.aten.convolution_backward(
+                dd, h1, dw_weight, [hidden], dwconv.stride, dwconv.padding,
+                dwconv.dilation, False, [0, 0], dwconv.groups,
+                [True, needs[6], needs[7]])
+            del h1
         del dd
-        g1 = h1  # norm1's input again, into the convolution's input
-        torch.ops.aten.gelu.out(a, out=nchw_to_nhwc(g1))
-        del h1
         dg, grads[4], grads[5] = batch_norm_backward(
             norm1, dh, g1, stats1, (True, needs[4], needs[5]))
         del dh, g1
@@ -235,6 +267,82 @@ class _LeanIRFFN(torch.autograd.Function):
                 if leaf.requires_grad:
                     grads[index] = next(found)
         return tuple(grads)
+
+
+def _padded_taps(size, conv, axis):
+    """``{index: taps}``: along ``axis`` (0: rows, 1: columns) of a map of
+    ``size``, the indices of ``conv``'s output (stride 1) whose kernel taps
+    fall in the zero padding, and those taps."""
+    k, pad = conv.kernel_size[axis], conv.padding[axis]
+    found = {}
+    for i in set(range(min(pad, size))) | set(range(max(size - pad, 0), size)):
+        taps = [t for t in range(k) if not 0 <= i + t - pad < size]
+        if taps:
+            found[i] = taps
+    return found
+
+
+def _affine_depthwise_conv(conv, kernel, x, scale, shift):
+    """``conv`` (depthwise, stride 1, zero padding, weight ``kernel``) of
+    ``x * scale + shift`` (per channel, ``x`` of shape ``(B, C, H, W)``),
+    without that map: ``x`` convolved by ``kernel * scale`` with the bias
+    ``bias + shift * sum(kernel)``, less ``shift`` times the taps that fall
+    in the padding at the border (where the padding pads the affine map, not
+    ``x``)."""
+    weight = kernel * scale.view(-1, 1, 1, 1)
+    bias = shift * kernel.sum((1, 2, 3))
+    if conv.bias is not None:
+        bias = bias + conv.bias
+    y = conv._conv_forward(x, weight, bias)
+    kernel = kernel[:, 0] * shift.view(-1, 1, 1)  # (C, kh, kw)
+    rows, cols = (_padded_taps(n, conv, axis)
+                  for axis, n in enumerate(x.shape[2:]))
+    for i, taps in rows.items():
+        y[:, :, i, :] -= kernel[:, taps].sum((1, 2)).to(y.dtype)[:, None]
+    for j, taps in cols.items():
+        y[:, :, :, j] -= kernel[:, :, taps].sum((1, 2)).to(y.dtype)[:, None]
+    for i, row_taps in rows.items():
+        for j, col_taps in cols.items():
+            y[:, :, i, j] += kernel[:, row_taps][:, :, col_taps].sum(
+                (1, 2)).to(y.dtype)
+    return y
+
+
+def _affine_depthwise_conv_backward(conv, weight, grad, x, scale, shift,
+                                    output_mask):
+    """The gradients of :func:`_affine_depthwise_conv`'s output ``(input
+    of the affine map, conv's weight, conv's bias)``, the last two as
+    ``output_mask`` asks, from ``x``: the weight's gradient, ``sum(grad *
+    (x * scale + shift))`` over each tap's window, is ``scale`` times
+    ``x``'s plus ``shift`` times the sum of ``grad`` over the window (all
+    of it less the border where the tap falls in the padding)."""
+    C = x.shape[1]
+    dx, dw, _ = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, conv.stride, conv.padding, conv.dilation, False,
+        [0, 0], conv.groups, [True, output_mask[0], False])
+    if not any(output_mask):
+        return dx, None, None
+    total = grad.sum((0, 2, 3), dtype=shift.dtype)
+    if not output_mask[0]:
+        return dx, None, total if output_mask[1] else None
+    # the sum of grad over each tap's window, (C, kh, kw)
+    window = total.view(-1, 1, 1).repeat(1, *weight.shape[2:])
+    rows, cols = (_padded_taps(n, conv, axis)
+                  for axis, n in enumerate(x.shape[2:]))
+    for i, taps in rows.items():
+        window[:, taps] -= grad[:, :, i, :].sum(
+            (0, 2), dtype=shift.dtype).view(C, 1, 1)
+    for j, taps in cols.items():
+        window[:, :, taps] -= grad[:, :, :, j].sum(
+            (0, 2), dtype=shift.dtype).view(C, 1, 1)
+    for i, row_taps in rows.items():
+        for j, col_taps in cols.items():
+            corner = grad[:, :, i, j].sum(0, dtype=shift.dtype)
+            for t in row_taps:
+                window[:, t, col_taps] += corner.view(C, 1)
+    dw = dw * scale.view(-1, 1, 1, 1) + (window * shift.view(-1, 1, 1))[:,
+                                                                        None]
+    return dx, dw, total if output_mask[1] else None
 
 
 def relative_position_bias(stage, grid):

@@ -18,9 +18,11 @@ CPU as with NCCL on CUDA; torch's own module runs on accelerators only):
 
 A world of one, eval mode, running statistics in use: it is BatchNorm2d.
 
-:func:`sync_batch_norm` is the whole module as one autograd function (input,
-mean and inverse standard deviation kept, as torch's SyncBatchNorm keeps
-them); :func:`install_sync_batch_norm_on_cpu` lets torch's SyncBatchNorm
+:func:`batch_statistics` takes the statistics alone, and :func:`affine`
+the scale and shift they make, for a BatchNorm folded into the layer after
+it. :func:`sync_batch_norm` is the whole module as one autograd function
+(input, mean and inverse standard deviation kept, as torch's SyncBatchNorm
+keeps them); :func:`install_sync_batch_norm_on_cpu` lets torch's SyncBatchNorm
 modules run it on CPU tensors: how distributed runs on CPUs (gloo,
 :mod:`mmcmt.engine.distributed`), the tests and ``tools/benchmark.py`` train
 CMT under SyncBN.
@@ -32,8 +34,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
-
-_DIMS = (0, 2, 3)  # (B, C, H, W): statistics per channel
 
 
 def uses_batch_statistics(bn: _BatchNorm) -> bool:
@@ -86,20 +86,27 @@ def _native_batch_norm(x, *args, out=None):
         save_invstd=x.new_empty(0, dtype=dtype))
 
 
+def _momentum(bn: _BatchNorm) -> float:
+    """The running statistics' update factor of a forward pass of ``bn``
+    (which counts the pass, as the module's forward does)."""
+    if not (bn.training and bn.track_running_stats):
+        return 0.
+    bn.num_batches_tracked.add_(1)
+    return (1. / float(bn.num_batches_tracked)
+            if bn.momentum is None else bn.momentum)
+
+
 def batch_norm(bn: _BatchNorm,
                x: torch.Tensor,
                inplace: bool = False) -> Tuple[torch.Tensor, Statistics]:
     """``bn(x)`` for ``x`` of shape ``(B, C, H, W)`` as the module computes
     it (running statistics updated in training), and the statistics it
     normalised by; with ``inplace``, written into ``x``."""
-    factor = 0.
-    if bn.training and bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-        factor = (1. / float(bn.num_batches_tracked)
-                  if bn.momentum is None else bn.momentum)
+    factor = _momentum(bn)
     group = sync_group(bn)
     if group is not None:
-        return _sync_batch_norm(bn, x, group, factor, inplace)
+        stats = _sync_statistics(bn, x, group, factor)
+        return apply_batch_norm(bn, x, stats, x if inplace else None), stats
     keep = not bn.training or bn.track_running_stats
     out, mean, invstd = _native_batch_norm(
         x,
@@ -114,11 +121,30 @@ def batch_norm(bn: _BatchNorm,
     return out, Statistics(bn, mean, invstd)
 
 
-def _sync_batch_norm(bn, x, group, factor, inplace):
-    """:func:`batch_norm` over the whole batch of ``group``'s processes."""
+def batch_statistics(bn: _BatchNorm, x: torch.Tensor) -> Statistics:
+    """The statistics that :func:`batch_norm` normalises ``x`` by (running
+    statistics updated in training, as there), without computing its
+    output: for a BatchNorm folded into the layer after it."""
+    factor = _momentum(bn)
+    group = sync_group(bn)
+    if group is not None:
+        return _sync_statistics(bn, x, group, factor)
+    if not uses_batch_statistics(bn):
+        return Statistics(bn, x.new_empty(0), x.new_empty(0))
+    # BatchNorm's own statistics kernel, as native_batch_norm runs it
+    # (and updating the running statistics as it does), the variance
+    # returned where it returns the inverse standard deviation
+    mean, var = torch.ops.aten.batch_norm_update_stats(x, bn.running_mean,
+                                                       bn.running_var, factor)
+    return Statistics(bn, mean, (var + bn.eps).rsqrt())
+
+
+def _sync_statistics(bn, x, group, factor):
+    """:func:`batch_statistics` over the whole batch of ``group``'s
+    processes."""
     # statistics in float32 at least, as BatchNorm's kernels keep them
     xs = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    var, mean = torch.var_mean(xs, _DIMS, correction=0)
+    mean, var = torch.ops.aten.batch_norm_update_stats(xs, None, None, 0.)
     C = mean.numel()
     local = torch.cat([mean, var, mean.new_tensor([x.numel() // C])])
     parts = [
@@ -136,8 +162,21 @@ def _sync_batch_norm(bn, x, group, factor, inplace):
         bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
         bn.running_var.lerp_(
             (var * count / (count - 1)).to(bn.running_var.dtype), factor)
-    stats = Statistics(bn, mean, invstd, group, float(count))
-    return apply_batch_norm(bn, x, stats, x if inplace else None), stats
+    return Statistics(bn, mean, invstd, group, float(count))
+
+
+def affine(bn: _BatchNorm,
+           stats: Statistics) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` per channel with ``bn(x) = x * scale + shift`` in
+    the forward pass that normalised by ``stats``."""
+    mean, invstd = stats.mean, stats.invstd
+    if not stats.use_batch:  # by the running statistics
+        mean, invstd = bn.running_mean, (bn.running_var + bn.eps).rsqrt()
+    scale = invstd if bn.weight is None else invstd * bn.weight
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
 
 
 def apply_batch_norm(bn: _BatchNorm,
@@ -159,10 +198,7 @@ def apply_batch_norm(bn: _BatchNorm,
             0.,
             bn.eps,
             out=out)[0]
-    scale = stats.invstd if bn.weight is None else stats.invstd * bn.weight
-    shift = -stats.mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
+    scale, shift = affine(bn, stats)
     # x * scale + shift by BatchNorm's kernel, in eval mode with mean 0 and
     # variance 1 (eps 0: exactly scale and shift): one pass, where casting a
     # low-precision x to float32 and back takes three
