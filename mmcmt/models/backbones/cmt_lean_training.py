@@ -506,13 +506,13 @@ class _LeanAttentionInput(torch.autograd.Function):
             if needs[9]:
                 grads[9] = grad_source.sum(0)
             grad = grad_source.mm(attn.kv.weight).view(u.shape)
-        grad_u = grad_u + grad.to(x_norm.dtype)
+        grad_u = grad_u.add_(grad)
         del grad, flat, u
 
         # norm1, then the LPU (its input's gradient, the residual's added)
         wanted = [t for t in leaves if t.requires_grad]
         found = iter(torch.autograd.grad(x_norm, wanted, grad_u))
-        grad_x1 = grad_x1 + nhwc_to_nchw(next(found))
+        grad_x1 = nhwc_to_nchw(next(found)).add_(grad_x1)
         for index, leaf in zip((4, 5), leaves[1:]):
             if leaf.requires_grad:
                 grads[index] = next(found)
