@@ -381,6 +381,25 @@ def test_lean_training_form_is_the_plain_layers(kwargs, monkeypatch):
         assert saved_lean < 0.5 * saved_plain, (saved_lean, saved_plain)
 
 
+def _same_models_with_random_norms(count, **kwargs):
+    """``count`` CMTs with the same weights, the BatchNorms' statistics and
+    affines away from 0 and 1."""
+    torch.manual_seed(0)
+    models = [
+        CMT(CP_ARCH, pretrain_img_size=64, **kwargs) for _ in range(count)
+    ]
+    models[0].init_weights()
+    for module in models[0].modules():
+        if isinstance(module, _BatchNorm):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_()
+    for model in models[1:]:
+        model.load_state_dict(models[0].state_dict())
+    return models
+
+
 @pytest.mark.parametrize(
     'kwargs', [dict(), dict(norm_eval=True)],
     ids=lambda kwargs: ','.join(kwargs) or 'default')
@@ -391,17 +410,7 @@ def test_lean_training_form_in_float32_is_as_accurate(kwargs, monkeypatch):
     computation as theirs: at most 1.1x as far, outputs and gradients
     (measured 1.00 and 1.00; 0.98 and 0.94 with norm_eval); running
     statistics to float32's rounding."""
-    torch.manual_seed(0)
-    models = [CMT(CP_ARCH, pretrain_img_size=64, **kwargs) for _ in range(3)]
-    models[0].init_weights()
-    for module in models[0].modules():
-        if isinstance(module, _BatchNorm):
-            module.running_mean.normal_()
-            module.running_var.uniform_(0.5, 2)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.normal_()
-    for model in models[1:]:
-        model.load_state_dict(models[0].state_dict())
+    models = _same_models_with_random_norms(3, **kwargs)
     models[2].double()
     x = torch.rand(2, 3, 96, 130, dtype=torch.float64)
     results = []
@@ -455,17 +464,7 @@ def test_lean_training_form_under_autocast(dtype, kwargs, monkeypatch):
     layers' under autocast as those are from the float32 gradients
     (measured: 0 in bfloat16, up to 0.23 in float16). It keeps fewer
     bytes."""
-    torch.manual_seed(0)
-    models = [CMT(CP_ARCH, pretrain_img_size=64, **kwargs) for _ in range(3)]
-    models[0].init_weights()
-    for module in models[0].modules():
-        if isinstance(module, _BatchNorm):
-            module.running_mean.normal_()
-            module.running_var.uniform_(0.5, 2)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.normal_()
-    for model in models[1:]:
-        model.load_state_dict(models[0].state_dict())
+    models = _same_models_with_random_norms(3, **kwargs)
     x = torch.rand(2, 3, 96, 130)
     results = []
     for index, model in enumerate(models):  # lean, plain, plain in float32
