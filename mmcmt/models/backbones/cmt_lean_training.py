@@ -210,15 +210,14 @@ class _LeanIRFFN(torch.autograd.Function):
         # gradient dy^T h2 = (dy^T g) * scale + sum(dy) shift^T
         g = F.gelu(d)
         dy = grad_y.reshape(-1, C)
-        if needs[11]:
-            grads[11] = dy.sum(0)
+        dy_sum = dy.sum(0) if needs[10] or needs[11] else None
+        grads[11] = dy_sum if needs[11] else None
         h = g if fold else apply_batch_norm(norm2, g, stats2)
         if needs[10]:
             grads[10] = dy.t().mm(nchw_to_nhwc(h).reshape(-1, hidden))
             if fold:
                 scale, shift = affine(norm2, stats2)
-                grads[10] = grads[10].mul_(scale).add_(
-                    dy.sum(0)[:, None] * shift)
+                grads[10] = grads[10].mul_(scale).add_(dy_sum[:, None] * shift)
         # fc2's input gradient, as autocast computes it (into h2's memory)
         dh = torch.mm(
             dy.to(g.dtype),
@@ -269,16 +268,19 @@ class _LeanIRFFN(torch.autograd.Function):
         return tuple(grads)
 
 
-def _padded_taps(size, conv, axis):
-    """``{index: taps}``: along ``axis`` (0: rows, 1: columns) of a map of
-    ``size``, the indices of ``conv``'s output (stride 1) whose kernel taps
-    fall in the zero padding, and those taps."""
-    k, pad = conv.kernel_size[axis], conv.padding[axis]
-    found = {}
-    for i in set(range(min(pad, size))) | set(range(max(size - pad, 0), size)):
-        taps = [t for t in range(k) if not 0 <= i + t - pad < size]
-        if taps:
-            found[i] = taps
+def _padded_taps(conv, x):
+    """``(rows, cols)``, each ``{index: taps}``: the rows (columns) of
+    ``conv``'s output (stride 1) over the map ``x`` ``(B, C, H, W)`` whose
+    kernel rows (columns) ``taps`` fall in the zero padding."""
+    found = []
+    for k, pad, size in zip(conv.kernel_size, conv.padding, x.shape[2:]):
+        border = set(range(min(pad, size))) | set(
+            range(max(size - pad, 0), size))
+        taps = {
+            i: [t for t in range(k) if not 0 <= i + t - pad < size]
+            for i in border
+        }
+        found.append({i: t for i, t in taps.items() if t})
     return found
 
 
@@ -295,8 +297,7 @@ def _affine_depthwise_conv(conv, kernel, x, scale, shift):
         bias = bias + conv.bias
     y = conv._conv_forward(x, weight, bias)
     kernel = kernel[:, 0] * shift.view(-1, 1, 1)  # (C, kh, kw)
-    rows, cols = (_padded_taps(n, conv, axis)
-                  for axis, n in enumerate(x.shape[2:]))
+    rows, cols = _padded_taps(conv, x)
     for i, taps in rows.items():
         y[:, :, i, :] -= kernel[:, taps].sum((1, 2)).to(y.dtype)[:, None]
     for j, taps in cols.items():
@@ -327,8 +328,7 @@ def _affine_depthwise_conv_backward(conv, weight, grad, x, scale, shift,
         return dx, None, total if output_mask[1] else None
     # the sum of grad over each tap's window, (C, kh, kw)
     window = total.view(-1, 1, 1).repeat(1, *weight.shape[2:])
-    rows, cols = (_padded_taps(n, conv, axis)
-                  for axis, n in enumerate(x.shape[2:]))
+    rows, cols = _padded_taps(conv, x)
     for i, taps in rows.items():
         window[:, taps] -= grad[:, :, i, :].sum(
             (0, 2), dtype=shift.dtype).view(C, 1, 1)
