@@ -25,8 +25,11 @@ import torch.nn.functional as F
 
 from ...compat import HAS_CPU_FLASH_ATTENTION_MASK
 
-#: Elements of one block of the recomputed attention matrix (64 MB in fp32).
-BLOCK_ELEMENTS = 1 << 24
+#: Elements of one block of the recomputed attention matrix (4 MB in fp32):
+#: small enough for a block to stay in the cache between the products and
+#: element-wise steps that read it. 64 MB blocks took 1.5x the time
+#: (docs/advanced_guides/speed_and_memory.md).
+BLOCK_ELEMENTS = 1 << 20
 
 
 class BiasRecomputation:
