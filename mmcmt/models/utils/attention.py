@@ -228,24 +228,32 @@ class _CPUBiasedAttention(torch.autograd.Function):
             bias = ctx.recomputation.get()
         scale = ctx.scale
         acc = torch.promote_types(q.dtype, torch.float32)
-        q32, k32, v32 = q.to(acc), k.to(acc), v.to(acc)
+        B, heads, N, d = q.shape
+        # batched matrices (B * heads, rows, columns), q scaled once
+        q32 = (q.to(acc) * scale).reshape(B * heads, N, d)
+        k32, v32 = (t.to(acc).reshape(B * heads, -1, d) for t in (k, v))
         grad_out = grad_out.to(acc)
         delta = (grad_out * out.to(acc)).sum(-1, keepdim=True)
+        grad_out = grad_out.reshape(B * heads, N, d)
         dq = torch.empty_like(q32)
         dk, dv = torch.zeros_like(k32), torch.zeros_like(v32)
         dbias = torch.empty_like(bias, dtype=acc)
         for rows in _query_blocks(q, k):
-            q_i, do_i = q32[:, :, rows], grad_out[:, :, rows]
-            # P, recomputed from the saved log-sum-exp
-            p = torch.matmul(q_i, k32.transpose(-2, -1)).mul_(scale)
-            p.add_(bias[:, rows]).sub_(lse[:, :, rows, None]).exp_()
-            dv += torch.matmul(p.transpose(-2, -1), do_i)
-            ds = torch.matmul(do_i, v32.transpose(-2, -1))
-            ds.sub_(delta[:, :, rows]).mul_(p)
-            torch.sum(ds, 0, out=dbias[:, rows])
-            dq[:, :, rows] = torch.matmul(ds, k32)
-            dk += torch.matmul(ds.transpose(-2, -1), q_i)
+            q_i, do_i = q32[:, rows], grad_out[:, rows]
+            # P, recomputed from the saved log-sum-exp: the product added
+            # to bias - lse by the GEMM
+            p = torch.sub(bias[:, rows],
+                          lse[:, :, rows, None]).view(B * heads, -1,
+                                                      k.shape[2])
+            p.baddbmm_(q_i, k32.transpose(1, 2)).exp_()
+            dv.baddbmm_(p.transpose(1, 2), do_i)
+            ds = torch.bmm(do_i, v32.transpose(1, 2))
+            ds.sub_(delta.view(B * heads, N, 1)[:, rows]).mul_(p)
+            torch.sum(
+                ds.view(B, heads, -1, ds.shape[-1]), 0, out=dbias[:, rows])
+            dq[:, rows] = torch.bmm(ds, k32)
+            dk.baddbmm_(ds.transpose(1, 2), q_i)  # scale in q_i
         dq.mul_(scale)
-        dk.mul_(scale)
+        dq, dk, dv = (t.view(B, heads, -1, d) for t in (dq, dk, dv))
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
                 dbias.to(bias.dtype), None)
