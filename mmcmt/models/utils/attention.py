@@ -233,7 +233,7 @@ class _CPUBiasedAttention(torch.autograd.Function):
         q32 = (q.to(acc) * scale).reshape(B * heads, N, d)
         k32, v32 = (t.to(acc).reshape(B * heads, -1, d) for t in (k, v))
         grad_out = grad_out.to(acc)
-        delta = (grad_out * out.to(acc)).sum(-1, keepdim=True)
+        delta = (grad_out * out.to(acc)).sum(-1).view(B * heads, N, 1)
         grad_out = grad_out.reshape(B * heads, N, d)
         dq = torch.empty_like(q32)
         dk, dv = torch.zeros_like(k32), torch.zeros_like(v32)
@@ -248,7 +248,7 @@ class _CPUBiasedAttention(torch.autograd.Function):
             p.baddbmm_(q_i, k32.transpose(1, 2)).exp_()
             dv.baddbmm_(p.transpose(1, 2), do_i)
             ds = torch.bmm(do_i, v32.transpose(1, 2))
-            ds.sub_(delta.view(B * heads, N, 1)[:, rows]).mul_(p)
+            ds.sub_(delta[:, rows]).mul_(p)
             torch.sum(
                 ds.view(B, heads, -1, ds.shape[-1]), 0, out=dbias[:, rows])
             dq[:, rows] = torch.bmm(ds, k32)
