@@ -21,12 +21,12 @@ setup(
     version=read_version(),
     description='CMT (CNNs Meet Transformers) backbones for MMDetection and '
     'MMSegmentation',
-    long_description=open('README.md').read(),
+    long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmcmt', 'mmcmt.*']),
     # data files inside the packages (not found by find_packages)
     package_data={'mmcmt.benchmark': ['goals.yml']},
-    python_requires='>=3.11,<3.12',  # the tested one (README)
+    python_requires='>=3.8',  # 3.8 and 3.12 tested (tools/stacks.txt)
     install_requires=read_requirements(),
     extras_require={
         'export': ['onnx', 'onnxruntime'],

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Sets up everything mmcmt needs in a virtual environment inside the checkout.
 #
-#   bash tools/setup.sh                 # newest stack, into .venv
-#   bash tools/setup.sh --stack torch2.1  # oldest supported stack, .venv-torch2.1
+#   bash tools/setup.sh                 # the newest stack, into .venv
+#   bash tools/setup.sh --stack oldest  # the oldest supported stack, .venv-oldest
 #
-# newest:   torch 2.13.0 (CPU), numpy 2.x
-# torch2.1: torch 2.1.2 (the package index's build, which runs on a CPU),
-#           numpy 1.x: the stack most mmdet 3.3 users have
-# Both: mmcv 2.1.0 built from source with its ops, mmengine 0.10, mmdet
-# 3.3.0, mmsegmentation 1.2.2, pycocotools, onnx and onnxruntime (the optional
-# export extras, which the tests cover), psutil and openmim (for mmdet's
-# benchmark tool and `mim`, also tested), the linters (tools/lint.sh) and
-# mmcmt itself (editable).
+# The stacks (Python, torch, numpy, virtual environment) are listed in
+# tools/stacks.txt: newest is Python 3.12 with torch 2.13 and numpy 2.x,
+# oldest the environment OpenMMLab's install guide makes (Python 3.8,
+# torch 2.1.2, numpy 1.24), what most mmdet 3.3 users have. torch comes from
+# the package index (its CUDA build runs on a CPU). Both: mmcv 2.1.0 built
+# from source with its ops, mmengine 0.10, mmdet 3.3.0, mmsegmentation
+# 1.2.2, pycocotools, onnx and onnxruntime (the optional export extras,
+# which the tests cover), psutil and openmim (for mmdet's benchmark tool and
+# `mim`, also tested), the linters (tools/lint.sh) and mmcmt itself
+# (editable). The stack's Python is found on PATH (python3.12, python3.8) or
+# among pyenv's versions; MMCMT_PYTHON names another interpreter.
 #
 # Safe to run again: what is installed is kept, so a second run takes seconds.
 # The mmcv wheel is built once per (Python, torch) and kept in
@@ -22,22 +25,54 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STACK=${MMCMT_STACK:-newest}
+usage="use --stack NAME, NAME one of: $(awk '!/^#/ && NF {printf "%s ", $1}' tools/stacks.txt)"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --stack) STACK=${2:?--stack needs a name: newest or torch2.1}; shift 2 ;;
+    --stack) STACK=${2:?--stack needs a name ($usage)}; shift 2 ;;
     --stack=*) STACK=${1#--stack=}; shift ;;
-    *) echo "tools/setup.sh: unknown argument '$1' (use --stack newest|torch2.1)" >&2; exit 2 ;;
+    *) echo "tools/setup.sh: unknown argument '$1' ($usage)" >&2; exit 2 ;;
   esac
 done
-case "$STACK" in
-  newest)   TORCH=torch==2.13.0; NUMPY='numpy>=2,<3'; DEFAULT_VENV=.venv ;;
-  torch2.1) TORCH=torch==2.1.2;  NUMPY='numpy>=1.24,<2'; DEFAULT_VENV=.venv-torch2.1 ;;
-  *) echo "tools/setup.sh: unknown stack '$STACK' (use newest or torch2.1)" >&2; exit 2 ;;
-esac
+[ "$STACK" = torch2.1 ] && STACK=oldest  # its name before Python 3.8 joined
+read -r PYVER TORCH_VERSION NUMPY_RANGE DEFAULT_VENV < <(
+  awk -v s="$STACK" '!/^#/ && $1 == s {print $2, $3, $4, $5}' tools/stacks.txt) || {
+  echo "tools/setup.sh: unknown stack '$STACK' ($usage)" >&2; exit 2; }
+TORCH=torch==$TORCH_VERSION
+NUMPY="numpy$NUMPY_RANGE"
 VENV=${MMCMT_VENV:-$DEFAULT_VENV}
+
+# find_python: the stack's interpreter: MMCMT_PYTHON, else python3.X on PATH
+# that runs (a pyenv shim of a version not selected does not), else pyenv's
+# newest 3.X
+find_python() {
+  local root candidate
+  root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+  for candidate in ${MMCMT_PYTHON:-} "$(command -v "python$PYVER" || true)" \
+      $(ls -d "$root"/versions/"$PYVER".*/bin/python"$PYVER" 2>/dev/null | sort -rV); do
+    if [ -n "$candidate" ] && "$candidate" -c 'import venv' 2>/dev/null; then
+      echo "$candidate"; return
+    fi
+    [ -n "${MMCMT_PYTHON:-}" ] && return  # the one named, or none
+  done
+}
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c \
+    "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$PYVER'.split('.'))))"; then
+  if [ -f "$VENV/mmcmt-constraints.txt" ]; then  # made by this script: remade
+    echo "[setup] $VENV has Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'), stack $STACK needs $PYVER: making it anew"
+    rm -rf "$VENV"
+  else
+    echo "tools/setup.sh: $VENV exists with another Python than $PYVER and was not made by this script; move it away or set MMCMT_VENV" >&2
+    exit 2
+  fi
+fi
 if [ ! -x "$VENV/bin/python" ]; then
-  echo "[setup] creating virtual environment $VENV (stack $STACK)"
-  python3 -m venv "$VENV"
+  BASE=$(find_python)
+  if [ -z "$BASE" ] || ! "$BASE" -c 'import venv' 2>/dev/null; then
+    echo "tools/setup.sh: stack $STACK needs Python $PYVER, found none: install it (for example 'pyenv install $PYVER') or set MMCMT_PYTHON to its interpreter" >&2
+    exit 2
+  fi
+  echo "[setup] creating virtual environment $VENV (stack $STACK: Python $("$BASE" -c 'import platform; print(platform.python_version())'), $TORCH, $NUMPY)"
+  "$BASE" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
 # every install keeps the stack's torch and numpy: nothing may upgrade them
@@ -98,7 +133,8 @@ if ! has "$TORCH"; then
 fi
 if ! has ninja mmengine numpy; then
   echo "[setup] installing build tools, numpy and mmengine"
-  "${PIP[@]}" 'setuptools>=77,<81' wheel ninja "$NUMPY" 'mmengine>=0.10,<0.11'
+  # setuptools < 81: mmcv's setup.py imports pkg_resources
+  "${PIP[@]}" 'setuptools<81' wheel ninja "$NUMPY" 'mmengine>=0.10,<0.11'
 fi
 if ! has mmcv==2.1.0 || ! "$PY" -c 'import mmcv.ops' 2>/dev/null; then
   WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/mmcmt/mmcv-wheels/$("$PY" -c \
@@ -130,13 +166,15 @@ if ! has mmcv==2.1.0 || ! "$PY" -c 'import mmcv.ops' 2>/dev/null; then
   "${PIP[@]}" "$(ls "$WHEELS"/mmcv-2.1.0-*.whl)"  # its dependencies
   "$PY" -c 'import mmcv.ops' || { echo "[setup] mmcv.ops does not import: remove $WHEELS and run again" >&2; exit 1; }
 fi
-if ! has mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest \
-    flake8==7.5.0 isort==9.0.2 yapf==0.43.0; then
-  # flake8, isort, yapf: the linters of tools/lint.sh, pinned so that
-  # every machine formats alike
-  echo "[setup] installing mmdet, mmsegmentation, pycocotools, test tools and linters"
-  "${PIP[@]}" mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest \
-    flake8==7.5.0 isort==9.0.2 yapf==0.43.0
+if ! has mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest; then
+  echo "[setup] installing mmdet, mmsegmentation, pycocotools and pytest"
+  "${PIP[@]}" mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools ftfy regex pytest
+fi
+if [ "$STACK" = newest ] && ! has flake8==7.5.0 isort==9.0.2 yapf==0.43.0; then
+  # the linters of tools/lint.sh (run on this stack), pinned so that every
+  # machine formats alike
+  echo "[setup] installing the linters"
+  "${PIP[@]}" flake8==7.5.0 isort==9.0.2 yapf==0.43.0
 fi
 if ! has psutil openmim; then
   # psutil: mmdet's own tools/analysis_tools/benchmark.py needs it.
