@@ -1,7 +1,8 @@
 """Checkpoints: safe reading of files and URLs (:mod:`.safe_load`, installed
 into mmengine when mmcmt is imported; what it allows: :mod:`.allow_list`,
-derived from the checkpoints of :mod:`.corpus`), the released checkpoints'
-key names (:mod:`.official`) and checked loading into a module
+derived from the checkpoints that ``tools/corpus_runs.py`` writes; what a
+file names, read without loading it: :mod:`.inspection`), the released
+checkpoints' key names (:mod:`.official`) and checked loading into a module
 (:mod:`.loading`).
 Depends only on torch and mmengine."""
 from .allow_list import AllowCheckpointGlobalsHook, allow_globals

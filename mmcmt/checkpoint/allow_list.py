@@ -3,7 +3,7 @@
 plain containers), and why; and how a user allows one more name.
 
 The list is exactly what runs of mmengine, mmdet and mmseg write:
-:mod:`.corpus` writes a checkpoint for every registered parameter
+``tools/corpus_runs.py`` writes a checkpoint for every registered parameter
 scheduler, optimizer wrapper and stateful hook with mmengine's Runner, and
 ``tests/test_checkpoint_corpus.py`` checks on both supported stacks that
 every name those checkpoints hold is allowed (here or by torch) and that
@@ -128,7 +128,7 @@ def allowed_attributes() -> Dict[str, Dict[str, object]]:
 
 
 def listed_names() -> Set[str]:
-    """Every entry of this list as :func:`.corpus.pickled_globals` writes
+    """Every entry of this list as :func:`.inspection.pickled_globals` writes
     what a checkpoint names: ``module.name``, ``getattr(module.Owner,
     name)``, ``numpy.dtype(kind)``; ``builtins.getattr`` for the attribute
     references."""

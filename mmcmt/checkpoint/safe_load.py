@@ -14,12 +14,12 @@ without help mmdet's and mmseg's own ``tools/test.py``, ``--resume``,
 
 - allow-lists exactly what runs of mmengine, mmdet and mmseg store besides
   tensors (:mod:`.allow_list`, derived from and tested against the
-  checkpoints of :mod:`.corpus`): ``HistoryBuffer``, numpy arrays, dtypes
-  and scalars, ``collections.Counter``, and ``getattr`` restricted to the
-  attributes that those pickles refer to (``getattr(HistoryBuffer,
-  'mean')``, OneCycle's annealing function; a general ``getattr`` would
-  reopen the door to arbitrary code), plus what the user allows by name
-  (:func:`.allow_globals`);
+  checkpoints that ``tools/corpus_runs.py`` writes): ``HistoryBuffer``,
+  numpy arrays, dtypes and scalars, ``collections.Counter``, and
+  ``getattr`` restricted to the attributes that those pickles refer to
+  (``getattr(HistoryBuffer, 'mean')``, OneCycle's annealing function; a
+  general ``getattr`` would reopen the door to arbitrary code), plus what
+  the user allows by name (:func:`.allow_globals`);
 - makes mmengine's loaders of local files and of http(s) URLs
   (``CheckpointLoader``'s schemes, behind ``load_checkpoint``,
   ``load_from``, ``resume``, ``init_detector``, the inferencers and
@@ -129,7 +129,7 @@ def safe_globals() -> dict:
 
 def is_allowed(name: str) -> bool:
     """Whether the safe loader builds ``name``, written as
-    :func:`.corpus.pickled_globals` writes what a checkpoint names."""
+    :func:`.inspection.pickled_globals` writes what a checkpoint names."""
     from torch._weights_only_unpickler import _get_allowed_globals
     if name.startswith('getattr('):
         owner, _, attribute = name[len('getattr('):-1].partition(', ')
