@@ -17,9 +17,9 @@ import tempfile
 
 import torch
 
-from ..benchmark.models import naive_cmt
 from ..checkpoint import convert_official_cmt
 from ..models import CMT
+from ..reference import naive_cmt
 from ..utils import relative_error
 
 #: Largest relative error, on the CPU (the fidelity tests' contract) and on
@@ -61,7 +61,7 @@ def reference_and_device_copy(arch, device: torch.device, plant=False):
     and :class:`CMT` loaded with the same weights on ``device``; with
     ``plant``, one of its weights perturbed (:data:`PLANTED`), a mismatch
     that the checks must catch."""
-    naive = naive_cmt(arch)
+    naive = naive_cmt(CMT, arch)
     model = CMT(naive.settings)
     model.load_state_dict(naive.state(), strict=True)
     if plant:
