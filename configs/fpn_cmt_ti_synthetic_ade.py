@@ -3,8 +3,8 @@
 # then segmentation) at a scale that runs on a CPU in minutes, no download
 # needed.
 #
-#   python tools/make_synthetic_ade.py data/synthetic_ade
-#   python tools/make_synthetic_coco.py data/synthetic_coco
+#   python tools/make_synthetic.py ade data/synthetic_ade
+#   python tools/make_synthetic.py coco data/synthetic_coco
 #   python tools/pretrain_shapes.py data/synthetic_coco \
 #       work_dirs/demo_seg/cmt_ti_shapes.pth
 #   python tools/train.py configs/fpn_cmt_ti_synthetic_ade.py

@@ -2,7 +2,7 @@
 # set: the card's route (ImageNet-style pretrained weights, then detection)
 # at a scale that runs on a CPU in minutes, no download needed.
 #
-#   python tools/make_synthetic_coco.py data/synthetic_coco
+#   python tools/make_synthetic.py coco data/synthetic_coco
 #   python tools/pretrain_shapes.py data/synthetic_coco \
 #       work_dirs/demo/cmt_ti_shapes.pth
 #   python tools/train.py configs/retinanet_cmt_ti_fpn_synthetic.py

@@ -156,7 +156,8 @@ def test_mmengine_loader_has_the_same_errors(files):
 @pytest.mark.parametrize('case', [
     'missing config', 'other library', 'out not pkl', 'show-dir no hook',
     'auto-scale-lr no base', 'infer missing image', 'classify missing image',
-    'classify wrong classes', 'missing checkpoint', 'missing data'
+    'classify wrong classes', 'missing checkpoint', 'missing data',
+    'get_flops config and arch'
 ])
 def test_bad_arguments(files, case):
     options = ['--cfg-options'] + coco_options(f'{files}/coco/')
@@ -198,6 +199,9 @@ def test_bad_arguments(files, case):
             'tools/test.py', SEG_SYNTHETIC, good, '--cfg-options',
             f'test_dataloader.dataset.data_root={files}/none'
         ], ['test_dataloader: dataset not found', f'{files}/none']),
+        'get_flops config and arch':
+        (['tools/get_flops.py', SYNTHETIC, '--arch',
+          'tiny'], ['name a CONFIG or --arch, not both']),
     }[case]
     one_line_error(run_tool(*command, check=False), *fragments)
     assert not osp.exists('results.json')

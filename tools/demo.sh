@@ -20,7 +20,7 @@ START=$SECONDS
 source tools/demo_steps.sh
 
 if [ ! -f "$DATA/annotations/instances_val2017.json" ]; then
-  "$PY" tools/make_synthetic_coco.py "$DATA"
+  "$PY" tools/make_synthetic.py coco "$DATA"
 fi
 make_work_dir
 pretrain_train_test "$DATA" 'RetinaNet'

@@ -66,7 +66,7 @@ def load_crops(data_root, split, size):
     ann_file = osp.join(data_root, 'annotations', f'instances_{split}.json')
     if not osp.isfile(ann_file):
         raise UsageError(f'{ann_file} not found: DATA_ROOT must hold a '
-                         f'COCO-format data set (tools/make_synthetic_coco.py '
+                         f'COCO-format data set (tools/make_synthetic.py coco '
                          f'writes one)')
     return ObjectCrops(ann_file, osp.join(data_root, split), size)
 
