@@ -27,8 +27,8 @@ import argparse
 import torch
 import torch.nn as nn
 
-from mmcmt.engine import (UsageError, add_cfg_options_argument, load_config,
-                          run_main)
+from mmcmt.engine import (UsageError, add_cfg_options_argument,
+                          cfg_options_errors, load_config, run_main)
 from mmcmt.utils import complexity, complexity_table, dummy_data_samples
 
 ARCHS = ('tiny', 'xs', 'small', 'base')
@@ -105,8 +105,9 @@ def main(argv=None):
     if args.arch is not None and args.cfg_options:
         raise UsageError('--cfg-options applies to a CONFIG, not to --arch')
     size = tuple(args.shape * (3 - len(args.shape)))
-    rows = arch_rows(args.arch or ARCHS, size) if args.arch is not None \
-        else config_rows(args, size)
+    with cfg_options_errors(args.cfg_options):
+        rows = arch_rows(args.arch or ARCHS, size) if args.arch is not None \
+            else config_rows(args, size)
     print(complexity_table(rows))
 
 
