@@ -35,8 +35,9 @@ ARCHS = ('tiny', 'xs', 'small', 'base')
 
 
 class TensorMode(nn.Module):
-    """``model(x)`` in tensor mode, with the data samples that two-stage
-    detectors and segmentors need to run their heads."""
+    """``model(x)`` without post-processing (``mode='tensor'``), with the
+    data samples that two-stage detectors and segmentors need to run their
+    heads."""
 
     def __init__(self, model, data_samples):
         super().__init__()

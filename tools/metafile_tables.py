@@ -18,7 +18,7 @@ files, if a region differs from what ``--update`` would write
 
 Each table is a column spec in :data:`TABLES`: which models are its rows,
 and for each column its header and the cell (a figure at a path of the
-metafile, a figure measured here beside the paper's, a link, results).
+metafile, mmcmt's figure beside the paper's, a link, results).
 Figures are printed at the precision that tools/get_flops.py prints them:
 parameters with 2 decimals, FLOPs with 2 at ImageNet sizes and 1 at
 detection sizes; the paper's figures as the paper gives them.
@@ -85,14 +85,14 @@ def figure(*path, digits=None):
     return cell
 
 
-def here_and_paper(key, digits):
-    """``measured / paper`` of ``key``: under ``Metadata`` and under ``In
-    Paper`` (each '–' where absent)."""
-    here, paper = figure(
+def ours_and_paper(key, digits):
+    """``ours / paper`` of ``key``: mmcmt's figure (under ``Metadata``) and
+    the paper's (under ``In Paper``), each '–' where absent."""
+    ours, paper = figure(
         'Metadata', key, digits=digits), figure('In Paper', key)
 
     def cell(row, root):
-        pair = here(row, root), paper(row, root)
+        pair = ours(row, root), paper(row, root)
         return NONE if pair == (NONE, NONE) else ' / '.join(pair)
 
     return cell
@@ -103,9 +103,9 @@ def paper_convention_flops(row, root):
     without the attention's matrix products where the paper's figure is
     (its detection table, marked ¹)."""
     if WITHOUT_ATTENTION in row.get('In Paper', {}):
-        return here_and_paper(WITHOUT_ATTENTION,
+        return ours_and_paper(WITHOUT_ATTENTION,
                               1)(row, root).replace(' / ', '¹ / ', 1)
-    return here_and_paper('FLOPs (G)', _flops_digits)(row, root)
+    return ours_and_paper('FLOPs (G)', _flops_digits)(row, root)
 
 
 def link(row, root):
@@ -189,18 +189,19 @@ TABLES = {
         m.get('In Paper') or m.get('Results'))), [
         ('model', link),
         ('input (W x H)', figure('Metadata', 'Input Size (W x H)')),
-        ('params (M): here / paper', here_and_paper('Parameters (M)', 2)),
-        ('FLOPs (G): here / paper', paper_convention_flops),
-        ('the paper', results('In Paper', 'Results', first_only=True)),
-        ('measured here', results('Results', first_only=True)),
+        ('params (M): ours / paper', ours_and_paper('Parameters (M)', 2)),
+        ('FLOPs (G): ours / paper', paper_convention_flops),
+        ("the paper's result", results('In Paper', 'Results',
+                                       first_only=True)),
+        ('our result', results('Results', first_only=True)),
     ], 'Accuracies (top-1, AP, mIoU) in %. ¹ Without the attention\'s '
                'matrix products (q·kᵀ, attn·v), as the paper\'s detection '
                'table counts FLOPs.'),
     'classifiers': (_models(_imagenet), [
         ('variant', text('{Backbone} classifier')),
         ('input (W x H)', figure('Metadata', 'Input Size (W x H)')),
-        ('params (M): here / paper', here_and_paper('Parameters (M)', 2)),
-        ('FLOPs (G): here / paper', here_and_paper('FLOPs (G)', 2)),
+        ('params (M): ours / paper', ours_and_paper('Parameters (M)', 2)),
+        ('FLOPs (G): ours / paper', ours_and_paper('FLOPs (G)', 2)),
         ('FLOPs mmengine (G)', figure('Metadata', 'FLOPs mmengine (G)',
                                       digits=2)),
     ], None),
@@ -218,10 +219,10 @@ TABLES = {
         'Metadata']), [
         ('detector', link),
         ('input (W x H)', figure('Metadata', 'Input Size (W x H)')),
-        ('params (M): here / paper', here_and_paper('Parameters (M)', 2)),
+        ('params (M): ours / paper', ours_and_paper('Parameters (M)', 2)),
         ('FLOPs (G)', figure('Metadata', 'FLOPs (G)', digits=1)),
-        ('FLOPs without attention matmuls (G): here / paper',
-         here_and_paper(WITHOUT_ATTENTION, 1)),
+        ('FLOPs without attention matmuls (G): ours / paper',
+         ours_and_paper(WITHOUT_ATTENTION, 1)),
     ], None),
     'paper_coco': (_models(lambda m: _detector(m) and m.get('In Paper')),
                    [('model', link)] +

@@ -1,10 +1,10 @@
 """Correctness on the device: mmcmt's CMT on the device against the
 released computation on the CPU in float32 (:class:`~mmcmt.reference.
-NaiveCMT`, the fidelity tests' oracle, with the same random weights in the
-released layout): inference at the stored bias's grid, inference at other
-sizes (the bias resized, through the eval-mode cache), a training step's
-outputs and gradients (every parameter's and the input's), and the model
-exported to ONNX in ONNX Runtime.
+NaiveCMT`, what the fidelity tests compare against, with the same random
+weights in the released layout): inference at the stored bias's grid,
+inference at other sizes (the bias resized, through the eval-mode cache), a
+training step's outputs and gradients (every parameter's and the input's),
+and the model exported to ONNX in ONNX Runtime.
 
 The error is :func:`~mmcmt.utils.relative_error` (largest difference over
 the reference's largest magnitude), the largest over the four outputs.
