@@ -1,10 +1,10 @@
 # Semantic FPN with a CMT-Ti backbone on the small synthetic shapes
-# segmentation data set: the card's route (ImageNet-style pretrained weights,
-# then segmentation) at a scale that runs on a CPU in minutes, no download
-# needed.
+# segmentation data set: the route of the ADE20K configs (a backbone
+# pretrained as a classifier, then segmentation) at a scale that runs on a
+# CPU in minutes, no download needed.
 #
-#   python tools/make_synthetic_ade.py data/synthetic_ade
-#   python tools/make_synthetic_coco.py data/synthetic_coco
+#   python tools/make_synthetic.py ade data/synthetic_ade
+#   python tools/make_synthetic.py coco data/synthetic_coco
 #   python tools/pretrain_shapes.py data/synthetic_coco \
 #       work_dirs/demo_seg/cmt_ti_shapes.pth
 #   python tools/train.py configs/fpn_cmt_ti_synthetic_ade.py

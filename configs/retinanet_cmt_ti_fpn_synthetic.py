@@ -1,8 +1,9 @@
 # RetinaNet + FPN with a CMT-Ti backbone on the small synthetic shapes data
-# set: the card's route (ImageNet-style pretrained weights, then detection)
-# at a scale that runs on a CPU in minutes, no download needed.
+# set: the route of the COCO configs (a backbone pretrained as a classifier,
+# then detection) at a scale that runs on a CPU in minutes, no download
+# needed.
 #
-#   python tools/make_synthetic_coco.py data/synthetic_coco
+#   python tools/make_synthetic.py coco data/synthetic_coco
 #   python tools/pretrain_shapes.py data/synthetic_coco \
 #       work_dirs/demo/cmt_ti_shapes.pth
 #   python tools/train.py configs/retinanet_cmt_ti_fpn_synthetic.py
@@ -23,12 +24,14 @@ metainfo = dict(classes=classes)
 data_root = 'data/synthetic_coco/'
 img_scale = (320, 320)
 
-# A lighter neck and head (128 channels, two convs) with GroupNorm. The
+# A lighter neck and head (128 channels, two convs) with GroupNorm. A
 # randomly initialised CMT's stage outputs differ widely in scale (the
 # unnormalised LPU residual grows the variance block after block), which the
 # norm-free COCO neck and head pass on to the focal loss (a loss spike at the
-# start). GroupNorm there, as usual for detectors trained from scratch,
-# removes it (4 epochs: AP50 0.53 with it against 0.20 without), and the
+# start). GroupNorm there, as usual for detectors trained from random
+# weights, removes it (in the demo's earlier recipe from random weights, 4
+# epochs: AP50 0.53 with it against 0.20 without; kept for the start from
+# the shapes classifier, and for model.backbone.init_cfg=None), and the
 # lighter head halves the time of an iteration on the CPU.
 gn = dict(type='GN', num_groups=32, requires_grad=True)
 # The shapes classifier of tools/pretrain_shapes.py (64x64 crops: its relative
@@ -116,8 +119,9 @@ default_hooks = dict(
     # drawn as overlapping boxes whose readable label is often the wrong
     # one. This hook draws only the best box of each overlapping group,
     # whatever its class (shapes in this data set never overlap); the
-    # evaluation keeps mmdet's per-class NMS, which COCO AP rewards (on the
-    # demo's checkpoint: AP 0.611 with it, 0.538 with class-agnostic NMS).
+    # evaluation keeps mmdet's per-class NMS, which COCO AP rewards (on a
+    # checkpoint of the demo's earlier recipe from random weights: AP 0.611
+    # with it, 0.538 with class-agnostic NMS).
     visualization=dict(type='ClassAgnosticDetVisualizationHook'))
 log_processor = dict(window_size=10)
 randomness = dict(seed=0)

@@ -2,6 +2,8 @@
 names, running the tools (with a time limit), a free port, the resume
 check."""
 import functools
+import glob
+import hashlib
 import json
 import os
 import os.path as osp
@@ -57,15 +59,47 @@ def metafile_model(name):
 
 
 def get_flops_rows(out):
-    """``{'whole model': [params M, macs G, mmengine G, macs without
-    attention G], 'backbone': [...]}`` from tools/get_flops.py's table."""
+    """Row name -> {column header: figure} of tools/get_flops.py's table
+    (the input as its text, ``'1280x800'``)."""
+    lines = [line for line in out.splitlines() if line.startswith('| ')]
+    assert lines, out[-2000:]
+    header = [c.strip() for c in lines[0].strip('| ').split('|')]
     rows = {}
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip('|').split('|')]
-        if cells[0] in ('whole model', 'backbone'):
-            rows[cells[0]] = [float(c) for c in cells[1:]]
-    assert set(rows) == {'whole model', 'backbone'}, out[-2000:]
+    for line in lines[1:]:
+        name, size, *figures = (c.strip() for c in line.strip('| ').split('|'))
+        rows[name] = dict(
+            zip(header[1:], [size] + [float(f) for f in figures]))
     return rows
+
+
+#: configs/metafile.yml's figure -> the column of tools/get_flops.py's table.
+METAFILE_COLUMNS = {
+    'Input Size (W x H)': 'input (W x H)',
+    'Parameters (M)': 'params (M)',
+    'FLOPs (G)': 'FLOPs (G)',
+    'FLOPs mmengine (G)': 'FLOPs mmengine (G)',
+    'Attention Matmuls (G)': 'attention matmuls (G)',
+    'FLOPs without attention matmuls (G)':
+    'FLOPs without attention matmuls (G)',
+}
+
+
+def assert_metafile_figures(row, metadata):
+    """A row of tools/get_flops.py's table (:func:`get_flops_rows`) prints
+    the figures of a metafile model's ``metadata``, each the same number at
+    the printed precision."""
+    checked = {k: v for k, v in metadata.items() if k in METAFILE_COLUMNS}
+    assert len(checked) >= 4, metadata
+    assert {k: row[METAFILE_COLUMNS[k]] for k in checked} == checked
+
+
+def digest(root):
+    """One SHA-256 of every file under ``root``, names and contents."""
+    sha = hashlib.sha256()
+    for path in sorted(glob.glob(osp.join(root, '**', '*.*'), recursive=True)):
+        sha.update(osp.relpath(path, root).encode())
+        sha.update(open(path, 'rb').read())
+    return sha.hexdigest()
 
 
 def run_command(command, timeout=None, env=None, cwd=ROOT):

@@ -1,7 +1,7 @@
 """Everything a normal run writes loads again, on every stack, through every
 path, and payloads are still refused with nothing run.
 
-The corpus (:mod:`mmcmt.checkpoint.corpus`) is written here by mmengine's
+The corpus (``tools/corpus_runs.py``) is written here by mmengine's
 real Runner: one run per parameter scheduler registered in mmengine, mmdet
 and mmseg (enumerated from the registries), per optimizer wrapper (SGD,
 Adam, AdamW; clipping, accumulation, ``OptimWrapperDict``,
@@ -14,6 +14,7 @@ configs' own schedules, optimizer wrappers and hooks run the same way.
 import glob
 import os
 import os.path as osp
+import sys
 from collections import Counter
 
 import numpy as np
@@ -22,8 +23,12 @@ import torch
 from helpers import ROOT, run_tool
 
 from mmcmt import compat
-from mmcmt.checkpoint import allow_list, corpus, safe_load
+from mmcmt.checkpoint import allow_list, safe_load
+from mmcmt.checkpoint.inspection import pickled_globals
 from mmcmt.checkpoint.safe_load import UntrustedCheckpointError, load_file
+
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import corpus_runs as corpus  # noqa: E402 isort: skip (on the path above)
 
 RUNS = corpus.corpus_runs()
 LOADERS = ['restricted'] + ['add_safe_globals'] * compat.HAS_SAFE_GLOBALS
@@ -97,7 +102,7 @@ def test_allow_list_is_what_runs_write(written):
     held = {}
     for name, path in list(written.items()) + [(osp.basename(p), p)
                                                for p in FIXTURES]:
-        for global_name in corpus.pickled_globals(path):
+        for global_name in pickled_globals(path):
             held.setdefault(global_name, []).append(name)
     refused = {
         n: runs[:3]
@@ -120,8 +125,8 @@ def test_fixture_of_this_stack_is_current(tmp_path):
     assert mine in FIXTURES, \
         'run tools/checkpoint_corpus.py --write-fixture on this stack'
     corpus.train_run(corpus.fixture_run(), str(tmp_path)).train()
-    assert corpus.pickled_globals(str(tmp_path / 'epoch_2.pth')) == \
-        corpus.pickled_globals(mine), \
+    assert pickled_globals(str(tmp_path / 'epoch_2.pth')) == \
+        pickled_globals(mine), \
         'stale: run tools/checkpoint_corpus.py --write-fixture'
     assert len(FIXTURES) >= 2  # this stack's and the other's
 

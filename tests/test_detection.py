@@ -7,8 +7,9 @@ import sys
 
 import pytest
 import torch
-from helpers import (SYNTHETIC, check_resume, coco_options, free_port,
-                     get_flops_rows, metafile_model, run_command, run_tool)
+from helpers import (SYNTHETIC, assert_metafile_figures, check_resume,
+                     coco_options, digest, free_port, get_flops_rows,
+                     metafile_model, run_command, run_tool)
 
 from mmcmt.checkpoint import RELEASE_URL, RELEASED_FILES
 from mmcmt.datasets import make_synthetic_coco
@@ -216,28 +217,32 @@ def test_get_flops_reports_the_metafile_figures():
                    'configs/retinanet_cmt_s_fpn_1x_coco.py', '--shape', '800',
                    '1280').stdout
     rows = get_flops_rows(out)
+    assert set(rows) == {'whole model', 'backbone'}
     detector = metafile_model('retinanet_cmt_s_fpn_1x_coco')
     assert detector['Config'] == 'configs/retinanet_cmt_s_fpn_1x_coco.py'
-    detector = detector['Metadata']
-    assert detector['Input Size (W x H)'] == '1280x800'
-    assert rows['whole model'][0] == detector['Parameters (M)']
-    assert rows['whole model'][1] == detector['FLOPs (G)']
-    assert rows['whole model'][3] == detector[
-        'FLOPs without attention products (G)']
+    assert_metafile_figures(rows['whole model'], detector['Metadata'])
     backbone = metafile_model('cmt-small_3rdparty_in1k')['Metadata']
     assert backbone['Arch'] == 'small'
-    backbone = backbone['Backbone Only']
-    assert backbone['Input Size (W x H)'] == '1280x800'
-    assert rows['backbone'][:3] == [
-        backbone['Parameters (M)'], backbone['FLOPs (G)'],
-        backbone['FLOPs mmengine (G)']
-    ]
-    # without the attention products: the two rounded figures' difference
-    assert rows['backbone'][3] == pytest.approx(
-        backbone['FLOPs (G)'] - backbone['Attention Products (G)'], abs=0.11)
+    assert_metafile_figures(rows['backbone'], backbone['Backbone Only'])
     from mmcmt.models import CMT
     params = sum(p.numel() for p in CMT('small').parameters())
-    assert rows['backbone'][0] == round(params / 1e6, 2)
+    assert rows['backbone']['params (M)'] == round(params / 1e6, 2)
+
+
+def test_make_synthetic_coco_tool(tmp_path):
+    """tools/make_synthetic.py coco writes what make_synthetic_coco writes
+    with the same arguments and says what it wrote; its older name,
+    tools/make_synthetic_coco.py, writes the same files."""
+    make_synthetic_coco(
+        str(tmp_path / 'lib'), num_train=2, num_val=1, img_size=(96, 64))
+    args = ['--num-train', '2', '--num-val', '1', '--size', '64', '96']
+    out = run_tool('tools/make_synthetic.py', 'coco', str(tmp_path / 'tool'),
+                   *args).stdout
+    assert 'train2017: 2 images' in out and 'val2017: 1 images' in out
+    assert f'classes: {", ".join(CLASSES)}' in out
+    run_tool('tools/make_synthetic_coco.py', str(tmp_path / 'old'), *args)
+    assert digest(tmp_path / 'tool') == digest(tmp_path / 'lib') == digest(
+        tmp_path / 'old')
 
 
 def test_distributed_training_two_processes(coco_root, tmp_path):

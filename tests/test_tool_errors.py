@@ -156,7 +156,9 @@ def test_mmengine_loader_has_the_same_errors(files):
 @pytest.mark.parametrize('case', [
     'missing config', 'other library', 'out not pkl', 'show-dir no hook',
     'auto-scale-lr no base', 'infer missing image', 'classify missing image',
-    'classify wrong classes', 'missing checkpoint', 'missing data'
+    'classify wrong classes', 'missing checkpoint', 'missing data',
+    'get_flops config and arch', 'misspelt model key', 'misspelt loader key',
+    'key through a list'
 ])
 def test_bad_arguments(files, case):
     options = ['--cfg-options'] + coco_options(f'{files}/coco/')
@@ -198,6 +200,30 @@ def test_bad_arguments(files, case):
             'tools/test.py', SEG_SYNTHETIC, good, '--cfg-options',
             f'test_dataloader.dataset.data_root={files}/none'
         ], ['test_dataloader: dataset not found', f'{files}/none']),
+        # a wrong --cfg-options key, where the model is built, where the
+        # runner builds its data loader (in runner.test()), and where the
+        # config cannot take it at all
+        'misspelt model key':
+        (['tools/test.py', SYNTHETIC, good] + options +
+         ['model.backbone.drop_path_rat=0.1'], [
+             '--cfg-options model.backbone.drop_path_rat:',
+             "takes no argument 'drop_path_rat'"
+         ]),
+        'misspelt loader key':
+        (['tools/test.py', SYNTHETIC, good] + options +
+         ['test_dataloader.batch_sizee=2'], [
+             '--cfg-options test_dataloader.batch_sizee:',
+             "takes no argument 'batch_sizee'"
+         ]),
+        'key through a list':
+        (['tools/train.py', SYNTHETIC] + options +
+         ['train_dataloader.dataset.pipeline.x=1'], [
+             "--cfg-options train_dataloader.dataset.pipeline.x=1 does not "
+             'fit the config'
+         ]),
+        'get_flops config and arch':
+        (['tools/get_flops.py', SYNTHETIC, '--arch',
+          'tiny'], ['name a CONFIG or --arch, not both']),
     }[case]
     one_line_error(run_tool(*command, check=False), *fragments)
     assert not osp.exists('results.json')

@@ -8,7 +8,7 @@ allows it.
 With files: each file's globals beyond torch's own list (read without
 building anything the file names, so safe on untrusted files) and whether
 the safe loader allows each. With ``--corpus``: mmengine's Runner writes
-the corpus of ``mmcmt.checkpoint.corpus`` (every registered parameter
+the corpus of ``tools/corpus_runs.py`` (every registered parameter
 scheduler, optimizer wrapper and stateful hook) into WORK_DIR (a new
 folder) and the same table is printed for it, each run loaded back safely.
 ``--write-fixture`` writes ``tests/data/checkpoints/<stack>.pth``, the file
@@ -21,7 +21,9 @@ import os.path as osp
 import shutil
 import tempfile
 
-from mmcmt.checkpoint import corpus
+import corpus_runs as corpus
+
+from mmcmt.checkpoint.inspection import pickled_globals
 from mmcmt.checkpoint.safe_load import CheckpointError, is_allowed, load_file
 from mmcmt.engine import UsageError, run_main
 from mmcmt.utils import check_new_folder
@@ -46,7 +48,7 @@ def report(paths: dict) -> int:
     print('| checkpoint | what it names besides torch\'s list | loads |')
     print('|---|---|---|')
     for name, path in paths.items():
-        names = sorted(corpus.pickled_globals(path) - torch_own)
+        names = sorted(pickled_globals(path) - torch_own)
         shown = ', '.join(
             n if is_allowed(n) else f'**{n}** (refused)' for n in names) or '-'
         try:

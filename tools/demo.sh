@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine, no download needed, along the card's route:
+# The main job on a fresh machine, no download needed, along the route of the
+# COCO configs (a backbone pretrained as a classifier, then the detector):
 # generate the synthetic COCO-format shapes data set; pretrain CMT-Ti as a
 # classifier on crops of its shapes and save it in the layout of the released
 # ImageNet checkpoints (tools/pretrain_shapes.py); train RetinaNet with that
@@ -20,7 +21,7 @@ START=$SECONDS
 source tools/demo_steps.sh
 
 if [ ! -f "$DATA/annotations/instances_val2017.json" ]; then
-  "$PY" tools/make_synthetic_coco.py "$DATA"
+  "$PY" tools/make_synthetic.py coco "$DATA"
 fi
 make_work_dir
 pretrain_train_test "$DATA" 'RetinaNet'

@@ -22,10 +22,10 @@ START=$SECONDS
 source tools/demo_steps.sh
 
 if [ ! -d "$DATA/annotations/validation" ]; then
-  "$PY" tools/make_synthetic_ade.py "$DATA"
+  "$PY" tools/make_synthetic.py ade "$DATA"
 fi
 if [ ! -f "$CROPS/annotations/instances_val2017.json" ]; then
-  "$PY" tools/make_synthetic_coco.py "$CROPS"
+  "$PY" tools/make_synthetic.py coco "$CROPS"
 fi
 make_work_dir
 pretrain_train_test "$CROPS" 'Semantic FPN'

@@ -16,10 +16,12 @@ file's folder; ``--check`` changes nothing and exits with code 1, naming the
 files, if a region differs from what ``--update`` would write
 (tests/test_docs.py checks the same).
 
-Figures are printed at the precision that tools/get_flops.py and
-tools/complexity.py print them: parameters with 2 decimals, FLOPs with 2 at
-ImageNet sizes and 1 at detection sizes; the paper's figures as the paper
-gives them.
+Each table is a column spec in :data:`TABLES`: which models are its rows,
+and for each column its header and the cell (a figure at a path of the
+metafile, mmcmt's figure beside the paper's, a link, results).
+Figures are printed at the precision that tools/get_flops.py prints them:
+parameters with 2 decimals, FLOPs with 2 at ImageNet sizes and 1 at
+detection sizes; the paper's figures as the paper gives them.
 """
 import argparse
 import glob
@@ -35,9 +37,13 @@ METAFILE = osp.join(ROOT, 'configs', 'metafile.yml')
 REGION = re.compile(
     r'<!-- metafile_tables\.py (\w+) -->\n(.*?)'
     r'<!-- metafile_tables\.py end -->', re.S)
-WITHOUT_ATTENTION = 'FLOPs without attention products (G)'
+WITHOUT_ATTENTION = 'FLOPs without attention matmuls (G)'
 #: How a metric is named in the tables' text cells.
 METRIC_LABELS = {'Top 1 Accuracy': 'top-1'}
+#: The COCO metrics of the paper's detection table, in its order.
+COCO_METRICS = ('box AP', 'box AP50', 'box AP75', 'box APs', 'box APm',
+                'box APl', 'mask AP', 'mask AP50', 'mask AP75')
+NONE = '–'
 
 
 def load_models(path=METAFILE):
@@ -46,224 +52,206 @@ def load_models(path=METAFILE):
         return yaml.safe_load(f)['Models']
 
 
-def _link(model, root):
-    if 'Config' in model:
-        target = f'{root}/{model["Config"]}' if root else model['Config']
-    elif 'Weights' in model:
-        target = model['Weights']
+# ------------------------------------------------------------------- cells
+# A cell is a function (row, root) -> text; a row is a metafile model (with
+# 'Result' added for tables of results); root prefixes links to files.
+def _value(row, path):
+    """``row[path[0]][path[1]]...``, None where a key is absent."""
+    for key in path:
+        row = row.get(key) if isinstance(row, dict) else None
+    return row
+
+
+def _flops_digits(row):
+    """FLOPs with 2 decimals at ImageNet sizes, 1 at detection sizes."""
+    return 2 if row['In Collection'] == 'CMT' else 1
+
+
+def _format(value, digits=None):
+    if value is None:
+        return NONE
+    return str(value) if digits is None else f'{value:.{digits}f}'
+
+
+def figure(*path, digits=None):
+    """The figure at ``path``, with ``digits`` decimals (a number or a
+    function of the row), or as the metafile gives it (None: the paper's
+    figures, as the paper prints them)."""
+
+    def cell(row, root):
+        places = digits(row) if callable(digits) else digits
+        return _format(_value(row, path), places)
+
+    return cell
+
+
+def ours_and_paper(key, digits):
+    """``ours / paper`` of ``key``: mmcmt's figure (under ``Metadata``) and
+    the paper's (under ``In Paper``), each '–' where absent."""
+    ours, paper = figure(
+        'Metadata', key, digits=digits), figure('In Paper', key)
+
+    def cell(row, root):
+        pair = ours(row, root), paper(row, root)
+        return NONE if pair == (NONE, NONE) else ' / '.join(pair)
+
+    return cell
+
+
+def paper_convention_flops(row, root):
+    """FLOPs measured / the paper's, in the paper's convention for the row:
+    without the attention's matrix products where the paper's figure is
+    (its detection table, marked ¹)."""
+    if WITHOUT_ATTENTION in row.get('In Paper', {}):
+        return ours_and_paper(WITHOUT_ATTENTION,
+                              1)(row, root).replace(' / ', '¹ / ', 1)
+    return ours_and_paper('FLOPs (G)', _flops_digits)(row, root)
+
+
+def link(row, root):
+    """The model's name, linked to its config (or its weights)."""
+    if 'Config' in row:
+        target = f'{root}/{row["Config"]}' if root else row['Config']
+    elif 'Weights' in row:
+        target = row['Weights']
     else:  # a variant of a config (say, a demo from random weights)
-        return f'`{model["Name"]}`'
-    return f'[`{model["Name"]}`]({target})'
+        return f'`{row["Name"]}`'
+    return f'[`{row["Name"]}`]({target})'
 
 
-def _fixed(value, digits):
-    return '–' if value is None else f'{value:.{digits}f}'
+def _metrics(metrics):
+    return ', '.join(f'{METRIC_LABELS.get(k, k)} {_format(v)}'
+                     for k, v in metrics.items())
 
 
-def _given(value):
-    """A figure as the paper (or a measurement's printout) gives it."""
-    return '–' if value is None else str(value)
+def results(*path, first_only=False):
+    """``Dataset: metric value, ...`` of the Results list at ``path``, one
+    group per dataset (the first metric of each result only with
+    ``first_only``)."""
+
+    def cell(row, root):
+        groups = {}
+        for result in _value(row, path) or []:
+            metrics = dict(
+                list(result['Metrics'].items())[:1 if first_only else None])
+            groups.setdefault(result['Dataset'], []).append(_metrics(metrics))
+        return '; '.join(f'{dataset}: {", ".join(metrics)}'
+                         for dataset, metrics in groups.items()) or NONE
+
+    return cell
 
 
-def _pair(here, paper):
-    return '–' if here == paper == '–' else f'{here} / {paper}'
+def paper_metric(name):
+    """A metric of the paper's results, blank where the paper has none."""
+
+    def cell(row, root):
+        for result in row['In Paper']['Results']:
+            if name in result['Metrics']:
+                return _format(result['Metrics'][name])
+        return ''
+
+    return cell
 
 
-def _flops_digits(model):
-    return 2 if model['In Collection'] == 'CMT' else 1
+def text(template):
+    """``template`` filled with the row's Metadata (``{Backbone}``)."""
+    return lambda row, root: template.format(**row['Metadata'])
+
+
+# ------------------------------------------------------------------ tables
+def _models(predicate):
+    """The rows of a table: the models for which ``predicate`` holds."""
+    return lambda models: [m for m in models if predicate(m)]
+
+
+def _results(models):
+    """The rows of a table of results: one per result of each model."""
+    return [
+        dict(model, Result=result) for model in models
+        for result in model.get('Results', [])
+    ]
+
+
+def _imagenet(model):
+    return model['In Collection'] == 'CMT'
+
+
+def _detector(model):
+    return model['In Collection'] == 'CMT Detection'
+
+
+#: Under an ImageNet model: its backbone alone at a detection input.
+BACKBONE = ('Metadata', 'Backbone Only')
+
+#: name -> (which rows, [(header, cell)], the note printed below it).
+TABLES = {
+    'readme': (_models(lambda m: ('Config' in m or 'Weights' in m) and (
+        m.get('In Paper') or m.get('Results'))), [
+        ('model', link),
+        ('input (W x H)', figure('Metadata', 'Input Size (W x H)')),
+        ('params (M): ours / paper', ours_and_paper('Parameters (M)', 2)),
+        ('FLOPs (G): ours / paper', paper_convention_flops),
+        ("the paper's result", results('In Paper', 'Results',
+                                       first_only=True)),
+        ('our result', results('Results', first_only=True)),
+    ], 'Accuracies (top-1, AP, mIoU) in %. ¹ Without the attention\'s '
+               'matrix products (q·kᵀ, attn·v), as the paper\'s detection '
+               'table counts FLOPs.'),
+    'classifiers': (_models(_imagenet), [
+        ('variant', text('{Backbone} classifier')),
+        ('input (W x H)', figure('Metadata', 'Input Size (W x H)')),
+        ('params (M): ours / paper', ours_and_paper('Parameters (M)', 2)),
+        ('FLOPs (G): ours / paper', ours_and_paper('FLOPs (G)', 2)),
+        ('FLOPs mmengine (G)', figure('Metadata', 'FLOPs mmengine (G)',
+                                      digits=2)),
+    ], None),
+    'backbones': (_models(_imagenet), [
+        ('backbone', text('{Backbone}')),
+        ('input (W x H)', figure(*BACKBONE, 'Input Size (W x H)')),
+        ('params (M)', figure(*BACKBONE, 'Parameters (M)', digits=2)),
+        ('FLOPs (G)', figure(*BACKBONE, 'FLOPs (G)', digits=1)),
+        ('FLOPs mmengine (G)', figure(*BACKBONE, 'FLOPs mmengine (G)',
+                                      digits=1)),
+        ('of which attention matmuls (G)', figure(
+            *BACKBONE, 'Attention Matmuls (G)', digits=1)),
+    ], None),
+    'detectors': (_models(lambda m: _detector(m) and 'Parameters (M)' in m[
+        'Metadata']), [
+        ('detector', link),
+        ('input (W x H)', figure('Metadata', 'Input Size (W x H)')),
+        ('params (M): ours / paper', ours_and_paper('Parameters (M)', 2)),
+        ('FLOPs (G)', figure('Metadata', 'FLOPs (G)', digits=1)),
+        ('FLOPs without attention matmuls (G): ours / paper',
+         ours_and_paper(WITHOUT_ATTENTION, 1)),
+    ], None),
+    'paper_coco': (_models(lambda m: _detector(m) and m.get('In Paper')),
+                   [('model', link)] +
+                   [(k, paper_metric(k)) for k in COCO_METRICS], None),
+    'results': (_results, [
+        ('model', link),
+        ('task', figure('Result', 'Task')),
+        ('dataset', figure('Result', 'Dataset')),
+        ('metrics', lambda row, root: _metrics(row['Result']['Metrics'])),
+    ], None),
+    'weights': (_models(_imagenet), [
+        ('arch', text('`{Arch}`')),
+        ('variant', text('{Backbone}')),
+        ('URL', lambda row, root: f'`{row["Weights"]}`'),
+        ('pre-training input', figure('Metadata', 'Input Size (W x H)')),
+        ('top-1 (published)', paper_metric('Top 1 Accuracy')),
+    ], None),
+    'demos': (_models(lambda m: 'Backbone Start' in m['Metadata']), [
+        ('demo', link),
+        ('backbone start', figure('Metadata', 'Backbone Start')),
+        ('validation results', results('Results')),
+        ('time, whole demo (min)', figure('Metadata', 'Time (min)')),
+        ('measured on', figure('Metadata', 'Training Resources')),
+    ], None),
+}  # yapf: disable
 
 
 def _row(cells):
     return '| ' + ' | '.join(cells) + ' |'
-
-
-def _table(header, rows):
-    return '\n'.join([_row(header), _row(['---'] * len(header))] +
-                     [_row(r) for r in rows])
-
-
-def _results(results, first_only=False):
-    """``Dataset: metric value, ...`` of a Results list, one group per
-    dataset (the first metric of each result only with ``first_only``)."""
-    groups = {}
-    for result in results or []:
-        metrics = list(result['Metrics'].items())[:1 if first_only else None]
-        groups.setdefault(result['Dataset'],
-                          []).extend(f'{METRIC_LABELS.get(k, k)} {_given(v)}'
-                                     for k, v in metrics)
-    return '; '.join(f'{d}: {", ".join(m)}' for d, m in groups.items()) or '–'
-
-
-def readme_table(models, root=''):
-    """The README's results: every model with the paper's figures or with
-    results measured here, the paper's beside what was measured here."""
-    rows, with_attention = [], []
-    for model in models:
-        meta, paper = model['Metadata'], model.get('In Paper', {})
-        named = 'Config' in model or 'Weights' in model
-        if not named or not paper and not model.get('Results'):
-            continue  # variants (a demo from random weights): demos table
-        flops_key = WITHOUT_ATTENTION if WITHOUT_ATTENTION in paper \
-            else 'FLOPs (G)'
-        flops = _fixed(meta.get(flops_key), _flops_digits(model))
-        if flops_key == WITHOUT_ATTENTION:
-            flops += '¹'
-            with_attention.append(
-                f'`{model["Name"]}` '
-                f'{_fixed(meta["FLOPs (G)"], _flops_digits(model))} G')
-        rows.append([
-            _link(model, root),
-            meta.get('Input Size (W x H)', '–'),
-            _pair(
-                _fixed(meta.get('Parameters (M)'), 2),
-                _given(paper.get('Parameters (M)'))),
-            _pair(flops, _given(paper.get(flops_key))),
-            _results(paper.get('Results'), first_only=True),
-            _results(model.get('Results'), first_only=True),
-        ])
-    text = _table([
-        'model', 'input (W x H)', 'params (M): here / paper',
-        'FLOPs (G): here / paper', 'the paper', 'measured here'
-    ], rows)
-    text += '\n\nAccuracies (top-1, AP, mIoU) in %.'
-    if with_attention:
-        text += (' ¹ Counted as the paper\'s detection table counts, '
-                 'without the attention products (q·kᵀ, attn·v); with them: ' +
-                 ', '.join(with_attention) + '.')
-    return text
-
-
-def classifiers_table(models, root=''):
-    """The released ImageNet classifiers at their pre-training sizes."""
-    rows = []
-    for model in models:
-        if model['In Collection'] != 'CMT':
-            continue
-        meta, paper = model['Metadata'], model['In Paper']
-        rows.append([
-            f'{meta["Backbone"]} classifier', meta['Input Size (W x H)'],
-            _fixed(meta['Parameters (M)'], 2),
-            _given(paper['Parameters (M)']),
-            _fixed(meta['FLOPs (G)'], 2),
-            _fixed(meta['FLOPs mmengine (G)'], 2),
-            _given(paper['FLOPs (G)'])
-        ])
-    return _table([
-        'variant', 'input', 'params (M)', 'paper params (M)', 'FLOPs macs (G)',
-        'FLOPs mmengine (G)', 'paper FLOPs (G)'
-    ], rows)
-
-
-def backbones_table(models, root=''):
-    """The backbones alone (no head) at a detection input."""
-    rows = []
-    for model in models:
-        if model['In Collection'] != 'CMT':
-            continue
-        meta = model['Metadata']['Backbone Only']
-        rows.append([
-            model['Metadata']['Backbone'], meta['Input Size (W x H)'],
-            _fixed(meta['Parameters (M)'], 2),
-            _fixed(meta['FLOPs (G)'], 1),
-            _fixed(meta['FLOPs mmengine (G)'], 1),
-            _fixed(meta['Attention Products (G)'], 1)
-        ])
-    return _table([
-        'backbone', 'input (W x H)', 'params (M)', 'FLOPs macs (G)',
-        'FLOPs mmengine (G)', 'of which attention products (G)'
-    ], rows)
-
-
-def detectors_table(models, root=''):
-    """The detectors' parameters and FLOPs against the paper's."""
-    rows = []
-    for model in models:
-        meta, paper = model['Metadata'], model.get('In Paper')
-        if model['In Collection'] != 'CMT Detection' or \
-                'Parameters (M)' not in meta:
-            continue
-        rows.append([
-            _link(model, root), meta['Input Size (W x H)'],
-            _fixed(meta['Parameters (M)'], 2),
-            _fixed(meta['FLOPs (G)'], 1),
-            _fixed(meta[WITHOUT_ATTENTION], 1),
-            f'{_given(paper["Parameters (M)"])} M / '
-            f'{_given(paper[WITHOUT_ATTENTION])} B'
-            if paper else 'not in the paper'
-        ])
-    return _table([
-        'detector', 'input (W x H)', 'params (M)',
-        'FLOPs with attention products (G)',
-        'FLOPs without attention products (G)', 'paper params / FLOPs'
-    ], rows)
-
-
-def paper_coco_table(models, root=''):
-    """The paper's COCO figures of the models it reports."""
-    chosen, columns = [], []
-    for model in models:
-        paper = model.get('In Paper', {})
-        if model['In Collection'] != 'CMT Detection' or not paper:
-            continue
-        metrics = {}
-        for result in paper['Results']:
-            metrics.update(result['Metrics'])
-        columns += [k for k in metrics if k not in columns]
-        chosen.append((model, metrics))
-    rows = [[_link(model, root)] +
-            [_given(metrics[k]) if k in metrics else '' for k in columns]
-            for model, metrics in chosen]
-    return _table(['model'] + columns, rows)
-
-
-def results_table(models, root=''):
-    """Every result measured here."""
-    rows = [[
-        _link(model, root), result['Task'], result['Dataset'],
-        ', '.join(f'{METRIC_LABELS.get(k, k)} {_given(v)}'
-                  for k, v in result['Metrics'].items())
-    ] for model in models for result in model.get('Results', [])]
-    return _table(['model', 'task', 'dataset', 'metrics'], rows)
-
-
-def weights_table(models, root=''):
-    """The released ImageNet-1k weights, by URL."""
-    rows = [[
-        f'`{model["Metadata"]["Arch"]}`', model['Metadata']['Backbone'],
-        f'`{model["Weights"]}`', model['Metadata']['Input Size (W x H)'],
-        _given(model['In Paper']['Results'][0]['Metrics']['Top 1 Accuracy'])
-    ] for model in models if model['In Collection'] == 'CMT']
-    return _table(
-        ['arch', 'variant', 'URL', 'pre-training input', 'top-1 (published)'],
-        rows)
-
-
-def demos_table(models, root=''):
-    """The demos (tools/demo.sh, tools/demo_seg.sh): each recipe from the
-    shapes classifier and, for comparison, from random weights."""
-    rows = [[
-        _link(model, root),
-        model['Metadata']['Backbone Start'],
-        _results(model['Results']),
-        _given(model['Metadata'].get('Time (min)')),
-        model['Metadata']['Training Resources'],
-    ] for model in models if 'Backbone Start' in model['Metadata']]
-    return _table([
-        'demo', 'backbone start', 'validation results',
-        'time, whole demo (min)', 'measured on'
-    ], rows)
-
-
-TABLES = {
-    'readme': readme_table,
-    'classifiers': classifiers_table,
-    'backbones': backbones_table,
-    'detectors': detectors_table,
-    'paper_coco': paper_coco_table,
-    'results': results_table,
-    'weights': weights_table,
-    'demos': demos_table,
-}
 
 
 def render(name, models=None, root=''):
@@ -273,7 +261,11 @@ def render(name, models=None, root=''):
     if name not in TABLES:
         raise KeyError(f'no table {name!r}; the tables are '
                        f'{", ".join(TABLES)}')
-    return TABLES[name](load_models() if models is None else models, root)
+    rows, columns, note = TABLES[name]
+    chosen = rows(load_models() if models is None else models)
+    lines = [_row(h for h, _ in columns), _row(['---'] * len(columns))]
+    lines += [_row(cell(row, root) for _, cell in columns) for row in chosen]
+    return '\n'.join(lines) + (f'\n\n{note}' if note else '')
 
 
 def markdown_files():

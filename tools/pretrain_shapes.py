@@ -4,8 +4,8 @@ save it in the layout of the released ImageNet checkpoints.
     python tools/pretrain_shapes.py data/synthetic_coco \
         work_dirs/demo/cmt_ti_shapes.pth --arch tiny
 
-The small-scale version of the card's route for weights: a detector config
-then starts its backbone from the file exactly as it starts from
+The small-scale version of ImageNet pretraining: a detector config then
+starts its backbone from the file exactly as it starts from
 ``cmt_tiny.pth``, with ``init_cfg=dict(type='Pretrained', checkpoint=...)``
 (``tools/demo.sh`` does both). The classifier (:class:`CMTClassifier`)
 learns the categories of ``annotations/instances_train2017.json`` plus
@@ -66,7 +66,7 @@ def load_crops(data_root, split, size):
     ann_file = osp.join(data_root, 'annotations', f'instances_{split}.json')
     if not osp.isfile(ann_file):
         raise UsageError(f'{ann_file} not found: DATA_ROOT must hold a '
-                         f'COCO-format data set (tools/make_synthetic_coco.py '
+                         f'COCO-format data set (tools/make_synthetic.py coco '
                          f'writes one)')
     return ObjectCrops(ann_file, osp.join(data_root, split), size)
 

@@ -24,8 +24,9 @@ import argparse
 import os
 
 from mmcmt.engine import (UsageError, add_runner_arguments, build_runner,
-                          check_data, check_file, check_images, load_config,
-                          parse_runner_args, run_main)
+                          cfg_options_errors, check_data, check_file,
+                          check_images, load_config, parse_runner_args,
+                          run_main)
 
 
 def parse_args(argv=None):
@@ -99,23 +100,24 @@ def main(argv=None):
             hook.test_out_dir = os.path.abspath(args.show_dir)
     if args.out and segmentation:
         cfg.test_evaluator['output_dir'] = args.out
-    runner = build_runner(cfg)
-    if args.onnx:
-        from mmcmt.deploy import attach_onnx
-        attach_onnx(runner.model, args.onnx)
-    if args.amp:
-        from mmengine.model import is_model_wrapper
+    with cfg_options_errors(args.cfg_options):
+        runner = build_runner(cfg)
+        if args.onnx:
+            from mmcmt.deploy import attach_onnx
+            attach_onnx(runner.model, args.onnx)
+        if args.amp:
+            from mmengine.model import is_model_wrapper
 
-        from mmcmt.utils import autocast_networks
-        model = runner.model
-        autocast_networks(
-            model.module if is_model_wrapper(model) else model, args.amp,
-            next(model.parameters()).device.type)
-    if args.out and not segmentation:
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(
-            DumpDetResults(out_file_path=args.out))
-    runner.test()
+            from mmcmt.utils import autocast_networks
+            model = runner.model
+            autocast_networks(
+                model.module if is_model_wrapper(model) else model, args.amp,
+                next(model.parameters()).device.type)
+        if args.out and not segmentation:
+            from mmdet.evaluation import DumpDetResults
+            runner.test_evaluator.metrics.append(
+                DumpDetResults(out_file_path=args.out))
+        runner.test()
 
 
 if __name__ == '__main__':

@@ -10,8 +10,8 @@ import quiet_imports  # noqa: F401 isort: skip (first: import noise)
 import argparse
 
 from mmcmt.engine import (UsageError, add_runner_arguments, build_runner,
-                          check_data, check_images, load_config,
-                          parse_runner_args, run_main)
+                          cfg_options_errors, check_data, check_images,
+                          load_config, parse_runner_args, run_main)
 
 
 def parse_args(argv=None):
@@ -55,7 +55,8 @@ def main(argv=None):
     check_data(cfg, ['train_dataloader', 'val_dataloader'])
     check_images(cfg, ['train_dataloader', 'val_dataloader'],
                  args.skip_bad_images)
-    build_runner(cfg).train()
+    with cfg_options_errors(args.cfg_options):
+        build_runner(cfg).train()
 
 
 if __name__ == '__main__':

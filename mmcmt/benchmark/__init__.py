@@ -7,7 +7,8 @@ rotating order (docs/advanced_guides/speed_and_memory.md).
   (:class:`~.harness.MedianSpread`);
 - :mod:`.memory`: the heap regime and peak memory;
 - :mod:`.models`: the rows and how their models are built;
-- :mod:`.tasks`: what each task measures (:mod:`.distributed`: the
-  training step in a pair of gloo processes, under SyncBN);
+- :mod:`.tasks`: what each task measures (:mod:`.train_steps`: the
+  training steps; :mod:`.distributed`: the training step in a pair of gloo
+  processes, under SyncBN);
 - :mod:`.report`: the markdown report and the goals (``goals.yml``).
 """

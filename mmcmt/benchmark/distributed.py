@@ -15,6 +15,8 @@ from mmcmt.models.utils.batch_norm import install_sync_batch_norm_on_cpu
 from mmcmt.utils.processes import run_in_processes
 from .harness import MedianSpread, interleaved, make_inputs
 from .memory import peak_memory_here
+from .models import setup_process
+from .train_steps import prepare_train_step, train_rounds
 
 #: Processes of a SyncBN step.
 WORLD_SIZE = 2
@@ -32,7 +34,6 @@ def syncbn_task(bench, rows, results):
         results[name]['train_syncbn_mem'] = max(
             run_in_processes(_rank_peak_memory, WORLD_SIZE, args, base,
                              variant))
-    from .tasks import train_rounds
     if not train_rounds(args):
         return  # peak memory only
     print(
@@ -45,7 +46,6 @@ def syncbn_task(bench, rows, results):
 
 
 def _setup_rank(args):
-    from .models import setup_process
     threads = (args.threads or os.cpu_count() or WORLD_SIZE) // WORLD_SIZE
     torch.set_num_threads(max(1, threads))
     setup_process()
@@ -54,7 +54,6 @@ def _setup_rank(args):
 
 
 def _prepare(args, base, variant):
-    from .tasks import prepare_train_step
     return prepare_train_step(args, base, variant, 'train_syncbn',
                               _setup_rank(args))
 
@@ -66,7 +65,6 @@ def _rank_peak_memory(args, base, variant):
 def _rank_timings(args, rows):
     """name -> this rank's step times, the processes starting each step
     together (the wait for the other not timed)."""
-    from .tasks import prepare_train_step, train_rounds
     x = _setup_rank(args)
     runs = OrderedDict()
     for name, (base, variant) in rows.items():

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from mmcmt.utils import AMP_DTYPES
+from mmcmt.utils import autocast
 
 #: The padded input sizes (H, W) that mmdet's keep-ratio resize of its COCO
 #: configs (``scale=(1333, 800)``: short side at most 800, long side at most
@@ -83,14 +83,6 @@ class MedianSpread:
     def format(self, fmt):
         return (f'{fmt.format(self.median)} '
                 f'[{fmt.format(self.low)}-{fmt.format(self.high)}]')
-
-
-def autocast(device, amp):
-    """``torch.autocast`` to ``amp`` (``'bf16'``, ``'fp16'``), or disabled
-    when ``amp`` is empty."""
-    if not amp:
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 def make_inputs(args, device):

@@ -17,8 +17,7 @@ from collections import OrderedDict
 import torch
 
 from mmcmt.models import CMT
-from mmcmt.reference import (NaiveCMT, custom_arch_official_shapes,
-                             random_official_state_dict)
+from mmcmt.reference import naive_cmt
 from mmcmt.utils import count_flops
 
 #: The checkout, where the CMT RetinaNet configs are.
@@ -115,28 +114,12 @@ def build_backbone(name, variant, with_cp=False, as_trained=False):
     if as_trained and variant in ('', ) + TRAIN_ONLY:
         cfg = dict(retinanet_config(name, variant).model.backbone)
     if variant == 'naive':
-        return naive_cmt(cfg['arch'])
+        return naive_cmt(CMT, cfg['arch'])
     if with_cp:
         cfg['with_cp'] = True
     model = MODELS.build(cfg)
     model.init_weights()
     return model
-
-
-def naive_cmt(arch, seed=0):
-    """:class:`NaiveCMT` of ``arch`` (a CMT arch name or dict) with random
-    weights (``seed``) in the released checkpoints' layout, without the
-    classification head: load ``naive.state()`` into :class:`CMT` for the
-    same function."""
-    settings = CMT.parse_arch(arch)
-    shapes = custom_arch_official_shapes(
-        CMT, arch, img_size=settings.get('pretrain_img_size', 224))
-    state = {
-        k: v
-        for k, v in random_official_state_dict(shapes, seed).items()
-        if not k.startswith(('_fc', '_bn', 'head'))
-    }
-    return NaiveCMT(state, settings)
 
 
 def inference_model(model, variant):

@@ -3,7 +3,6 @@ inference, training steps and their peak memory, ONNX Runtime against
 PyTorch) and the checks made on the way (the naive row against CMT, the
 autocast error against float32). :func:`run_tasks` runs the asked ones and
 returns one dict of results per row."""
-import functools
 import gc
 import os.path as osp
 import tempfile
@@ -14,16 +13,16 @@ from collections import OrderedDict
 import torch
 
 from mmcmt.models import CMT
-from mmcmt.models.utils.fast_path import plain_layers_in_training
-from mmcmt.utils import (autocast_networks, count_params, dummy_data_samples,
-                         relative_error)
+from mmcmt.utils import (autocast, autocast_networks, count_params,
+                         dummy_data_samples, relative_error)
 from .attention import attention_step
 from .distributed import syncbn_task
-from .harness import autocast, make_inputs
+from .harness import make_inputs
 from .memory import cpu_peak_memory, cuda_peak_memory
 from .models import (DEPLOY_ROWS, NO_CP, TRAIN_ONLY, build_backbone,
                      build_retinanet, count_macs, inference_model,
                      retinanet_config, setup_process)
+from .train_steps import prepare_train_step, train_rounds
 
 #: name -> what it measures (the CLI's help lists them).
 TASKS = OrderedDict([
@@ -169,78 +168,6 @@ def inference_rows(rows):
         (name, row) for name, row in rows.items() if row[1] not in TRAIN_ONLY)
 
 
-def train_step(model, x, amp):
-    """Forward, backward of the mean of the outputs, gradients dropped."""
-    with autocast(x.device, amp):
-        loss = sum(out.float().mean() for out in model(x))
-    loss.backward()
-    for p in model.parameters():
-        p.grad = None
-
-
-def retinanet_train_step(model, optim_wrapper, x, data_samples, amp):
-    """One training iteration: mmdet's losses, backward and the optimizer
-    step (``optim_wrapper.update_params``), as mmengine's loop runs it."""
-    with autocast(x.device, amp):
-        losses = model.loss(x, data_samples)
-    loss, _ = model.parse_losses(losses)
-    optim_wrapper.update_params(loss)
-
-
-def training_samples(x, num_boxes=8):
-    """Data samples with ``num_boxes`` random ground-truth boxes of random
-    classes (of COCO's 80) per image of ``x``."""
-    from mmengine.structures import InstanceData
-    generator = torch.Generator().manual_seed(0)
-    batch, _, height, width = x.shape
-    samples = dummy_data_samples('mmdet', height, width, batch_size=batch)
-    size = torch.tensor([width, height] * 2, dtype=torch.float32)
-    for sample in samples:
-        corners = torch.rand(num_boxes, 2, 2, generator=generator)
-        boxes = torch.cat([corners.min(1).values,
-                           corners.max(1).values], 1) * size
-        sample.gt_instances = InstanceData(
-            bboxes=boxes.to(x.device),
-            labels=torch.randint(80, (num_boxes, ),
-                                 generator=generator).to(x.device))
-    return samples
-
-
-def prepare_train_step(args, base, variant, task, x):
-    """The step of a training task (``train``, ``train_cp``,
-    ``train_syncbn``, ``retinanet_train``) of a row on ``x``, its model
-    built the same way in the main process and in a memory-measuring one,
-    on ``x``'s device (``train_syncbn``: in a rank of a process group, on its
-    part of ``x``)."""
-    device = x.device
-    if task == 'retinanet_train':
-        from mmengine.optim import build_optim_wrapper
-        model = build_retinanet(base, variant, train=True).to(device)
-        optim_wrapper = build_optim_wrapper(
-            model,
-            retinanet_config(base).optim_wrapper)
-        samples = training_samples(x)
-        step = functools.partial(retinanet_train_step, model, optim_wrapper, x,
-                                 samples, args.amp)
-    else:
-        model = build_backbone(
-            base, variant, with_cp=task == 'train_cp', as_trained=True)
-        model.train()  # (mmdet's ResNet.train() returns None: no chaining)
-        if task == 'train_syncbn':
-            import torch.distributed as dist
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            x = x.chunk(dist.get_world_size())[dist.get_rank()]
-        step = functools.partial(train_step, model.to(device), x, args.amp)
-    if variant == 'plain':
-        return lambda: _in_plain_layers(step)
-    return step
-
-
-def _in_plain_layers(step):
-    with plain_layers_in_training():
-        step()
-
-
 def _child_train_step(args, base, variant, task):
     """:func:`prepare_train_step` in a memory-measuring process."""
     if args.threads:
@@ -299,11 +226,6 @@ def training_tasks(bench, rows, tasks, results):
                 results[name][task] = figure
         del runs
         gc.collect()
-
-
-def train_rounds(args):
-    """Timed rounds of the training tasks (0: their peak memory only)."""
-    return args.rounds if args.train_rounds is None else args.train_rounds
 
 
 def attention_runs(bench, rows, names):

@@ -1,10 +1,10 @@
 """Correctness on the device: mmcmt's CMT on the device against the
 released computation on the CPU in float32 (:class:`~mmcmt.reference.
-NaiveCMT`, the fidelity tests' oracle, with the same random weights in the
-released layout): inference at the stored bias's grid, inference at other
-sizes (the bias resized, through the eval-mode cache), a training step's
-outputs and gradients (every parameter's and the input's), and the model
-exported to ONNX in ONNX Runtime.
+NaiveCMT`, what the fidelity tests compare against, with the same random
+weights in the released layout): inference at the stored bias's grid,
+inference at other sizes (the bias resized, through the eval-mode cache), a
+training step's outputs and gradients (every parameter's and the input's),
+and the model exported to ONNX in ONNX Runtime.
 
 The error is :func:`~mmcmt.utils.relative_error` (largest difference over
 the reference's largest magnitude), the largest over the four outputs.
@@ -17,9 +17,9 @@ import tempfile
 
 import torch
 
-from ..benchmark.models import naive_cmt
 from ..checkpoint import convert_official_cmt
 from ..models import CMT
+from ..reference import naive_cmt
 from ..utils import relative_error
 
 #: Largest relative error, on the CPU (the fidelity tests' contract) and on
@@ -61,7 +61,7 @@ def reference_and_device_copy(arch, device: torch.device, plant=False):
     and :class:`CMT` loaded with the same weights on ``device``; with
     ``plant``, one of its weights perturbed (:data:`PLANTED`), a mismatch
     that the checks must catch."""
-    naive = naive_cmt(arch)
+    naive = naive_cmt(CMT, arch)
     model = CMT(naive.settings)
     model.load_state_dict(naive.state(), strict=True)
     if plant:

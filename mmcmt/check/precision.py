@@ -7,9 +7,8 @@ magnitude; the step's batch statistics amplify the rounding of half
 precision)."""
 import torch
 
-from ..benchmark.harness import autocast
 from ..compat import autocast_supported
-from ..utils import AMP_DTYPES, relative_error
+from ..utils import AMP_DTYPES, autocast, relative_error
 from .correctness import random_input, reference_and_device_copy, size_text
 
 #: Largest relative error against float32 (bfloat16 keeps 8 bits of

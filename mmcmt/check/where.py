@@ -19,10 +19,9 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 from .. import compat
-from ..benchmark.harness import autocast
 from ..models import CMT
 from ..models.backbones.cmt import IRFFN
-from ..utils import AMP_DTYPES
+from ..utils import AMP_DTYPES, autocast
 from .correctness import random_input, size_text
 
 #: SDPA's kernels (operators, as the profiler names them without

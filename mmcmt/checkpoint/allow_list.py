@@ -3,7 +3,7 @@
 plain containers), and why; and how a user allows one more name.
 
 The list is exactly what runs of mmengine, mmdet and mmseg write:
-:mod:`.corpus` writes a checkpoint for every registered parameter
+``tools/corpus_runs.py`` writes a checkpoint for every registered parameter
 scheduler, optimizer wrapper and stateful hook with mmengine's Runner, and
 ``tests/test_checkpoint_corpus.py`` checks on both supported stacks that
 every name those checkpoints hold is allowed (here or by torch) and that
@@ -17,12 +17,11 @@ import importlib
 from typing import Callable, Dict, Set, Tuple, Union
 
 import numpy as np
-from mmengine.hooks import Hook
 
 __all__ = [
     'GLOBALS', 'NUMPY_DTYPES', 'ATTRIBUTES', 'NEVER_ALLOWED_MODULES',
-    'allowed_globals', 'allowed_attributes', 'allow_globals', 'listed_names',
-    'never_allowed', 'user_globals', 'AllowCheckpointGlobalsHook'
+    'add_user_globals', 'allowed_globals', 'allowed_attributes',
+    'listed_names', 'never_allowed', 'user_globals'
 ]
 
 _NUMPY_ARRAYS = ("numpy arrays and scalars: the message hub's log buffers, "
@@ -80,8 +79,8 @@ ATTRIBUTES: Dict[Tuple[str, str], str] = {
 }  # yapf: disable
 
 #: Modules whose objects run code or reach the system: never allowed, not
-#: even by :func:`allow_globals`, and a checkpoint that names one is
-#: refused as untrusted.
+#: even by :func:`.safe_load.allow_globals`, and a checkpoint that names one
+#: is refused as untrusted.
 NEVER_ALLOWED_MODULES = frozenset({
     'builtins', 'os', 'posix', 'nt', 'sys', 'subprocess', 'shutil', 'socket',
     'runpy', 'importlib', 'pickle', '_pickle', 'marshal', 'code', 'codeop',
@@ -104,7 +103,7 @@ def resolve(name: str):
 
 def allowed_globals() -> Dict[str, object]:
     """:data:`GLOBALS`, the classes of :data:`NUMPY_DTYPES` and the user's
-    (:func:`allow_globals`), name -> object."""
+    (:func:`user_globals`), name -> object."""
     found = {name: resolve(name) for name in GLOBALS}
     for kind in NUMPY_DTYPES:
         cls = type(np.dtype(kind))
@@ -128,7 +127,7 @@ def allowed_attributes() -> Dict[str, Dict[str, object]]:
 
 
 def listed_names() -> Set[str]:
-    """Every entry of this list as :func:`.corpus.pickled_globals` writes
+    """Every entry of this list as :func:`.inspection.pickled_globals` writes
     what a checkpoint names: ``module.name``, ``getattr(module.Owner,
     name)``, ``numpy.dtype(kind)``; ``builtins.getattr`` for the attribute
     references."""
@@ -143,17 +142,15 @@ _USER_GLOBALS: Dict[str, object] = {}
 
 
 def user_globals() -> Dict[str, object]:
-    """What the user allowed with :func:`allow_globals`, name -> object."""
+    """What the user allowed (:func:`.safe_load.allow_globals`), name ->
+    object."""
     return dict(_USER_GLOBALS)
 
 
-def allow_globals(*objects: Union[str, type, Callable]) -> None:
-    """Let checkpoints hold these classes or functions, given as objects or
-    as ``'module.Name'`` strings (the name the safe loader's refusal
-    printed): for objects of a user's own code, such as the state that a
-    custom hook keeps, in files the user trusts. In a config, the same is
-    ``custom_hooks = [dict(type='AllowCheckpointGlobalsHook',
-    names=['module.Name'])]``.
+def add_user_globals(*objects: Union[str, type, Callable]) -> None:
+    """Add classes or functions, given as objects or as ``'module.Name'``
+    strings, to :func:`user_globals` (:func:`.safe_load.allow_globals`
+    adds them and tells torch).
 
     Raises:
         ValueError: a name of a module that runs code or reaches the system
@@ -177,8 +174,6 @@ def allow_globals(*objects: Union[str, type, Callable]) -> None:
             if never_allowed(name):
                 raise ValueError(_never_allowed_message(name))
         _USER_GLOBALS[name] = obj
-    from .safe_load import allow_mmengine_checkpoints
-    allow_mmengine_checkpoints()  # torch's own list, where it has one
 
 
 def _never_allowed_message(name: str) -> str:
@@ -192,16 +187,3 @@ def never_allowed(name: str) -> bool:
     module = name.rpartition('.')[0]
     return any(module == m or module.startswith(m + '.')
                for m in NEVER_ALLOWED_MODULES)
-
-
-class AllowCheckpointGlobalsHook(Hook):
-    """The config form of :func:`allow_globals`: ``custom_hooks =
-    [dict(type='AllowCheckpointGlobalsHook', names=['module.Name'])]``.
-    The names are allowed when the runner builds its hooks, so before it
-    loads ``load_from`` or resumes (mmdet's and mmseg's tools included)."""
-    priority = 'VERY_HIGH'
-
-    def __init__(self, names):
-        names = [names] if isinstance(names, str) else list(names)
-        allow_globals(*names)
-        self.names = names

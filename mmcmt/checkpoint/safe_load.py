@@ -14,12 +14,12 @@ without help mmdet's and mmseg's own ``tools/test.py``, ``--resume``,
 
 - allow-lists exactly what runs of mmengine, mmdet and mmseg store besides
   tensors (:mod:`.allow_list`, derived from and tested against the
-  checkpoints of :mod:`.corpus`): ``HistoryBuffer``, numpy arrays, dtypes
-  and scalars, ``collections.Counter``, and ``getattr`` restricted to the
-  attributes that those pickles refer to (``getattr(HistoryBuffer,
-  'mean')``, OneCycle's annealing function; a general ``getattr`` would
-  reopen the door to arbitrary code), plus what the user allows by name
-  (:func:`.allow_globals`);
+  checkpoints that ``tools/corpus_runs.py`` writes): ``HistoryBuffer``,
+  numpy arrays, dtypes and scalars, ``collections.Counter``, and
+  ``getattr`` restricted to the attributes that those pickles refer to
+  (``getattr(HistoryBuffer, 'mean')``, OneCycle's annealing function; a
+  general ``getattr`` would reopen the door to arbitrary code), plus what
+  the user allows by name (:func:`.allow_globals`);
 - makes mmengine's loaders of local files and of http(s) URLs
   (``CheckpointLoader``'s schemes, behind ``load_checkpoint``,
   ``load_from``, ``resume``, ``init_detector``, the inferencers and
@@ -49,17 +49,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from typing import Callable, Union
 
 import torch
 
 from ..compat import HAS_SAFE_GLOBALS
-from .allow_list import (NUMPY_DTYPES, AllowCheckpointGlobalsHook,
-                         allowed_attributes, allowed_globals, never_allowed)
+from .allow_list import (NUMPY_DTYPES, add_user_globals, allowed_attributes,
+                         allowed_globals, never_allowed)
 
 __all__ = [
     'CheckpointError', 'UntrustedCheckpointError', 'CorruptCheckpointError',
-    'DownloadError', 'allow_mmengine_checkpoints', 'safe_globals',
-    'is_allowed', 'load_file', 'load_url', 'is_url', 'install'
+    'DownloadError', 'allow_globals', 'allow_mmengine_checkpoints',
+    'safe_globals', 'is_allowed', 'load_file', 'load_url', 'is_url', 'install'
 ]
 
 
@@ -129,7 +130,7 @@ def safe_globals() -> dict:
 
 def is_allowed(name: str) -> bool:
     """Whether the safe loader builds ``name``, written as
-    :func:`.corpus.pickled_globals` writes what a checkpoint names."""
+    :func:`.inspection.pickled_globals` writes what a checkpoint names."""
     from torch._weights_only_unpickler import _get_allowed_globals
     if name.startswith('getattr('):
         owner, _, attribute = name[len('getattr('):-1].partition(', ')
@@ -149,6 +150,23 @@ def allow_mmengine_checkpoints() -> None:
     torch.serialization.add_safe_globals([
         (obj, name) for name, obj in safe_globals().items()
     ])
+
+
+def allow_globals(*objects: Union[str, type, Callable]) -> None:
+    """Let checkpoints hold these classes or functions, given as objects or
+    as ``'module.Name'`` strings (the name the safe loader's refusal
+    printed): for objects of a user's own code, such as the state that a
+    custom hook keeps, in files the user trusts. In a config, the same is
+    ``custom_hooks = [dict(type='AllowCheckpointGlobalsHook',
+    names=['module.Name'])]``
+    (:class:`mmcmt.engine.AllowCheckpointGlobalsHook`).
+
+    Raises:
+        ValueError: a name of a module that runs code or reaches the system
+            (:data:`.NEVER_ALLOWED_MODULES`), or one that does not import.
+    """
+    add_user_globals(*objects)
+    allow_mmengine_checkpoints()  # torch's own list, where it has one
 
 
 def global_name(module: str, name: str) -> str:
@@ -384,14 +402,10 @@ def _load_from_http(filename: str,
 
 
 def install() -> None:
-    """Allow-list what mmengine, mmdet and mmseg runs write, register
-    ``AllowCheckpointGlobalsHook`` (in mmengine's root registry, so that
-    mmdet's and mmseg's configs find it too) and give mmengine's checkpoint
-    loaders of local files and URLs safe reading and clean errors. Called by
-    ``import mmcmt``."""
+    """Allow-list what mmengine, mmdet and mmseg runs write and give
+    mmengine's checkpoint loaders of local files and URLs safe reading and
+    clean errors. Called by ``import mmcmt``."""
     allow_mmengine_checkpoints()
-    from mmengine.registry import HOOKS
-    HOOKS.register_module(module=AllowCheckpointGlobalsHook, force=True)
     from mmengine.runner import checkpoint as mmengine_checkpoint
     loader = mmengine_checkpoint.CheckpointLoader
     loader.register_scheme(prefixes='', loader=_load_from_local, force=True)

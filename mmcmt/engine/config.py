@@ -1,7 +1,9 @@
 """Loading a detection or segmentation config and building its runner with
 the flags that mmdet's train.py and test.py take."""
+import contextlib
 import os
 import os.path as osp
+import re
 from typing import Optional
 
 from mmengine.config import Config
@@ -26,8 +28,14 @@ def load_config(path: str,
         raise UsageError(
             f'{path}: default_scope is {cfg.get("default_scope")!r}; mmcmt '
             f'tools run mmdet (detection) and mmseg (segmentation) configs')
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    for key, value in (cfg_options or {}).items():  # one by one: the culprit
+        try:
+            cfg.merge_from_dict({key: value})
+        except (KeyError, TypeError, ValueError) as error:
+            reason = str(error).strip('"\'').splitlines()[0]
+            reason = re.sub(r'list \[.*', 'list', reason)[:200]  # no repr
+            raise UsageError(f'--cfg-options {key}={value!r} does not fit the '
+                             f'config: {reason}') from None
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -45,6 +53,31 @@ def add_cfg_options_argument(parser) -> None:
         nargs='+',
         action=DictAction,
         help='override config settings, key=value')
+
+
+@contextlib.contextmanager
+def cfg_options_errors(cfg_options: Optional[dict]):
+    """While what the config describes is built: a class that refuses an
+    argument that a ``--cfg-options`` key names (``TypeError: ...
+    unexpected keyword argument 'name'``, a misspelt key) ends the tool with
+    one line naming the key, not the builder's traceback."""
+    try:
+        yield
+    except TypeError as error:
+        text = str(error)
+        refused = re.search(r"unexpected keyword argument '(\w+)'", text)
+        keys = [
+            key for key in cfg_options or {}
+            if refused and refused[1] in key.split('.')
+        ]
+        if not keys:
+            raise
+        # 'CMT.__init__() got ...' (Python 3.10+), '__init__() got ...'
+        owner = re.search(r'(\w+)\.__init__\(\)', text)
+        raise UsageError(f'--cfg-options {keys[0]}: '
+                         f'{owner[1] if owner else "the object it configures"}'
+                         f' takes no argument {refused[1]!r} (check the '
+                         f'key\'s spelling)') from None
 
 
 def add_runner_arguments(parser) -> None:

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .official import custom_arch_official_shapes, random_official_state_dict
+
 STAGES = 'abcd'
 BN_TRAINING = [False]
 
@@ -153,3 +155,20 @@ class NaiveCMT(nn.Module):
                                 self.settings['num_heads'],
                                 self.settings['sr_ratios'], self.training)
         return tuple(outs)
+
+
+def naive_cmt(model_cls, arch, seed=0):
+    """:class:`NaiveCMT` of ``arch`` (an arch name or dict that
+    ``model_cls.parse_arch`` reads) with random weights (``seed``) in the
+    released checkpoints' layout, without the classification head: load
+    ``naive.state()`` into ``model_cls`` (:class:`mmcmt.models.CMT`) for the
+    same function."""
+    settings = model_cls.parse_arch(arch)
+    shapes = custom_arch_official_shapes(
+        model_cls, arch, img_size=settings.get('pretrain_img_size', 224))
+    state = {
+        k: v
+        for k, v in random_official_state_dict(shapes, seed).items()
+        if not k.startswith(('_fc', '_bn', 'head'))
+    }
+    return NaiveCMT(state, settings)

@@ -1,4 +1,5 @@
-"""Mixed-precision inference of whole mmdet/mmseg models.
+"""Mixed precision: autocast by name (:func:`autocast`), and inference of
+whole mmdet/mmseg models (:func:`autocast_networks`).
 
 ``torch.autocast`` around a detector's whole ``test_step`` also lowers its
 post-processing: boxes decoded in bfloat16 lose whole pixels at COCO sizes
@@ -18,6 +19,14 @@ AMP_DTYPES = dict(bf16=torch.bfloat16, fp16=torch.float16)
 NETWORK_MODULES = ('backbone', 'neck', 'bbox_head', 'rpn_head',
                    'roi_head.bbox_head', 'roi_head.mask_head', 'decode_head',
                    'auxiliary_head')
+
+
+def autocast(device: torch.device, amp: str):
+    """``torch.autocast`` on ``device`` to ``amp`` (``'bf16'``, ``'fp16'``),
+    or disabled when ``amp`` is empty."""
+    if not amp:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 def autocast_networks(model: nn.Module,

@@ -3,16 +3,21 @@ fused attention (``scaled_dot_product_attention``), which it does not know.
 
 Two conventions are reported, because papers differ:
 
-- ``mmengine``: mmengine's default operator set (convolutions, linear layers,
-  matrix products, norms, pooling, upsampling) plus the attention products.
 - ``macs``: multiply-accumulates of convolutions, linear layers and the
-  attention products only (q·kᵀ and attn·v), the convention of the CMT
-  paper (torchprofile in the authors' training code).
+  attention's two matrix products (q·kᵀ and attn·v) only, the convention of
+  the CMT paper's ImageNet table (torchprofile in the authors' training
+  code); the paper's detection table leaves the attention's matrix
+  products out.
+- ``mmengine``: mmengine's default operator set (convolutions, linear
+  layers, matrix products, norms, pooling, upsampling) plus the attention's
+  matrix products.
 
 One multiply-add counts as one FLOP in both, as in the papers.
+:func:`complexity` gives a module's figures in millions and billions and
+:func:`complexity_table` prints them (``tools/get_flops.py``).
 """
 from collections import Counter
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,6 +25,15 @@ import torch.nn as nn
 #: Operators (mmengine counter names) of the ``macs`` convention.
 MAC_OPERATORS = ('conv', 'linear', 'addmm', 'matmul', 'bmm', 'mm', 'einsum',
                  'scaled_dot_product_attention')
+#: The columns of :func:`complexity_table`: header -> key of
+#: :func:`complexity`'s figures (parameters in millions, FLOPs in billions).
+COLUMNS = (
+    ('params (M)', 'params'),
+    ('FLOPs (G)', 'flops'),
+    ('FLOPs mmengine (G)', 'flops_mmengine'),
+    ('attention matmuls (G)', 'attention'),
+    ('FLOPs without attention matmuls (G)', 'flops_without_attention'),
+)
 
 
 def sdpa_flop_jit(inputs, outputs) -> int:
@@ -56,3 +70,41 @@ def count_flops(model: nn.Module, inputs: Tuple[torch.Tensor,
         mmengine=sum(by_operator.values()),
         macs=sum(v for k, v in by_operator.items() if k in MAC_OPERATORS),
         by_operator=by_operator)
+
+
+def complexity(model: nn.Module, inputs: Tuple[torch.Tensor,
+                                               ...]) -> Dict[str, float]:
+    """The figures of :data:`COLUMNS` for ``model(*inputs)``, traced without
+    gradients: its parameters in millions, and the FLOPs of both
+    conventions, the attention's matrix products alone and ``macs`` without
+    them, in billions."""
+    with torch.no_grad():
+        flops = count_flops(model, inputs)
+    attention = flops['by_operator']['scaled_dot_product_attention']
+    return dict(
+        params=count_params(model) / 1e6,
+        flops=flops['macs'] / 1e9,
+        flops_mmengine=flops['mmengine'] / 1e9,
+        attention=attention / 1e9,
+        flops_without_attention=(flops['macs'] - attention) / 1e9)
+
+
+def complexity_table(
+        rows: Sequence[Tuple[str, Tuple[int, int], Dict[str, float],
+                             int]]) -> str:
+    """A markdown table of ``(name, (H, W), figures, digits)`` rows:
+    ``figures`` as :func:`complexity` gives them, parameters with 2
+    decimals, FLOPs with ``digits``."""
+    lines = [
+        '| model | input (W x H) | ' + ' | '.join(h
+                                                  for h, _ in COLUMNS) + ' |',
+        '|---' * (len(COLUMNS) + 2) + '|'
+    ]
+    for name, (height, width), figures, digits in rows:
+        cells = [
+            f'{figures[key]:.{2 if key == "params" else digits}f}'
+            for _, key in COLUMNS
+        ]
+        lines.append(f'| {name} | {width}x{height} | ' + ' | '.join(cells) +
+                     ' |')
+    return '\n'.join(lines)

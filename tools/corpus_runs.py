@@ -1,11 +1,13 @@
 """What normal runs write: a corpus of checkpoints made by mmengine's real
-Runner, and the globals that their pickles name.
+Runner, the test fixtures of mmcmt's safe loader (imported by
+``tools/checkpoint_corpus.py`` and ``tests/test_checkpoint_corpus.py``;
+not part of the installed package).
 
-The safe loader's allow-list (:mod:`.allow_list`) is derived from and tested
-against this corpus, never from memory. Each run trains a toy model (two
-linear layers) for two epochs of two iterations with a validation after each
-epoch, saves a checkpoint per epoch, and differs from the others in one
-thing that puts state into the checkpoint:
+The safe loader's allow-list (:mod:`mmcmt.checkpoint.allow_list`) is
+derived from and tested against this corpus, never from memory. Each run
+trains a toy model (two linear layers) for two epochs of two iterations
+with a validation after each epoch, saves a checkpoint per epoch, and
+differs from the others in one thing that puts state into the checkpoint:
 
 - every parameter scheduler registered in mmengine, mmdet and mmseg (LR,
   momentum and generic forms), enumerated from the registries, so that a
@@ -31,30 +33,24 @@ before its first step: Python floats and ints, the same types); the step
 itself is the scaler's where it can run on a CPU and the plain optimizer's
 otherwise, so the checkpoint holds ``loss_scaler`` as AMP runs save it.
 
-:func:`pickled_globals` lists what a checkpoint's pickle names without
-building anything it names, so it is also safe on untrusted files.
+What a checkpoint names is read by
+:func:`mmcmt.checkpoint.inspection.pickled_globals`.
 """
 import contextlib
 import inspect
-import io
 import os.path as osp
-import pickle
 import sys
-import zipfile
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .safe_load import global_name
-
 __all__ = [
     'CorpusRun', 'corpus_runs', 'scheduler_runs', 'optim_wrapper_runs',
-    'hook_runs', 'train_run', 'resume_run', 'pickled_globals',
-    'registered_schedulers', 'registered_optim_wrappers', 'stateful_hooks',
-    'averaged_models', 'fixture_run', 'stack_name', 'toy_model',
-    'NOT_IN_CORPUS'
+    'hook_runs', 'train_run', 'resume_run', 'registered_schedulers',
+    'registered_optim_wrappers', 'stateful_hooks', 'averaged_models',
+    'fixture_run', 'stack_name', 'toy_model', 'NOT_IN_CORPUS'
 ]
 
 #: Optimizer wrappers registered in mmengine that need a package or a
@@ -273,7 +269,7 @@ def _scheduler_arguments(name: str, cls: type) -> dict:
             if parameter.name not in SCHEDULER_ARGUMENTS:
                 raise KeyError(f'scheduler {name} requires the argument '
                                f'{parameter.name!r}: add a value for it to '
-                               f'mmcmt.checkpoint.corpus.SCHEDULER_ARGUMENTS')
+                               f'SCHEDULER_ARGUMENTS in tools/corpus_runs.py')
             arguments[parameter.name] = SCHEDULER_ARGUMENTS[parameter.name]
     if 'param_name' not in inspect.signature(cls).parameters:
         arguments.pop('param_name', None)  # the LR and momentum forms'
@@ -482,17 +478,18 @@ def hook_runs() -> List[CorpusRun]:
         if name not in HOOK_RUNS:
             raise KeyError(
                 f'hook {name} writes state into checkpoints and the corpus '
-                f'has no run for it: add one to '
-                f'mmcmt.checkpoint.corpus.HOOK_RUNS')
+                f'has no run for it: add one to HOOK_RUNS in '
+                f'tools/corpus_runs.py')
         runs += HOOK_RUNS[name]()
     return runs
 
 
 def fixture_run() -> CorpusRun:
-    """One run whose checkpoint names everything :data:`.allow_list`
-    allows on its stack (chained warm-up, MultiStep and OneCycle schedules,
-    AMP with AdamW, EMA): the file ``tests/data/checkpoints/<stack>.pth``
-    that each stack keeps for the other to load."""
+    """One run whose checkpoint names everything that
+    :mod:`mmcmt.checkpoint.allow_list` allows on its stack (chained warm-up,
+    MultiStep and OneCycle schedules, AMP with AdamW, EMA): the file
+    ``tests/data/checkpoints/<stack>.pth`` that each stack keeps for the
+    other to load."""
     return CorpusRun(
         'fixture',
         param_scheduler=[
@@ -559,77 +556,6 @@ def _per_module_constructor() -> type:
                 })
 
     return PerModuleOptimWrapperConstructor
-
-
-# ---------------------------------------------------------------- the pickles
-class _Named:
-    """What a global becomes while :func:`pickled_globals` reads a pickle:
-    a stand-in that takes any arguments and state, so that nothing the
-    file names is imported or called."""
-    name = ''
-
-    def __init__(self, *args, **kwargs):
-        self.args = args
-
-    def __setstate__(self, state):
-        pass
-
-    def __setitem__(self, key, value):
-        pass
-
-    def append(self, item):
-        pass
-
-    def extend(self, items):
-        pass
-
-
-def pickled_globals(path: str) -> Set[str]:
-    """The globals that the checkpoint file at ``path`` names, as
-    ``module.name``, and its attribute references (pickled as
-    ``getattr(owner, name)``) as ``getattr(module.Owner, name)``. Nothing
-    the file names is imported or called: safe on untrusted files."""
-    names = set()
-
-    def stand_in(full_name):
-        attributes = dict(name=full_name)
-        if full_name == 'builtins.getattr':
-
-            def record(self, owner, attribute, *default):
-                names.add(f'getattr({getattr(owner, "name", owner)}, '
-                          f'{attribute})')
-
-            attributes['__init__'] = record
-        elif full_name == 'numpy.dtype':  # its kind decides its class
-
-            def record(self, kind, *flags):
-                names.add(f'numpy.dtype({kind})')
-
-            attributes['__init__'] = record
-        return type(full_name, (_Named, ), attributes)
-
-    class Reader(pickle.Unpickler):
-
-        def find_class(self, module, name):
-            full_name = global_name(module, name)
-            names.add(full_name)
-            return stand_in(full_name)
-
-        def persistent_load(self, pid):
-            return None
-
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                if name.endswith('/data.pkl') or name == 'data.pkl':
-                    Reader(
-                        io.BytesIO(archive.read(name)),
-                        encoding='latin1').load()
-    else:  # torch's legacy format: magic, protocol, system info, object
-        with open(path, 'rb') as f:
-            for _ in range(4):
-                Reader(f, encoding='latin1').load()
-    return names
 
 
 def stack_name(torch_version: Optional[str] = None) -> str:
