@@ -156,9 +156,9 @@ def test_mmengine_loader_has_the_same_errors(files):
 @pytest.mark.parametrize('case', [
     'missing config', 'other library', 'out not pkl', 'show-dir no hook',
     'auto-scale-lr no base', 'infer missing image', 'classify missing image',
-    'classify wrong classes', 'missing checkpoint', 'missing data',
-    'get_flops config and arch', 'misspelt model key', 'misspelt loader key',
-    'key through a list'
+    'classify wrong classes', 'missing checkpoint', 'data of other classes',
+    'missing data', 'get_flops config and arch', 'misspelt model key',
+    'misspelt infer key', 'misspelt loader key', 'key through a list'
 ])
 def test_bad_arguments(files, case):
     options = ['--cfg-options'] + coco_options(f'{files}/coco/')
@@ -196,6 +196,18 @@ def test_bad_arguments(files, case):
         'missing checkpoint':
         (['tools/test.py', SYNTHETIC, 'no.pth'] + options,
          ["checkpoint not found: 'no.pth'"]),
+        'data of other classes': ([
+            'tools/train.py', 'configs/retinanet_cmt_ti_fpn_1x_coco.py',
+            '--work-dir',
+            str(files / 'work'), '--cfg-options',
+            f'train_dataloader.dataset.data_root={files}/coco/',
+            f'val_dataloader.dataset.data_root={files}/coco/',
+            'model.backbone.init_cfg=None'
+        ], [
+            'train_dataloader: the data set', 'has no images',
+            "person, bicycle, car, motorcycle, ... (80)",
+            "'circle', 'square', 'triangle', 'cross'", 'metainfo'
+        ]),
         'missing data': ([
             'tools/test.py', SEG_SYNTHETIC, good, '--cfg-options',
             f'test_dataloader.dataset.data_root={files}/none'
@@ -209,6 +221,15 @@ def test_bad_arguments(files, case):
              '--cfg-options model.backbone.drop_path_rat:',
              "takes no argument 'drop_path_rat'"
          ]),
+        'misspelt infer key': ([
+            'tools/infer.py',
+            image(files), SYNTHETIC, good, '--out-dir',
+            str(files / 'infer_out'), '--cfg-options',
+            'model.backbone.drop_path_rat=0.1'
+        ], [
+            '--cfg-options model.backbone.drop_path_rat:',
+            "takes no argument 'drop_path_rat'"
+        ]),
         'misspelt loader key':
         (['tools/test.py', SYNTHETIC, good] + options +
          ['test_dataloader.batch_sizee=2'], [

@@ -2,7 +2,7 @@
 configs, the blended class mask for segmentation configs.
 
     python tools/infer.py IMAGE CONFIG CHECKPOINT --out-dir DIR \
-        [--score-thr 0.3]
+        [--score-thr 0.3] [--cfg-options k=v ...]
     python tools/infer.py IMAGE CONFIG --onnx DIR --out-dir DIR [...]
 
 Writes ``DIR/<image name>`` and prints what it found. IMAGE may be a folder:
@@ -19,8 +19,9 @@ import os.path as osp
 
 import mmcv
 
-from mmcmt.engine import (UsageError, check_file, list_images, load_config,
-                          process_images, run_main)
+from mmcmt.engine import (UsageError, add_cfg_options_argument,
+                          cfg_options_errors, check_file, list_images,
+                          load_config, process_images, run_main)
 
 
 def main(argv=None):
@@ -40,13 +41,14 @@ def main(argv=None):
         default=0.3,
         help='detection score threshold for drawing')
     parser.add_argument('--device', default='cpu')
+    add_cfg_options_argument(parser)
     args = parser.parse_args(argv)
     images = list_images(args.image)
     if (args.checkpoint is None) == (args.onnx is None):
         raise UsageError('give a CHECKPOINT or --onnx DIR (one of them)')
     if args.checkpoint:
         check_file(args.checkpoint, 'checkpoint')
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.cfg_options)
     if args.onnx and cfg.default_scope != 'mmdet':
         raise UsageError('--onnx runs detectors exported by '
                          'tools/export_detector_onnx.py (mmdet configs)')
@@ -56,17 +58,19 @@ def main(argv=None):
         from mmseg.apis import inference_model as infer
         from mmseg.apis import init_model
         from mmseg.visualization import SegLocalVisualizer as Visualizer
-        model = init_model(cfg, args.checkpoint, device=args.device)
+        with cfg_options_errors(args.cfg_options):
+            model = init_model(cfg, args.checkpoint, device=args.device)
         options, describe = dict(with_labels=True), segmentation_summary
     else:
         from mmdet.apis import inference_detector as infer
         from mmdet.apis import init_detector
         from mmdet.visualization import DetLocalVisualizer as Visualizer
-        if args.onnx:
-            from mmcmt.deploy import load_onnx_detector
-            model = load_onnx_detector(args.onnx, cfg)
-        else:
-            model = init_detector(cfg, args.checkpoint, device=args.device)
+        with cfg_options_errors(args.cfg_options):
+            if args.onnx:
+                from mmcmt.deploy import load_onnx_detector
+                model = load_onnx_detector(args.onnx, cfg)
+            else:
+                model = init_detector(cfg, args.checkpoint, device=args.device)
         options = dict(pred_score_thr=args.score_thr)
         describe = detection_summary
 

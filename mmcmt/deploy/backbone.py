@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..compat import ONNX_EXPORT_KWARGS
 from .export import OPSET
-from .runtime import ort_session
+from .runtime import ort_session, run_by_image
 
 
 def export_backbone(model: nn.Module,
@@ -52,7 +52,7 @@ def run_backbone(out: str, x: torch.Tensor) -> List[torch.Tensor]:
     session = ort_session(out)
     return [
         torch.from_numpy(y)
-        for y in session.run(None, {'input': x.cpu().numpy()})
+        for y in run_by_image(session, None, {'input': x.cpu().numpy()}, {})
     ]
 
 

@@ -2,13 +2,17 @@
 sessions, the modules that replace the exported parts, and building a
 detector whose parts run them."""
 import copy
+import functools
+import io
 import os
 import os.path as osp
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from ..compat import ONNX_EXPORT_KWARGS
 from ..engine import UsageError
 from .extras import require_onnx
 from .manifest import (CONFIG, dataset_meta, preprocessor_meta, read_manifest,
@@ -49,6 +53,65 @@ def ort_session(path: str,
         options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(
         path, options, providers=['CPUExecutionProvider'])
+
+
+@functools.lru_cache(maxsize=None)
+def attention_bias_broadcasts() -> bool:
+    """Whether ONNX Runtime's ``MultiHeadAttention`` applies an attention
+    bias of batch 1 (CMT's position bias, one for every image) to each image
+    of a batch: onnxruntime 1.20+ does, 1.19 (the newest for Python 3.8)
+    gives the second image garbage. Probed once, on a tiny graph, against
+    PyTorch; where it does not, :func:`run_by_image` runs a batch image by
+    image."""
+    from ..models.utils.attention import onnx_runtime_attention
+
+    class Attention(nn.Module):
+
+        def forward(self, q, k, v, bias):
+            return onnx_runtime_attention(q, k, v, bias, 2, 0.5)
+
+    g = torch.Generator().manual_seed(0)
+    inputs = [
+        torch.randn(shape, generator=g)
+        for shape in ((2, 6, 8), (2, 3, 8), (2, 3, 8), (2, 6, 3))
+    ]
+    names = ['q', 'k', 'v', 'bias']
+    graph = io.BytesIO()
+    torch.onnx.export(
+        Attention(),
+        tuple(inputs),
+        graph,
+        input_names=names,
+        opset_version=17,
+        **ONNX_EXPORT_KWARGS)
+    ort = require_onnx(runtime_only=True)
+    got = ort.InferenceSession(
+        graph.getvalue(),
+        providers=['CPUExecutionProvider']).run(None, {
+            n: t.numpy()
+            for n, t in zip(names, inputs)
+        })[0]
+    expected = Attention()(*inputs).numpy()
+    return bool(np.allclose(got, expected, rtol=1e-4, atol=1e-5))
+
+
+def run_by_image(session, output_names, feeds: dict, shared: dict) -> list:
+    """``session.run`` on a graph with CMT's attention: ``feeds`` are
+    batches (their first dimension), ``shared`` serve every image (the
+    position biases). One run, or one per image where ONNX Runtime applies
+    a shared attention bias wrongly (:func:`attention_bias_broadcasts`):
+    the same outputs."""
+    batch = len(next(iter(feeds.values())))
+    if batch == 1 or attention_bias_broadcasts():
+        return session.run(output_names, dict(feeds, **shared))
+    runs = [
+        session.run(output_names,
+                    dict({
+                        n: f[i:i + 1]
+                        for n, f in feeds.items()
+                    }, **shared)) for i in range(batch)
+    ]
+    return [np.concatenate(outs) for outs in zip(*runs)]
 
 
 class OnnxRuntimeModule(nn.Module):
@@ -112,12 +175,12 @@ class OnnxRuntimeModule(nn.Module):
             n: t.detach().to('cpu', torch.float32).contiguous().numpy()
             for n, t in zip(self.input_names, flat)
         }
-        if self.size_session is not None:
-            feeds.update(self.size_feeds(feeds[self.input_names[0]]))
-        outs = [
-            torch.from_numpy(o).to(flat[0].device)
-            for o in self.session.run(self.output_names, feeds)
-        ]
+        if self.size_session is None:
+            outs = self.session.run(self.output_names, feeds)
+        else:  # CMT's features: its attention takes the size's biases
+            outs = run_by_image(self.session, self.output_names, feeds,
+                                self.size_feeds(feeds[self.input_names[0]]))
+        outs = [torch.from_numpy(o).to(flat[0].device) for o in outs]
         result = unflatten(
             dict(zip(self.output_names, outs)), self.spec['outputs'])
         if self.record:

@@ -61,8 +61,16 @@ def check_images(cfg: Config,
         if not loader:
             continue
         for dataset_cfg in _datasets(loader['dataset']):
+            # not serialised: mmengine's serialisation of an empty data set
+            # fails with numpy's "need at least one array to concatenate"
             dataset = DATASETS.build(
-                dict(dataset_cfg, pipeline=[], lazy_init=False))
+                dict(
+                    dataset_cfg,
+                    pipeline=[],
+                    lazy_init=False,
+                    serialize_data=False))
+            if len(dataset) == 0:
+                raise UsageError(f'{name}: {_empty(dataset)}')
             found = bad_images(dataset)
             if not found:
                 continue
@@ -86,6 +94,27 @@ def check_images(cfg: Config,
                 f'{len(keep)}',
                 'current',
                 level=30)
+
+
+def _empty(dataset) -> str:
+    """Why ``dataset`` has no samples, and what to do."""
+    import json
+    ann_file = getattr(dataset, 'ann_file', '') or ''
+    classes = list(dataset.metainfo.get('classes') or [])
+    said = f'the data set {ann_file!r} has no images'
+    if ann_file.endswith('.json'):
+        with open(ann_file) as f:
+            categories = [
+                c['name'] for c in json.load(f).get('categories', [])
+            ]
+        if categories and not set(categories) & set(classes):
+            shown = ', '.join(classes[:4]) + (f', ... ({len(classes)})'
+                                              if len(classes) > 4 else '')
+            return (f'{said} of the config\'s classes ({shown}): it has '
+                    f'{categories}; name them in the data set\'s '
+                    f'metainfo=dict(classes=...) (and the head\'s '
+                    f'num_classes)')
+    return f'{said} (with the config\'s filters); check the annotations'
 
 
 def _evaluate_without(cfg: Config, dataloader: str, dataset, bad: set) -> None:
