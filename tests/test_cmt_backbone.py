@@ -214,8 +214,8 @@ def _saved_bytes(model, x):
 
 def _plain_layers(monkeypatch):
     """Training through the plain layers (no memory-lean training form)."""
-    from mmcmt.models.utils import fast_path
-    monkeypatch.setattr(fast_path, 'takes_training_form', lambda module: False)
+    from mmcmt.models.utils import forms
+    monkeypatch.setattr(forms, '_lean', [False])
 
 
 CP_ARCH = dict(
@@ -566,12 +566,10 @@ def _train_step(state, x, kwargs, lean=True, sync=False, amp=None):
     parameters, by name), buffers and the bytes saved for the backward
     pass. Loss: the outputs weighted by a fixed pattern over the whole
     batch."""
-    from unittest import mock
-
     import torch.distributed as dist
 
-    from mmcmt.models.utils import fast_path
     from mmcmt.models.utils.batch_norm import sync_batch_norm_on_cpu
+    from mmcmt.models.utils.forms import lean_training
     rank, world = (dist.get_rank(), dist.get_world_size()) if sync else (0, 1)
     model = CMT(CP_ARCH, pretrain_img_size=64, **kwargs).to(x.dtype)
     model.load_state_dict(state)
@@ -580,9 +578,7 @@ def _train_step(state, x, kwargs, lean=True, sync=False, amp=None):
     model.train()
     torch.manual_seed(7 + rank)  # drop-path draws: the same lean or plain
     inp = x.chunk(world)[rank].clone().requires_grad_()
-    plain = mock.patch.object(fast_path, 'takes_training_form',
-                              lambda module: lean)
-    with plain, sync_batch_norm_on_cpu():
+    with lean_training(lean), sync_batch_norm_on_cpu():
         with torch.autocast(
                 'cpu', dtype=amp or torch.bfloat16, enabled=amp is not None):
             saved, outs = _saved_bytes(model, inp)
@@ -746,10 +742,10 @@ def test_resized_bias_computed_again_once_per_stage(lean, monkeypatch):
     of megabytes at detection sizes) is not kept for the backward pass:
     each stage's is computed again there, once for all its blocks. Through
     the plain layers it is kept and resized once."""
-    from mmcmt.models.backbones import cmt
+    from mmcmt.models.utils import relative_position
     calls = []
-    real = cmt.resize_relative_position_bias
-    monkeypatch.setattr(cmt, 'resize_relative_position_bias',
+    real = relative_position.resize_relative_position_bias
+    monkeypatch.setattr(relative_position, 'resize_relative_position_bias',
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     if not lean:
         _plain_layers(monkeypatch)
@@ -861,16 +857,18 @@ def test_bias_used_unchanged_at_pretrain_size_and_resized_elsewhere():
         # an in-place update of the parameter invalidates the cache
         stage.relative_position_bias.add_(1)
         assert stage.bias_for((8, 12)) is not other
-    model.train()
-    assert stage._bias_cache is None
+    model.train()  # frees the kept bias
     assert stage.bias_for((12, 8)).requires_grad
+    model.eval()
+    with torch.no_grad():
+        assert stage.bias_for((8, 12)) is not other
 
 
 def test_bias_resized_once_per_stage_per_forward(monkeypatch):
-    from mmcmt.models.backbones import cmt
+    from mmcmt.models.utils import relative_position
     calls = []
-    real = cmt.resize_relative_position_bias
-    monkeypatch.setattr(cmt, 'resize_relative_position_bias',
+    real = relative_position.resize_relative_position_bias
+    monkeypatch.setattr(relative_position, 'resize_relative_position_bias',
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     model = CMT(dict(TINY, depths=[2, 3, 2, 2]), pretrain_img_size=64)
     model(torch.rand(1, 3, 96, 64))  # training: once per stage

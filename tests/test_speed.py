@@ -14,8 +14,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmcmt.compat import HAS_CPU_FLASH_ATTENTION_MASK
 from mmcmt.models import CMT, CMTClassifier
 from mmcmt.models.utils import attention
-from mmcmt.models.utils.fuse import (fold_bn_into_consumer,
-                                     fold_bn_into_producer)
+from mmcmt.models.utils.bn_folding import (fold_bn_into_consumer,
+                                           fold_bn_into_producer)
 from mmcmt.reference import (custom_arch_official_shapes,
                              random_official_state_dict)
 
@@ -240,13 +240,13 @@ def test_irffn_computed_in_pieces_matches(monkeypatch, budget):
     """The eval path's IRFFN, a few images or a band of rows at a time
     (each band's depthwise convolution fed one row of each neighbour),
     computes what the whole map and the plain layers compute."""
-    from mmcmt.models.backbones import cmt_fast_path
-    from mmcmt.models.utils import fast_path, map_pieces
+    from mmcmt.models.backbones import cmt_inference
+    from mmcmt.models.utils import forms, map_pieces
     model = loaded_model()
     x = torch.randn(3, 3, 96, 128)  # stage 1: 24 x 32 grid, 4 KB a row
     pieces = []
     real = map_pieces.map_pieces
-    monkeypatch.setattr(cmt_fast_path, 'map_pieces',
+    monkeypatch.setattr(cmt_inference, 'map_pieces',
                         lambda *a: pieces.append(list(real(*a))) or pieces[-1])
     with torch.no_grad():
         monkeypatch.setattr(map_pieces, 'PIECE_BYTES', 1 << 40)
@@ -256,7 +256,7 @@ def test_irffn_computed_in_pieces_matches(monkeypatch, budget):
         monkeypatch.setattr(map_pieces, 'PIECE_BYTES', budget)
         got = model(x)
         with monkeypatch.context() as m:
-            m.setattr(fast_path, 'takes_fast_path', lambda module: False)
+            m.setattr(forms, 'form_now', lambda module: None)
             plain = model(x)
     stage1 = pieces[0]
     if budget == 250_000:  # two 96 KB images at most, whole
@@ -275,18 +275,18 @@ def test_eval_inference_path_matches_and_follows_weight_changes(monkeypatch):
     """The eval-mode path (GELU inside the convolutions, BatchNorms folded
     or applied in place, cached) computes what the plain layers compute,
     also after the weights change under it."""
-    from mmcmt.models.backbones import cmt_fast_path
-    from mmcmt.models.utils import fast_path, fused_ops
+    from mmcmt.models.backbones import cmt_inference
+    from mmcmt.models.utils import forms, fused_ops
     model = loaded_model()
     x = torch.randn(2, 3, 72, 100)
     calls = []
     real = fused_ops.batch_norm_
-    monkeypatch.setattr(cmt_fast_path, 'batch_norm_',
+    monkeypatch.setattr(cmt_inference, 'batch_norm_',
                         lambda *a: calls.append(1) or real(*a))
 
     def plain():
         with monkeypatch.context() as m:
-            m.setattr(fast_path, 'takes_fast_path', lambda module: False)
+            m.setattr(forms, 'form_now', lambda module: None)
             return model(x)
 
     with torch.no_grad():

@@ -61,7 +61,7 @@ VARIANTS = OrderedDict([('CMT-S fused',
 #: stage (mmdet's RetinaNet config freezes ResNet-50's stem and first stage;
 #: its BatchNorms stay in eval mode, as there and in mmdet's default);
 #: ``plain`` trains CMT through its plain layers, without the memory-lean
-#: training forms (:func:`~mmcmt.models.utils.fast_path.
+#: training forms (:func:`~mmcmt.models.utils.forms.
 #: plain_layers_in_training`): what those are measured against.
 TRAIN_ONLY = ('unfrozen', 'plain')
 COMPILED = OrderedDict([('ResNet-50 compiled', ('ResNet-50', 'compiled')),

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 
 from mmcmt.models import CMT
-from mmcmt.models.utils.fast_path import plain_layers_in_training
+from mmcmt.models.utils.forms import plain_layers_in_training
 from mmcmt.utils import (autocast_networks, count_params, dummy_data_samples,
                          relative_error)
 from .attention import attention_step

@@ -3,13 +3,12 @@
 A faithful, dense-prediction-ready implementation of the released CMT
 networks (Guo et al., CVPR 2022). The core depends only on torch and mmengine.
 
-Each module's ``forward`` is the paper's computation. The modules decorated
-with :func:`with_fast_path` run the same function faster in eval mode
-without gradients (:mod:`.cmt_fast_path`, the only place of that path) and,
-for the stem's layers and the IRFFN, keeping fewer tensors for the backward
-pass in training (:mod:`.cmt_lean_training`, whose other forms the blocks
-and stages call themselves); the IRFFN and the attention are traced for
-ONNX export as the graphs ONNX Runtime runs fastest (:mod:`.cmt_export`).
+Each module's ``forward`` is the paper's computation and reads alone. A
+module with other forms of the same function lists them above its
+``forward`` with :func:`~mmcmt.models.utils.forms.with_forms`: ``eval``,
+faster in eval mode without gradients (:mod:`.cmt_inference`); ``training``,
+keeping fewer tensors for the backward pass (:mod:`.cmt_lean_training`);
+``export``, the graph that ONNX Runtime runs fastest (:mod:`.cmt_export`).
 
 Layout: inside a stage the feature map is kept as an NHWC tensor ``(B, H, W,
 C)``, which is at once the token sequence (LayerNorm and linear layers act on
@@ -20,7 +19,7 @@ copies happen between tokens and maps.
 import contextlib
 import math
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,17 +32,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...checkpoint import (ArchMismatchError, is_official_cmt, load_checked,
                            pop_official_cmt, read_checkpoint, sub_state_dict)
 from ...compat import register_load_state_dict_pre_hook
-from ..utils import fast_path
-from ..utils.attention import biased_attention, factored_biased_attention
-from ..utils.fast_path import with_fast_path
-from ..utils.fuse import assign_weights, fold_bn_into_consumer
+from ..utils.attention import biased_attention
+from ..utils.bn_folding import assign_weights, fold_bn_into_consumer
+from ..utils.forms import with_forms
 from ..utils.fused_ops import conv_plus_identity
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
-from ..utils.relative_position import (factored_relative_position_bias,
-                                       infer_square_grid,
-                                       resize_relative_position_bias)
+from ..utils.relative_position import BiasResizer
 from . import cmt_export as export
-from . import cmt_fast_path as fast
+from . import cmt_inference as inference
 from . import cmt_lean_training as lean
 from .cmt_arch import check_arch, shape_signature
 
@@ -116,7 +112,7 @@ class StemLayer(nn.Module):
             in_channels, out_channels, 3, stride=stride, padding=1)
         self.norm = nn.BatchNorm2d(out_channels)
 
-    @with_fast_path(fast.stem_layer, training_form=lean.stem_layer)
+    @with_forms(eval=inference.stem_layer, training=lean.stem_layer)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(gelu(self.conv(x)))
 
@@ -144,7 +140,7 @@ class LocalPerceptionUnit(nn.Conv2d):
         super().__init__(
             embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
 
-    @with_fast_path(fast.local_perception)
+    @with_forms(eval=inference.local_perception)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nchw_to_nhwc(conv_plus_identity(self, nhwc_to_nchw(x)))
 
@@ -165,7 +161,7 @@ class SpatialReduction(nn.Sequential):
                     groups=embed_dims),
                 norm=nn.BatchNorm2d(embed_dims)))
 
-    @with_fast_path(fast.spatial_reduction)
+    @with_forms(eval=inference.spatial_reduction)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
 
@@ -196,37 +192,56 @@ class LightweightAttention(nn.Module):
         if sr_ratio > 1:
             self.sr = SpatialReduction(embed_dims, sr_ratio)
 
-    @with_fast_path(export_form=export.attention)
+    @with_forms(export=export.attention)
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """
         Args:
             x (Tensor): ``(B, H, W, C)`` normalised tokens.
-            bias (Tensor | tuple): ``(heads, H*W, h*w)`` relative position
-                bias for this grid, ``h, w = H // sr_ratio, W // sr_ratio``;
-                or its factors ``(rows, cols)`` (see
-                :func:`factored_relative_position_bias`).
+            bias (Tensor): ``(heads, H*W, h*w)`` relative position bias for
+                this grid, ``h, w = H // sr_ratio, W // sr_ratio``.
 
         Returns:
             Tensor: ``(B, H, W, C)``.
         """
-        q = self.q(x)
+        return self.attend(self.q(x), self.keys_values(x), bias)
+
+    def keys_values(self, x: torch.Tensor) -> torch.Tensor:
+        """The keys and values, side by side: the reduction of the tokens
+        ``x`` (none when ``sr_ratio`` is 1), then ``kv``. ``(B, H, W, C) ->
+        (B, h, w, 2C)``."""
         if self.sr_ratio > 1:
             x = nchw_to_nhwc(self.sr(nhwc_to_nchw(x)))
-        return self.attend(q, self.kv(x), bias)
+        return self.kv(x)
 
-    def attend(self, q: torch.Tensor, kv: torch.Tensor,
-               bias: torch.Tensor) -> torch.Tensor:
+    @property
+    def key_value_input_layer(self) -> nn.Module:
+        """The first layer of :meth:`keys_values`: the reduction's
+        convolution, or ``kv`` without a reduction."""
+        return self.sr.conv if self.sr_ratio > 1 else self.kv
+
+    def keys_values_from(self, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`keys_values` from the output ``y`` of its first layer
+        (:attr:`key_value_input_layer`; the convolution's is a ``(B, C, h,
+        w)`` map): the reduction's BatchNorm, then ``kv``."""
+        if self.sr_ratio == 1:
+            return y
+        return self.kv(nchw_to_nhwc(self.sr.norm(y)))
+
+    def attend(self,
+               q: torch.Tensor,
+               kv: torch.Tensor,
+               bias: torch.Tensor,
+               attention: Optional[Callable] = None) -> torch.Tensor:
         """The attention from the projections: ``q`` ``(B, H, W, C)``, the
-        keys and values ``kv`` ``(B, h, w, 2C)``; ``bias`` as in
-        :meth:`forward`. Returns ``(B, H, W, C)``."""
+        keys and values ``kv`` ``(B, h, w, 2C)``, ``bias`` as in
+        :meth:`forward`, taken by ``attention(q, k, v, bias, scale)``
+        (default :func:`biased_attention`) on split heads. Returns ``(B, H,
+        W, C)``."""
         B, H, W, C = q.shape
         heads = self.num_heads
         q = q.reshape(B, H * W, heads, -1).transpose(1, 2)
         k, v = kv.reshape(B, -1, 2, heads, C // heads).permute(2, 0, 3, 1, 4)
-        if isinstance(bias, tuple):  # factored (traced for export)
-            out = factored_biased_attention(q, k, v, *bias, self.scale)
-        else:
-            out = biased_attention(q, k, v, bias, self.scale)
+        out = (attention or biased_attention)(q, k, v, bias, self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
 
 
@@ -248,12 +263,18 @@ class IRFFN(nn.Module):
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
         self.norm3 = nn.BatchNorm2d(embed_dims)
 
-    @with_fast_path(
-        fast.irffn, training_form=lean.irffn, export_form=export.irffn)
+    @with_forms(eval=inference.irffn, training=lean.irffn, export=export.irffn)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(nhwc_to_nchw(gelu(self.fc1(x))))
-        x = self.norm2(gelu(conv_plus_identity(self.dwconv, x)))
-        x = self.fc2(nchw_to_nhwc(x))
+        return self.norm3_tokens(self.fc2(nchw_to_nhwc(self.depthwise(x))))
+
+    def depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The depthwise convolution with a residual, GELU, ``norm2``:
+        ``(B, hidden, H, W) -> (B, hidden, H, W)``."""
+        return self.norm2(gelu(conv_plus_identity(self.dwconv, x)))
+
+    def norm3_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """``norm3`` of ``fc2``'s output: ``(B, H, W, C) -> (B, H, W, C)``."""
         return nchw_to_nhwc(self.norm3(nhwc_to_nchw(x)))
 
 
@@ -277,28 +298,17 @@ class CMTBlock(nn.Module):
         self.ffn = IRFFN(embed_dims, int(embed_dims * mlp_ratio))
         self.drop_path_rate = drop_path_rate
 
+    @with_forms(training=lean.cmt_block)
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        # In training, the LPU, norm1 and the attention's projections of the
-        # normalised map, and norm2 with the IRFFN, run in memory-lean forms
-        # (:mod:`.cmt_lean_training`) where they apply.
-        lean_form = fast_path.takes_training_form(self)
-        parts = lean.attention_input(self, x) if lean_form else None
-        if parts is None:
-            x = self.lpu(x)
-            y = self.attn(self.norm1(x), bias)
-        else:
-            x, q, source = parts
-            x = nchw_to_nhwc(x)
-            attn = self.attn
-            if attn.sr_ratio > 1:  # source: the reduction's convolution
-                source = attn.kv(nchw_to_nhwc(attn.sr.norm(source)))
-            y = attn.attend(q, source, bias)
-        # The branches' outputs are fresh tensors that autograd does not
-        # keep: the residuals are added into them in place.
-        x = drop_path(y, self.drop_path_rate, self.training).add_(x)
-        y = lean.irffn(self.ffn, x, self.norm2) if lean_form else None
-        if y is None:
-            y = self.ffn(self.norm2(x))
+        """``bias``: the attention's, ``(heads, H*W, h*w)``."""
+        x = self.lpu(x)
+        x = self.add_branch(self.attn(self.norm1(x), bias), x)
+        return self.add_branch(self.ffn(self.norm2(x)), x)
+
+    def add_branch(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x`` plus the residual branch's output ``y`` (dropped per sample
+        in training): ``y`` is a fresh tensor that autograd does not keep,
+        and takes the sum in place."""
         return drop_path(y, self.drop_path_rate, self.training).add_(x)
 
 
@@ -306,7 +316,7 @@ class CMTStage(nn.Module):
     """Patch aggregation, then CMT blocks sharing one relative position bias.
 
     The bias is stored at its pre-training grid and resized to the running
-    grid once per forward (cached per grid in eval mode).
+    grid once per forward (:class:`BiasResizer`; kept per grid in eval mode).
 
     Args:
         in_channels (int): channels of the input map.
@@ -334,85 +344,27 @@ class CMTStage(nn.Module):
             CMTBlock(embed_dims, num_heads, mlp_ratio, sr_ratio, rate)
             for rate in (drop_path_rates or [0.] * depth))
         self.sr_ratio = sr_ratio
-        self.pretrain_grid = tuple(pretrain_grid)
+        self.bias_resizer = resizer = BiasResizer(pretrain_grid, sr_ratio)
         self.relative_position_bias = nn.Parameter(
-            torch.randn(num_heads, math.prod(self.pretrain_grid),
-                        math.prod(self.key_grid(self.pretrain_grid))))
+            torch.randn(num_heads, math.prod(resizer.pretrain_grid),
+                        math.prod(resizer.key_grid(resizer.pretrain_grid))))
         self.with_cp = with_cp
-        self._bias_cache = None  # (key, bias) of the last eval-mode grid
-        self._bias_memory = None  # its memory, kept for the next size
-        register_load_state_dict_pre_hook(self, self._resize_loaded_bias)
+        register_load_state_dict_pre_hook(self, resizer.resize_saved_bias)
 
-    def key_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
-        return grid[0] // self.sr_ratio, grid[1] // self.sr_ratio
-
-    def bias_for(self,
-                 grid: Tuple[int, int],
-                 factored: Optional[bool] = None) -> torch.Tensor:
-        """The relative position bias resized to a query grid,
-        ``(heads, H*W, h*w)``; the stored one at the pre-training grid.
-        ``factored`` (default: while exporting to ONNX) gives its factors
-        ``(rows, cols)`` instead (:func:`factored_relative_position_bias`).
-        """
+    @with_forms(
+        eval=inference.relative_position_bias,
+        training=lean.relative_position_bias,
+        export=export.relative_position_bias)
+    def bias_for(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """The relative position bias resized to a query grid, ``(heads,
+        H*W, h*w)``; the stored one at the pre-training grid."""
         bias = self.relative_position_bias
-        if factored is None:
-            factored = torch.onnx.is_in_onnx_export()
-        if factored:
-            # the resize follows the traced input size (one to the same
-            # grid is exact) and, factored, costs little per run
-            return factored_relative_position_bias(
-                bias, self.pretrain_grid, self.key_grid(self.pretrain_grid),
-                grid, self.key_grid(grid))
-        if grid == self.pretrain_grid:
+        if tuple(grid) == self.bias_resizer.pretrain_grid:
             return bias
-        if self.training or torch.is_grad_enabled() or \
-                torch.jit.is_tracing():
-            return self._resize(bias, grid)
-        # Eval: keyed on the parameter's version so updates invalidate it.
-        # A new size (in a COCO evaluation, most images) is written into
-        # the last one's memory when it fits: a fresh allocation of this
-        # size costs more in page faults than the resize itself.
-        key = (grid, bias.device, bias.dtype, bias._version)
-        if self._bias_cache is None or self._bias_cache[0] != key:
-            self._bias_cache = None
-            size = bias.shape[0] * math.prod(grid) * math.prod(
-                self.key_grid(grid))
-            memory = self._bias_memory
-            if memory is None or memory.numel() < size or (
-                    memory.device, memory.dtype) != (bias.device, bias.dtype):
-                self._bias_memory = memory = None  # freed before the new one
-                memory = self._bias_memory = bias.new_empty(size)
-            self._bias_cache = (key, self._resize(bias, grid, memory))
-        return self._bias_cache[1]
-
-    def _resize(self, bias, grid, out=None):
-        return resize_relative_position_bias(
-            bias,
-            self.pretrain_grid,
-            self.key_grid(self.pretrain_grid),
-            grid,
-            self.key_grid(grid),
-            out=out)
-
-    def _resize_loaded_bias(self, module, state_dict, prefix, *args):
-        """Adapt a bias saved at another grid (say, by a detector fine-tuned
-        with another ``pretrain_img_size``) to this stage's stored grid."""
-        key = prefix + 'relative_position_bias'
-        saved = state_dict.get(key)
-        target = self.relative_position_bias
-        if saved is None or saved.shape == target.shape or \
-                saved.shape[0] != target.shape[0]:
-            return  # a head-count mismatch is reported by load_state_dict
-        state_dict[key] = resize_relative_position_bias(
-            saved.to(target.dtype), infer_square_grid(saved.shape[1]),
-            infer_square_grid(saved.shape[2]), self.pretrain_grid,
-            self.key_grid(self.pretrain_grid))
-        print_log(
-            f'resized {key} from {tuple(saved.shape)} to '
-            f'{tuple(target.shape)}', 'current')
+        return self.bias_resizer.resize(bias, grid)
 
     def train(self, mode: bool = True):
-        self._bias_cache = self._bias_memory = None
+        self.bias_resizer.clear()  # the eval-mode bias, hundreds of MB
         return super().train(mode)
 
     def forward(self,
@@ -423,11 +375,7 @@ class CMTStage(nn.Module):
         already (:meth:`CMT.position_biases`)."""
         x = self.downsample(x)
         if bias is None:
-            grid = tuple(x.shape[1:3])
-            if fast_path.takes_training_form(self):
-                bias = lean.relative_position_bias(self, grid)
-            if bias is None:
-                bias = self.bias_for(grid)
+            bias = self.bias_for(tuple(x.shape[1:3]))
         for block in self.blocks:
             x = maybe_checkpoint(self.with_cp, block, x, bias)
         return nhwc_to_nchw(x)
@@ -686,12 +634,13 @@ class CMT(BaseModule):
     def fuse(self) -> 'CMT':
         """Fold BatchNorms into neighbouring layers, for inference only.
 
-        Folds, where the algebra is exact (see :mod:`..utils.fuse`): the last
-        stem BatchNorm into the first patch aggregation, the key/value
-        reduction's BatchNorm into its convolution, and the IRFFN's second
-        and third BatchNorms into its projection ``fc2`` (a 1x1 convolution,
-        so no padding is involved). The others precede padded convolutions
-        and stay. Outputs equal the unfused network's up to float rounding.
+        Folds, where the algebra is exact (see :mod:`..utils.bn_folding`):
+        the last stem BatchNorm into the first patch aggregation, and the
+        eval forms' folds for good (the key/value reduction's BatchNorm into
+        its convolution, the IRFFN's second and third BatchNorms into its
+        projection ``fc2``, a 1x1 convolution that sees no padding). The
+        others precede padded convolutions and stay. Outputs equal the
+        unfused network's up to float rounding.
         Call it after loading the weights; it puts the model in eval mode
         for good (``train()`` then raises). Returns the model.
         """
@@ -701,16 +650,19 @@ class CMT(BaseModule):
         stem_out = self.stem[-1]
         fold_bn_into_consumer(stem_out.norm, self.stages[0].downsample.proj)
         stem_out.norm = nn.Identity()
-        for module in list(self.modules()):  # the fast path's folds
+        for module in list(self.modules()):  # the eval forms' folds
             if isinstance(module, SpatialReduction):
-                assign_weights(module.conv, *fast.reduction_weights(module))
+                assign_weights(module.conv,
+                               *inference.reduction_weights(module))
                 module.norm = nn.Identity()
             elif isinstance(module, IRFFN):
-                assign_weights(module.fc2, *fast.projection_weights(module))
+                assign_weights(module.fc2,
+                               *inference.projection_weights(module))
                 module.norm2, module.norm3 = nn.Identity(), nn.Identity()
         self.fused = True
         return self
 
+    @with_forms(export=export.position_biases)
     def position_biases(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """The relative position bias of each stage for ``x``'s size: a
         function of the size only, which a deployed detector computes once
@@ -724,18 +676,18 @@ class CMT(BaseModule):
             the stage's grid of the input padded to a multiple of 32 and
             ``Nk_i`` its keys' grid.
         """
+        return tuple(
+            stage.bias_for(grid)
+            for stage, grid in zip(self.stages, self.stage_grids(x)))
+
+    def stage_grids(self, x: torch.Tensor) -> List[Tuple[int, int]]:
+        """The token grid of each stage for ``x`` ``(B, C, H, W)``, padded
+        to a multiple of 32."""
         padded = [ceil_div(size, MAX_STRIDE) for size in x.shape[-2:]]
-        biases = []
-        for i, stage in enumerate(self.stages):
-            grid = tuple(p * MAX_STRIDE // (4 * 2**i) for p in padded)
-            if torch.onnx.is_in_onnx_export():
-                # from the factors: an ONNX Resize over the key grid of
-                # every query costs seconds at detection sizes
-                rows, cols = stage.bias_for(grid, factored=True)
-                biases.append(rows @ cols.T)
-            else:
-                biases.append(stage.bias_for(grid))
-        return tuple(biases)
+        return [
+            tuple(p * MAX_STRIDE // (4 * 2**i) for p in padded)
+            for i in range(len(self.stages))
+        ]
 
     def forward(
         self,
