@@ -280,12 +280,12 @@ def test_with_cp_checkpoints_what_needs_gradients():
     goes through torch's checkpoint, also when its input needs no gradient
     (behind a frozen patch aggregation); frozen ones and inference do
     not."""
-    from mmcmt.models.backbones import cmt
+    from mmcmt.models.utils import grad_checkpoint
     model = CMT(
         CP_ARCH, pretrain_img_size=64, frozen_stages=1, with_cp=True).train()
     model.stages[1].downsample.requires_grad_(False)
     calls = []
-    real = cmt.cp.checkpoint
+    real = grad_checkpoint.cp.checkpoint
 
     def spy(function, *args, **kwargs):
         calls.append(function)
@@ -293,7 +293,7 @@ def test_with_cp_checkpoints_what_needs_gradients():
 
     blocks = [list(stage.blocks) for stage in model.stages]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cmt.cp, 'checkpoint', spy)
+        patch.setattr(grad_checkpoint.cp, 'checkpoint', spy)
         model(torch.rand(1, 3, 64, 64))
         assert calls == blocks[1] + blocks[2] + blocks[3]
         calls.clear()
@@ -568,7 +568,7 @@ def _train_step(state, x, kwargs, lean=True, sync=False, amp=None):
     batch."""
     import torch.distributed as dist
 
-    from mmcmt.models.utils.batch_norm import sync_batch_norm_on_cpu
+    from mmcmt.engine.sync_batch_norm import sync_batch_norm_on_cpu
     from mmcmt.models.utils.forms import lean_training
     rank, world = (dist.get_rank(), dist.get_world_size()) if sync else (0, 1)
     model = CMT(CP_ARCH, pretrain_img_size=64, **kwargs).to(x.dtype)

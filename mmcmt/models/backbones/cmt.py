@@ -16,7 +16,6 @@ its last dimension) and a channels-last NCHW map for the depthwise
 convolutions and BatchNorms (:mod:`~mmcmt.models.utils.layout`). No layout
 copies happen between tokens and maps.
 """
-import contextlib
 import math
 from collections import OrderedDict
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -24,7 +23,6 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -36,15 +34,14 @@ from ..utils.attention import biased_attention
 from ..utils.bn_folding import assign_weights, fold_bn_into_consumer
 from ..utils.forms import with_forms
 from ..utils.fused_ops import conv_plus_identity
+from ..utils.grad_checkpoint import maybe_checkpoint
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
 from ..utils.relative_position import BiasResizer
 from . import cmt_export as export
 from . import cmt_inference as inference
 from . import cmt_lean_training as lean
-from .cmt_arch import check_arch, shape_signature
-
-#: Total stride of the backbone; inputs are padded to a multiple of it.
-MAX_STRIDE = 32
+from .cmt_arch import (ARCH_KEYS, ARCH_ZOO, MAX_STRIDE, NUM_STAGES,
+                       check_loaded_arch, parse_arch)
 
 
 def ceil_div(size, divisor: int):
@@ -66,40 +63,6 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     keep = 1. - rate
     mask = x.new_empty((x.shape[0], ) + (1, ) * (x.dim() - 1)).bernoulli_(keep)
     return x * mask.div_(keep)
-
-
-def maybe_checkpoint(enabled: bool, module: nn.Module, *inputs):
-    """``module(*inputs)``, with gradient checkpointing when ``enabled`` and
-    autograd would keep the module's activations: for its inputs' gradients
-    or for its own parameters' (behind a frozen layer, the input of a
-    trainable one needs no gradient)."""
-    if not (enabled and torch.is_grad_enabled() and
-            (any(t.requires_grad
-                 for t in inputs) or any(p.requires_grad
-                                         for p in module.parameters()))):
-        return module(*inputs)
-    return cp.checkpoint(
-        module,
-        *inputs,
-        use_reentrant=False,
-        context_fn=lambda:
-        (contextlib.nullcontext(), keep_bn_statistics(module)))
-
-
-@contextlib.contextmanager
-def keep_bn_statistics(module: nn.Module):
-    """While a checkpointed forward is recomputed in the backward pass: its
-    training-mode BatchNorms would update their running statistics a second
-    time, so they are put back as the first forward left them."""
-    saved = [(bn, [b.clone() for b in bn.buffers()])
-             for bn in module.modules() if isinstance(bn, _BatchNorm)]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for bn, buffers in saved:
-                for buffer, value in zip(bn.buffers(), buffers):
-                    buffer.copy_(value)
 
 
 class StemLayer(nn.Module):
@@ -421,27 +384,9 @@ class CMT(BaseModule):
         [(1, 64, 200, 300), (1, 128, 100, 150), (1, 256, 50, 75), \
          (1, 512, 25, 38)]
     """
-    arch_zoo = {
-        **dict.fromkeys(['ti', 'tiny'], dict(
-            embed_dims=[46, 92, 184, 368], depths=[2, 2, 10, 2],
-            num_heads=[1, 2, 4, 8], mlp_ratios=3.6, sr_ratios=[8, 4, 2, 1],
-            stem_channels=16, pretrain_img_size=160)),
-        **dict.fromkeys(['xs'], dict(
-            embed_dims=[52, 104, 208, 416], depths=[3, 3, 12, 3],
-            num_heads=[1, 2, 4, 8], mlp_ratios=3.77, sr_ratios=[8, 4, 2, 1],
-            stem_channels=16, pretrain_img_size=192)),
-        **dict.fromkeys(['s', 'small'], dict(
-            embed_dims=[64, 128, 256, 512], depths=[3, 3, 16, 3],
-            num_heads=[1, 2, 4, 8], mlp_ratios=4, sr_ratios=[8, 4, 2, 1],
-            stem_channels=32, pretrain_img_size=224)),
-        **dict.fromkeys(['b', 'base'], dict(
-            embed_dims=[76, 152, 304, 608], depths=[4, 4, 20, 4],
-            num_heads=[1, 2, 4, 8], mlp_ratios=4, sr_ratios=[8, 4, 2, 1],
-            stem_channels=38, pretrain_img_size=256)),
-    }  # yapf: disable
-    arch_keys = ('embed_dims', 'depths', 'num_heads', 'mlp_ratios',
-                 'sr_ratios', 'stem_channels')
-    num_stages = 4
+    arch_zoo = ARCH_ZOO  # (see cmt_arch.py)
+    arch_keys = ARCH_KEYS
+    num_stages = NUM_STAGES
 
     def __init__(self,
                  arch: Union[str, dict] = 'small',
@@ -511,57 +456,14 @@ class CMT(BaseModule):
             channels = self.embed_dims[i]
         self.fused = False
         register_load_state_dict_pre_hook(self, _convert_official_backbone)
-        register_load_state_dict_pre_hook(self, _check_loaded_arch)
+        register_load_state_dict_pre_hook(self, check_loaded_arch)
         self._freeze_stages()
 
     @classmethod
     def parse_arch(cls, arch: Union[str, dict]) -> dict:
-        """Settings of an arch name or dict, with per-stage lists."""
-        if isinstance(arch, str):
-            name = arch.lower()
-            if name not in cls.arch_zoo:
-                raise ValueError(
-                    f'unknown CMT arch {arch!r}; choose one of '
-                    f'{sorted(cls.arch_zoo)} or pass a dict with keys '
-                    f'{list(cls.arch_keys)}')
-            settings = dict(cls.arch_zoo[name])
-        elif isinstance(arch, dict):
-            missing = [k for k in cls.arch_keys if k not in arch]
-            extra = [
-                k for k in arch
-                if k not in cls.arch_keys and k != 'pretrain_img_size'
-            ]
-            if missing or extra:
-                raise ValueError(
-                    f'a CMT arch dict needs exactly the keys '
-                    f'{list(cls.arch_keys)}; missing {missing}, unknown '
-                    f'{extra}')
-            settings = dict(arch)
-        else:
-            raise TypeError(
-                f'arch must be a name or a dict, got {type(arch).__name__}')
-        if isinstance(settings['mlp_ratios'], (int, float)):
-            settings['mlp_ratios'] = [settings['mlp_ratios']] * cls.num_stages
-        for key in ('embed_dims', 'depths', 'num_heads', 'mlp_ratios',
-                    'sr_ratios'):
-            value = settings[key]
-            if not isinstance(value, (list, tuple)) or \
-                    len(value) != cls.num_stages:
-                raise ValueError(
-                    f'CMT arch {key!r} must list {cls.num_stages} values (one '
-                    f'per stage), got {value!r}')
-            settings[key] = list(value)
-        for dims, heads in zip(settings['embed_dims'], settings['num_heads']):
-            if dims % heads:
-                raise ValueError(f'CMT arch: embed_dims {dims} is not '
-                                 f'divisible by num_heads {heads}')
-        for i, ratio in enumerate(settings['sr_ratios']):
-            if ratio < 1 or (MAX_STRIDE // (4 * 2**i)) % ratio:
-                raise ValueError(
-                    f'CMT arch: sr_ratios[{i}]={ratio} must divide '
-                    f'{MAX_STRIDE // (4 * 2**i)} (the stage grid of a '
-                    f'{MAX_STRIDE}-multiple input)')
-        return settings
+        """Settings of an arch name or dict, with per-stage lists
+        (:func:`~.cmt_arch.parse_arch`)."""
+        return parse_arch(arch, cls.arch_zoo)
 
     def _parse_out_indices(self, out_indices):
         if isinstance(out_indices, int):
@@ -779,15 +681,6 @@ def _convert_official_backbone(module, state_dict, prefix, *args):
     kept.update((k, v) for k, v in converted.items()
                 if not k.startswith(('backbone.', 'head.')))
     state_dict.update((prefix + k, v) for k, v in kept.items())
-
-
-def _check_loaded_arch(module, state_dict, prefix, *args):
-    """Load-state-dict pre-hook (after the layout conversion, before the
-    stages resize their biases): a checkpoint of another arch fails with one
-    line that names both archs."""
-    check_arch(
-        shape_signature(module.arch), state_dict, prefix, CMT.arch_zoo,
-        module.embed_dims)
 
 
 def _pair(size) -> Tuple[int, int]:
