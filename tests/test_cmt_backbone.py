@@ -41,6 +41,7 @@ def test_arch_aliases_and_settings():
     assert CMT.parse_arch('S') == CMT.parse_arch('small')
     assert CMT.parse_arch('b')['embed_dims'] == [76, 152, 304, 608]
     assert CMT('xs').pretrain_img_size == (192, 192)
+    assert CMT(TINY, pretrain_img_size=[64, 96]).pretrain_img_size == (64, 96)
     assert CMT('tiny').stages[0].relative_position_bias.shape == (1, 1600, 25)
     assert CMT('small', pretrain_img_size=256).stages[3] \
         .relative_position_bias.shape == (8, 64, 64)

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
+from mmengine.utils import to_2tuple
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import (ArchMismatchError, is_official_cmt, load_checked,
@@ -57,7 +58,11 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop whole samples of a residual branch."""
+    """Stochastic depth: drop whole samples of a residual branch, as the
+    released code draws and scales them (timm's: a Bernoulli mask divided by
+    the keep rate). mmcv's ``drop_path`` is another function: it draws
+    ``floor(keep + rand)`` and divides ``x`` first, so the same seed drops
+    other samples and the kept ones round differently."""
     if rate == 0. or not training:
         return x
     keep = 1. - rate
@@ -422,7 +427,7 @@ class CMT(BaseModule):
         self.with_cp = with_cp
         if pretrain_img_size is None:
             pretrain_img_size = settings.get('pretrain_img_size', 224)
-        self.pretrain_img_size = _pair(pretrain_img_size)
+        self.pretrain_img_size = tuple(to_2tuple(pretrain_img_size))
         if any(s % MAX_STRIDE or s <= 0 for s in self.pretrain_img_size):
             raise ValueError(f'pretrain_img_size must be a positive multiple '
                              f'of {MAX_STRIDE}, got {pretrain_img_size}')
@@ -681,7 +686,3 @@ def _convert_official_backbone(module, state_dict, prefix, *args):
     kept.update((k, v) for k, v in converted.items()
                 if not k.startswith(('backbone.', 'head.')))
     state_dict.update((prefix + k, v) for k, v in kept.items())
-
-
-def _pair(size) -> Tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)
