@@ -39,12 +39,14 @@ def randomize_norms(model):
             module.bias.data.normal_()
 
 
-def same_models_with_random_norms(count, **kwargs):
-    """``count`` CMTs with the same weights, the BatchNorms' statistics and
-    affines away from 0 and 1."""
+def same_models_with_random_norms(lean_training, **kwargs):
+    """A CMT (``CP_ARCH``) for each of the settings ``lean_training``, all
+    with the same weights, the BatchNorms' statistics and affines away from
+    0 and 1."""
     torch.manual_seed(0)
     models = [
-        CMT(CP_ARCH, pretrain_img_size=64, **kwargs) for _ in range(count)
+        CMT(CP_ARCH, pretrain_img_size=64, lean_training=lean, **kwargs)
+        for lean in lean_training
     ]
     models[0].init_weights()
     randomize_norms(models[0])
@@ -70,9 +72,3 @@ def saved_bytes(model, x):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         outs = model(x)
     return sum(storages.values()), outs
-
-
-def plain_layers(monkeypatch):
-    """Training through the plain layers (no memory-lean training form)."""
-    from mmcmt.models.utils import forms
-    monkeypatch.setattr(forms, '_lean', [False])

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from cmt_helpers import (AMP, CP_ARCH, TINY, plain_layers, randomize_norms,
+from cmt_helpers import (AMP, CP_ARCH, TINY, randomize_norms,
                          same_models_with_random_norms, saved_bytes)
 
 from mmcmt.models import CMT
@@ -18,7 +18,7 @@ from mmcmt.models import CMT
     dict(frozen_stages=2),
     dict(with_cp=True),
 ])
-def test_lean_training_form_is_the_plain_layers(kwargs, monkeypatch):
+def test_lean_training_form_is_the_plain_layers(kwargs):
     """The memory-lean training forms (the IRFFN's, one hidden map kept
     instead of six, with norm2; the LPU, norm1 and the attention's
     projections; the stem's; the relative position bias computed again in
@@ -26,16 +26,16 @@ def test_lean_training_form_is_the_plain_layers(kwargs, monkeypatch):
     and the same BatchNorm running statistics (float64: to rounding), and
     keep fewer bytes for the backward pass."""
     torch.manual_seed(0)
-    lean = CMT(CP_ARCH, pretrain_img_size=64, **kwargs).double()
+    lean = CMT(
+        CP_ARCH, pretrain_img_size=64, lean_training=True, **kwargs).double()
     lean.init_weights()
     randomize_norms(lean)
-    plain = CMT(CP_ARCH, pretrain_img_size=64, **kwargs).double()
+    plain = CMT(
+        CP_ARCH, pretrain_img_size=64, lean_training=False, **kwargs).double()
     plain.load_state_dict(lean.state_dict())
     x = torch.rand(2, 3, 96, 130, dtype=torch.float64)
     results = []
     for model in (lean, plain):
-        if model is plain:
-            plain_layers(monkeypatch)
         model.train()
         torch.manual_seed(7)  # same drop-path draws
         inp = x.clone().requires_grad_()
@@ -68,20 +68,19 @@ def test_lean_training_form_is_the_plain_layers(kwargs, monkeypatch):
 @pytest.mark.parametrize(
     'kwargs', [dict(), dict(norm_eval=True)],
     ids=lambda kwargs: ','.join(kwargs) or 'default')
-def test_lean_training_form_in_float32_is_as_accurate(kwargs, monkeypatch):
+def test_lean_training_form_in_float32_is_as_accurate(kwargs):
     """In float32 the lean IRFFN folds each BatchNorm into the layer after
     it (its output never computed): outputs and gradients then round
     differently from the plain layers', and are as close to the float64
     computation as theirs: at most 1.1x as far, outputs and gradients
     (measured 1.00 and 1.00; 0.98 and 0.94 with norm_eval); running
     statistics to float32's rounding."""
-    models = same_models_with_random_norms(3, **kwargs)
+    # lean, plain, plain in float64
+    models = same_models_with_random_norms([True, False, False], **kwargs)
     models[2].double()
     x = torch.rand(2, 3, 96, 130, dtype=torch.float64)
     results = []
-    for index, model in enumerate(models):  # lean, plain, plain in float64
-        if index == 1:
-            plain_layers(monkeypatch)
+    for model in models:
         model.train()
         inp = x.to(next(model.parameters()).dtype).requires_grad_()
         outs = model(inp)
@@ -112,7 +111,7 @@ def test_lean_training_form_in_float32_is_as_accurate(kwargs, monkeypatch):
     ],
     ids=lambda kwargs: ','.join(kwargs) or 'default')
 @pytest.mark.parametrize('dtype', AMP, ids=str)
-def test_lean_training_form_under_autocast(dtype, kwargs, monkeypatch):
+def test_lean_training_form_under_autocast(dtype, kwargs):
     """Under autocast (``--amp``) the lean form computes what the plain
     layers compute under the same autocast: the same outputs to the bit
     (the same operations in the same dtypes), running statistics to the
@@ -123,12 +122,11 @@ def test_lean_training_form_under_autocast(dtype, kwargs, monkeypatch):
     layers' under autocast as those are from the float32 gradients
     (measured: 0 in bfloat16, up to 0.23 in float16). It keeps fewer
     bytes."""
-    models = same_models_with_random_norms(3, **kwargs)
+    # lean, plain, plain in float32
+    models = same_models_with_random_norms([True, False, False], **kwargs)
     x = torch.rand(2, 3, 96, 130)
     results = []
-    for index, model in enumerate(models):  # lean, plain, plain in float32
-        if index == 1:
-            plain_layers(monkeypatch)
+    for index, model in enumerate(models):
         model.train()
         torch.manual_seed(7)  # same drop-path draws
         inp = x.clone().requires_grad_()
@@ -234,9 +232,10 @@ def test_resized_bias_computed_again_once_per_stage(lean, monkeypatch):
     real = relative_position.resize_relative_position_bias
     monkeypatch.setattr(relative_position, 'resize_relative_position_bias',
                         lambda *a, **k: calls.append(1) or real(*a, **k))
-    if not lean:
-        plain_layers(monkeypatch)
-    model = CMT(dict(TINY, depths=[2, 3, 2, 2]), pretrain_img_size=64)
+    model = CMT(
+        dict(TINY, depths=[2, 3, 2, 2]),
+        pretrain_img_size=64,
+        lean_training=lean)
     x = torch.rand(1, 3, 96, 64)
     biases = [(stage.relative_position_bias.shape[0], 24 * 16 // 4**i,
                24 * 16 // 4**i // stage.sr_ratio**2)
@@ -254,7 +253,7 @@ def test_stored_bias_changed_before_backward_is_an_error():
     """The bias computed again in the backward pass must be the forward
     pass's: a stored bias changed in place in between is an error, as for
     any tensor autograd keeps."""
-    model = CMT(TINY, pretrain_img_size=64)
+    model = CMT(TINY, pretrain_img_size=64, lean_training=True)
     outs = model(torch.rand(1, 3, 96, 64))
     with torch.no_grad():
         model.stages[0].relative_position_bias.add_(1)
@@ -262,7 +261,7 @@ def test_stored_bias_changed_before_backward_is_an_error():
         sum(o.sum() for o in outs).backward()
 
 
-def test_lean_forms_step_aside_for_other_norms(monkeypatch):
+def test_lean_forms_step_aside_for_other_norms():
     """The block's and the stem's lean forms take torch's LayerNorm and
     BatchNorm2d / SyncBatchNorm; with other norms those layers train
     through their plain layers, and the model computes what it computes
@@ -273,7 +272,7 @@ def test_lean_forms_step_aside_for_other_norms(monkeypatch):
         pass
 
     torch.manual_seed(0)
-    model = CMT(TINY, pretrain_img_size=64).double()
+    model = CMT(TINY, pretrain_img_size=64, lean_training=True).double()
     block, layer = model.stages[0].blocks[0], model.stem[0]
     tokens = torch.rand(1, 8, 8, 8, dtype=torch.float64, requires_grad=True)
     assert lean.attention_input(block, tokens) is not None
@@ -291,14 +290,12 @@ def test_lean_forms_step_aside_for_other_norms(monkeypatch):
     assert lean.attention_input(block, tokens) is None
     assert lean.irffn(block.ffn, tokens, block.norm2) is None
     assert lean.stem_layer(layer, image) is None
-    plain = CMT(TINY, pretrain_img_size=64).double()
+    plain = CMT(TINY, pretrain_img_size=64, lean_training=False).double()
     plain.stem[0].norm = torch.nn.GroupNorm(1, 8).double()
     plain.load_state_dict(model.state_dict())
     x = torch.rand(2, 3, 64, 96, dtype=torch.float64)
     results = []
     for net in (model, plain):
-        if net is plain:
-            plain_layers(monkeypatch)
         outs = net(x)
         sum(o.sum() for o in outs).backward()
         results.append((outs, [p.grad for p in net.parameters()]))

@@ -22,16 +22,17 @@ def _train_step(state, x, kwargs, lean=True, sync=False, amp=None):
     import torch.distributed as dist
 
     from mmcmt.engine.sync_batch_norm import sync_batch_norm_on_cpu
-    from mmcmt.models.utils.forms import lean_training
     rank, world = (dist.get_rank(), dist.get_world_size()) if sync else (0, 1)
-    model = CMT(CP_ARCH, pretrain_img_size=64, **kwargs).to(x.dtype)
+    model = CMT(
+        CP_ARCH, pretrain_img_size=64, lean_training=lean,
+        **kwargs).to(x.dtype)
     model.load_state_dict(state)
     if sync:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.train()
     torch.manual_seed(7 + rank)  # drop-path draws: the same lean or plain
     inp = x.chunk(world)[rank].clone().requires_grad_()
-    with lean_training(lean), sync_batch_norm_on_cpu():
+    with sync_batch_norm_on_cpu():
         with torch.autocast(
                 'cpu', dtype=amp or torch.bfloat16, enabled=amp is not None):
             saved, outs = saved_bytes(model, inp)

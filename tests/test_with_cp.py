@@ -3,16 +3,22 @@ gradients and BatchNorm statistics, several times fewer bytes kept, and
 what goes through torch's checkpoint."""
 import pytest
 import torch
-from cmt_helpers import CP_ARCH, TINY, plain_layers, saved_bytes
+from cmt_helpers import CP_ARCH, TINY, saved_bytes
 
 from mmcmt.models import CMT
+from mmcmt.models.utils.forms import plain_layers_in_training
 
 
-def test_with_cp_same_outputs_and_gradients():
+@pytest.mark.parametrize('lean_training', [True, False])
+def test_with_cp_same_outputs_and_gradients(lean_training):
+    """Through the lean training forms or the plain layers: the blocks
+    computed again in the backward pass take the first forward's forms."""
     torch.manual_seed(1)
-    plain = CMT(TINY, drop_path_rate=0.2, pretrain_img_size=64)
+    kwargs = dict(
+        drop_path_rate=0.2, pretrain_img_size=64, lean_training=lean_training)
+    plain = CMT(TINY, **kwargs)
     plain.init_weights()
-    ckpt = CMT(TINY, drop_path_rate=0.2, pretrain_img_size=64, with_cp=True)
+    ckpt = CMT(TINY, with_cp=True, **kwargs)
     ckpt.load_state_dict(plain.state_dict())
     x = torch.rand(2, 3, 96, 64)  # resized bias inside checkpointed blocks
     results = []
@@ -46,13 +52,14 @@ CP_MIN_FACTOR = 6
                                                               (2, False),
                                                               (1, True),
                                                               (2, True)])
-def test_with_cp_checkpoints(frozen_stages, freeze_downsample, monkeypatch):
+def test_with_cp_checkpoints(frozen_stages, freeze_downsample):
     """with_cp really checkpoints: autograd keeps several times fewer bytes
     than the plain layers (as before the IRFFN's lean training form), also
     after frozen stages, and behind a patch aggregation frozen by hand
     (trainable blocks whose input needs no gradient); the gradients are the
     plain model's."""
-    kwargs = dict(pretrain_img_size=64, frozen_stages=frozen_stages)
+    kwargs = dict(
+        pretrain_img_size=64, frozen_stages=frozen_stages, lean_training=True)
     plain = CMT(CP_ARCH, **kwargs)
     plain.init_weights()
     ckpt = CMT(CP_ARCH, with_cp=True, **kwargs)
@@ -69,8 +76,7 @@ def test_with_cp_checkpoints(frozen_stages, freeze_downsample, monkeypatch):
         loss.backward()
         results.append((saved, outs, [p.grad for p in model.parameters()]))
     (_, o1, g1), (saved_cp, o2, g2) = results
-    with monkeypatch.context() as m:  # what the plain layers keep
-        plain_layers(m)
+    with plain_layers_in_training():  # what the plain layers keep
         saved_plain, _ = saved_bytes(plain, x)
     assert saved_cp * CP_MIN_FACTOR < saved_plain, (saved_plain, saved_cp)
     for a, b in zip(o1, o2):

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 
 from mmcmt.models import CMT
-from mmcmt.models.utils.forms import plain_layers_in_training
+from mmcmt.models.utils.forms import override_lean_training
 from mmcmt.utils import (autocast_networks, count_params, dummy_data_samples,
                          relative_error)
 from .attention import attention_step
@@ -231,13 +231,13 @@ def prepare_train_step(args, base, variant, task, x):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             x = x.chunk(dist.get_world_size())[dist.get_rank()]
         step = functools.partial(train_step, model.to(device), x, args.amp)
-    if variant == 'plain':
-        return lambda: _in_plain_layers(step)
-    return step
+    # CMT's rows train through the lean training forms and its plain rows
+    # through the plain layers, whichever lean_training='auto' would pick
+    return functools.partial(_with_lean_training, variant != 'plain', step)
 
 
-def _in_plain_layers(step):
-    with plain_layers_in_training():
+def _with_lean_training(lean, step):
+    with override_lean_training(lean):
         step()
 
 

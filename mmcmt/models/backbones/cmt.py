@@ -16,6 +16,7 @@ its last dimension) and a channels-last NCHW map for the depthwise
 convolutions and BatchNorms (:mod:`~mmcmt.models.utils.layout`). No layout
 copies happen between tokens and maps.
 """
+import contextlib
 import math
 from collections import OrderedDict
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -33,7 +34,8 @@ from ...checkpoint import (ArchMismatchError, is_official_cmt, load_checked,
 from ...compat import register_load_state_dict_pre_hook
 from ..utils.attention import biased_attention
 from ..utils.bn_folding import assign_weights, fold_bn_into_consumer
-from ..utils.forms import with_forms
+from ..utils.forms import (check_lean_training, lean_forms_pay, lean_training,
+                           lean_training_setting, with_forms)
 from ..utils.fused_ops import conv_plus_identity
 from ..utils.grad_checkpoint import maybe_checkpoint
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
@@ -42,7 +44,7 @@ from . import cmt_export as export
 from . import cmt_inference as inference
 from . import cmt_lean_training as lean
 from .cmt_arch import (ARCH_KEYS, ARCH_ZOO, MAX_STRIDE, NUM_STAGES,
-                       check_loaded_arch, parse_arch)
+                       check_loaded_arch, parse_arch, values_kept)
 
 
 def ceil_div(size, divisor: int):
@@ -377,6 +379,13 @@ class CMT(BaseModule):
         norm_eval (bool): keep BatchNorms in eval mode while training.
         with_cp (bool): gradient checkpointing of each block and stem
             layer: activations are recomputed in the backward pass.
+        lean_training (str | bool): the memory-lean training forms, which
+            compute the plain layers' outputs and gradients keeping two to
+            three times fewer values for the backward pass: True in every
+            training call, False never (the plain layers), ``'auto'``
+            (default) in the calls whose plain layers would keep many
+            values per parameter of the model, where memory limits a step
+            (:func:`~mmcmt.models.utils.forms.lean_forms_pay`).
         pretrained (str, optional): deprecated, use ``init_cfg=dict(
             type='Pretrained', checkpoint=...)``.
         init_cfg (dict | list[dict], optional): a ``Pretrained`` entry loads
@@ -402,6 +411,7 @@ class CMT(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 lean_training: Union[str, bool] = 'auto',
                  pretrained: Optional[str] = None,
                  init_cfg: Union[dict, List[dict], None] = None):
         if pretrained is not None:
@@ -425,6 +435,7 @@ class CMT(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.lean_training = check_lean_training(lean_training)
         if pretrain_img_size is None:
             pretrain_img_size = settings.get('pretrain_img_size', 224)
         self.pretrain_img_size = tuple(to_2tuple(pretrain_img_size))
@@ -631,6 +642,36 @@ class CMT(BaseModule):
                 f'CMT needs inputs of at least {MAX_STRIDE}x{MAX_STRIDE} '
                 f'pixels (its coarsest stage has stride {MAX_STRIDE}), got '
                 f'{H}x{W}; resize or pad the images')
+        if position_biases is not None and \
+                len(position_biases) != len(self.stages):
+            raise ValueError(
+                f'position_biases: expected one per stage '
+                f'({len(self.stages)}), got {len(position_biases)}; pass '
+                f'CMT.position_biases(x)')
+        lean_forms = self.takes_lean_forms(x) \
+            if torch.is_grad_enabled() else None
+        with (contextlib.nullcontext()
+              if lean_forms is None else lean_training(lean_forms)):
+            return self._features(x, position_biases
+                                  or [None] * len(self.stages))
+
+    def takes_lean_forms(self, x: torch.Tensor) -> bool:
+        """Whether a training call on ``x`` takes the lean training forms:
+        ``lean_training``, and for ``'auto'`` :func:`lean_forms_pay` for the
+        values the plain layers would keep at ``x``'s size
+        (:func:`~.cmt_arch.values_kept`)."""
+        setting = lean_training_setting(self.lean_training)
+        if setting != 'auto':
+            return setting
+        B, _, H, W = x.shape
+        return lean_forms_pay(
+            values_kept(self.arch, B, H, W),
+            sum(p.numel() for p in self.parameters()))
+
+    def _features(self, x: torch.Tensor,
+                  biases: Sequence[Optional[torch.Tensor]]):
+        """:meth:`forward` of a checked input."""
+        H, W = x.shape[-2:]
         # Pad by the most that can be needed, then crop to the next multiple
         # of 32: the same result as padding by just enough, and in a traced
         # (ONNX) graph the amount follows the input size.
@@ -642,14 +683,6 @@ class CMT(BaseModule):
             # At stride 2 the stem's maps are the largest of the network.
             x = maybe_checkpoint(self.with_cp, layer, x)
         outs = []
-        biases = [None] * len(self.stages)
-        if position_biases is not None:
-            if len(position_biases) != len(self.stages):
-                raise ValueError(
-                    f'position_biases: expected one per stage '
-                    f'({len(self.stages)}), got {len(position_biases)}; '
-                    f'pass CMT.position_biases(x)')
-            biases = position_biases
         for i, (stage, bias) in enumerate(zip(self.stages, biases)):
             x = stage(x, bias)
             if i in self.out_indices:

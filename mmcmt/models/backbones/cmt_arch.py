@@ -89,6 +89,29 @@ def parse_arch(arch: Union[str, dict],
     return settings
 
 
+def values_kept(settings: Mapping, batch: int, height: int, width: int) -> int:
+    """About how many values the plain layers keep for the backward pass in
+    a training call of a CMT of these arch settings (:func:`parse_arch`) on
+    ``(batch, C, height, width)``, parameters aside, counted from what each
+    layer keeps: the input and, at stride 2, each stem layer's three maps;
+    per stage its input and patch aggregation, per block nine maps of its
+    width, six of the IRFFN's hidden width and the keys' and values' side,
+    and the resized relative position bias."""
+    H, W = (-(-size // MAX_STRIDE) * MAX_STRIDE for size in (height, width))
+    values = batch * H * W * (3 + 9 * settings['stem_channels'] / 4)
+    channels = settings['stem_channels']  # the stage's input (a stride up)
+    for i in range(NUM_STAGES):
+        grid = H * W // (4 << i)**2
+        dims, sr = settings['embed_dims'][i], settings['sr_ratios'][i]
+        keys_values = 4 / sr**2 if sr > 1 else 2  # (with the reduction's)
+        block = dims * (9 + 6 * settings['mlp_ratios'][i] + keys_values)
+        values += batch * grid * (
+            dims + (4 * channels if i else 0) + settings['depths'][i] * block)
+        values += settings['num_heads'][i] * grid * grid // sr**2
+        channels = dims
+    return int(values)
+
+
 def shape_signature(settings: Mapping) -> Dict[str, object]:
     """What a CMT of these arch settings (:func:`parse_arch`) holds:
     ``stem_channels`` and, per stage, ``embed_dims``, ``depths``,

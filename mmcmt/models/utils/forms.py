@@ -9,7 +9,9 @@ situation, listed by :func:`with_forms` on the method they stand in for:
   mode without gradients;
 - ``training``: memory-lean (:mod:`..backbones.cmt_lean_training`),
   keeping fewer tensors for the backward pass, while a gradient is tracked
-  and the lean training forms are on (:func:`lean_training`);
+  and the lean training forms are on: a CMT decides for each call of its
+  ``forward`` by its ``lean_training`` (:func:`lean_forms_pay` for
+  ``'auto'``), modules outside a CMT take them;
 - ``export``: the graph that ONNX Runtime runs fastest
   (:mod:`..backbones.cmt_export`), while exporting to ONNX.
 
@@ -19,7 +21,7 @@ one place where the situation is read.
 """
 import contextlib
 import functools
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -28,9 +30,19 @@ from ...compat import is_compiling
 
 EVAL, TRAINING, EXPORT = 'eval', 'training', 'export'
 
+#: ``lean_training='auto'`` takes the lean training forms for a call whose
+#: plain layers would keep at least this many values for the backward pass
+#: per parameter of the model (:func:`lean_forms_pay`). For reference, by
+#: :func:`~..backbones.cmt_arch.values_kept`: CMT-Ti at 2x3x320x320 (the
+#: detection demo) 15, CMT-S at 8x3x224x224 21, at 2x3x512x512 28, at
+#: 1x3x800x1216 56 and at 2x3x800x1216 107.
+AUTO_LEAN_VALUES_PER_PARAMETER = 40
+
 #: Whether modules take their training forms now: the innermost
 #: :func:`lean_training`'s setting (on outside any).
 _lean = [True]
+#: :func:`override_lean_training`'s setting for every CMT (None: their own).
+_override = [None]
 
 
 def form_now(module: nn.Module) -> Optional[str]:
@@ -63,12 +75,55 @@ def lean_training_now() -> bool:
     return _lean[-1]
 
 
+def lean_forms_pay(values_kept: float, parameters: float) -> bool:
+    """``lean_training='auto'``'s rule, for a call whose plain layers would
+    keep ``values_kept`` values for the backward pass, by a model of
+    ``parameters`` parameters: whether they are at least
+    :data:`AUTO_LEAN_VALUES_PER_PARAMETER` per parameter.
+
+    The lean forms keep two to three times fewer values for about the plain
+    layers' time on detection-size maps, but add passes and calls whose
+    cost weighs on small maps (docs/advanced_guides/speed_and_memory.md).
+    Where the batch's activations are small against what the model itself
+    takes (its weights, their gradients and the optimizer's state, a few
+    values per parameter), memory is not what limits the step, and the
+    plain layers run."""
+    return values_kept >= AUTO_LEAN_VALUES_PER_PARAMETER * parameters
+
+
+def check_lean_training(setting) -> Union[str, bool]:
+    """``setting`` if it is a ``lean_training`` setting: ``'auto'``, True or
+    False; else a one-line error."""
+    if not (isinstance(setting, bool) or setting == 'auto'):
+        raise ValueError(
+            f"lean_training must be 'auto', True or False, got {setting!r}")
+    return setting
+
+
 @contextlib.contextmanager
+def override_lean_training(setting: Union[str, bool]):
+    """Within, every CMT trains as if built with ``lean_training=setting``
+    (True and False: modules outside a CMT too)."""
+    _override.append(check_lean_training(setting))
+    try:
+        with (contextlib.nullcontext()
+              if setting == 'auto' else lean_training(setting)):
+            yield
+    finally:
+        _override.pop()
+
+
 def plain_layers_in_training():
     """Within, modules train through their plain layers, not their lean
-    training forms (what the lean forms are measured against)."""
-    with lean_training(False):
-        yield
+    training forms (what the lean forms are measured against):
+    :func:`override_lean_training` with False."""
+    return override_lean_training(False)
+
+
+def lean_training_setting(own: Union[str, bool]) -> Union[str, bool]:
+    """The ``lean_training`` setting in force for a CMT built with ``own``
+    (:func:`override_lean_training`'s, if any)."""
+    return own if _override[-1] is None else _override[-1]
 
 
 def with_forms(eval: Optional[Callable] = None,

@@ -8,6 +8,8 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .forms import lean_training, lean_training_now
+
 
 def maybe_checkpoint(enabled: bool, module: nn.Module, *inputs):
     """``module(*inputs)``, with gradient checkpointing when ``enabled`` and
@@ -19,12 +21,22 @@ def maybe_checkpoint(enabled: bool, module: nn.Module, *inputs):
                  for t in inputs) or any(p.requires_grad
                                          for p in module.parameters()))):
         return module(*inputs)
+    lean = lean_training_now()
     return cp.checkpoint(
         module,
         *inputs,
         use_reentrant=False,
         context_fn=lambda:
-        (contextlib.nullcontext(), keep_bn_statistics(module)))
+        (contextlib.nullcontext(), _recomputing(module, lean)))
+
+
+@contextlib.contextmanager
+def _recomputing(module: nn.Module, lean: bool):
+    """The recomputation in the backward pass: in the forms of the first
+    forward (the lean training forms or not, as its caller decided), with
+    the BatchNorms' statistics kept."""
+    with lean_training(lean), keep_bn_statistics(module):
+        yield
 
 
 @contextlib.contextmanager
