@@ -30,12 +30,12 @@ from mmengine.utils import to_2tuple
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import (ArchMismatchError, is_official_cmt, load_checked,
-                           pop_official_cmt, read_checkpoint, sub_state_dict)
+                           read_checkpoint, sub_state_dict)
 from ...compat import register_load_state_dict_pre_hook
+from ..utils import forms
 from ..utils.attention import biased_attention
 from ..utils.bn_folding import assign_weights, fold_bn_into_consumer
-from ..utils.forms import (check_lean_training, lean_forms_pay, lean_training,
-                           lean_training_setting, with_forms)
+from ..utils.forms import with_forms
 from ..utils.fused_ops import conv_plus_identity
 from ..utils.grad_checkpoint import maybe_checkpoint
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
@@ -45,6 +45,7 @@ from . import cmt_inference as inference
 from . import cmt_lean_training as lean
 from .cmt_arch import (ARCH_KEYS, ARCH_ZOO, MAX_STRIDE, NUM_STAGES,
                        check_loaded_arch, parse_arch, values_kept)
+from .cmt_weights import convert_official_backbone, init_cmt_weights
 
 
 def ceil_div(size, divisor: int):
@@ -435,7 +436,7 @@ class CMT(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
-        self.lean_training = check_lean_training(lean_training)
+        self.lean_training = forms.check_lean_training(lean_training)
         if pretrain_img_size is None:
             pretrain_img_size = settings.get('pretrain_img_size', 224)
         self.pretrain_img_size = tuple(to_2tuple(pretrain_img_size))
@@ -471,7 +472,7 @@ class CMT(BaseModule):
             rates = rates[depth:]
             channels = self.embed_dims[i]
         self.fused = False
-        register_load_state_dict_pre_hook(self, _convert_official_backbone)
+        register_load_state_dict_pre_hook(self, convert_official_backbone)
         register_load_state_dict_pre_hook(self, check_loaded_arch)
         self._freeze_stages()
 
@@ -651,7 +652,7 @@ class CMT(BaseModule):
         lean_forms = self.takes_lean_forms(x) \
             if torch.is_grad_enabled() else None
         with (contextlib.nullcontext()
-              if lean_forms is None else lean_training(lean_forms)):
+              if lean_forms is None else forms.lean_training(lean_forms)):
             return self._features(x, position_biases
                                   or [None] * len(self.stages))
 
@@ -660,11 +661,11 @@ class CMT(BaseModule):
         ``lean_training``, and for ``'auto'`` :func:`lean_forms_pay` for the
         values the plain layers would keep at ``x``'s size
         (:func:`~.cmt_arch.values_kept`)."""
-        setting = lean_training_setting(self.lean_training)
+        setting = forms.lean_training_setting(self.lean_training)
         if setting != 'auto':
             return setting
         B, _, H, W = x.shape
-        return lean_forms_pay(
+        return forms.lean_forms_pay(
             values_kept(self.arch, B, H, W),
             sum(p.numel() for p in self.parameters()))
 
@@ -690,32 +691,3 @@ class CMT(BaseModule):
                 outs.append(x[..., :ceil_div(H, stride), :ceil_div(W, stride)].
                             contiguous())
         return tuple(outs)
-
-
-def init_cmt_weights(module: nn.Module) -> None:
-    """The released code's initialisation (relative position biases keep
-    their standard normal draw)."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=.02)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.LayerNorm, _BatchNorm)):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
-        fan_out = math.prod(module.kernel_size) * module.out_channels
-        nn.init.normal_(module.weight, 0,
-                        math.sqrt(2. / (fan_out // module.groups)))
-        nn.init.zeros_(module.bias)
-
-
-def _convert_official_backbone(module, state_dict, prefix, *args):
-    """Load-state-dict pre-hook: accept a released checkpoint's layout,
-    without its classification head."""
-    converted = pop_official_cmt(state_dict, prefix)
-    if converted is None:
-        return
-    # the backbone's tensors, and keys that are not CMT's (to be reported)
-    kept = sub_state_dict(converted, 'backbone.')
-    kept.update((k, v) for k, v in converted.items()
-                if not k.startswith(('backbone.', 'head.')))
-    state_dict.update((prefix + k, v) for k, v in kept.items())
