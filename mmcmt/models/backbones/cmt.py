@@ -325,7 +325,8 @@ class CMTStage(nn.Module):
     @with_forms(
         eval=inference.relative_position_bias,
         training=lean.relative_position_bias,
-        export=export.relative_position_bias)
+        export=export.relative_position_bias,
+        compiled_eval=True)
     def bias_for(self, grid: Tuple[int, int]) -> torch.Tensor:
         """The relative position bias resized to a query grid, ``(heads,
         H*W, h*w)``; the stored one at the pre-training grid."""

@@ -16,7 +16,9 @@ situation, listed by :func:`with_forms` on the method they stand in for:
   (:mod:`..backbones.cmt_export`), while exporting to ONNX.
 
 A graph being traced (other than for ONNX) or compiled records the plain
-method (inductor fuses the plain layers itself). :func:`form_now` is the
+method (inductor fuses the plain layers itself), except an eval form that
+keeps a result rather than computing it otherwise (the resized relative
+position bias), which a compiled graph takes too. :func:`form_now` is the
 one place where the situation is read.
 """
 import contextlib
@@ -45,18 +47,22 @@ _lean = [True]
 _override = [None]
 
 
-def form_now(module: nn.Module) -> Optional[str]:
+def form_now(module: nn.Module, compiled_eval: bool = False) -> Optional[str]:
     """The form ``module`` computes in now: :data:`EXPORT` while exporting to
     ONNX, :data:`TRAINING` while a gradient is tracked and the lean training
     forms are on, :data:`EVAL` in eval mode without gradients; None (the
-    plain method) otherwise and in traced or compiled graphs."""
+    plain method) otherwise and in traced or compiled graphs (but for
+    :data:`EVAL` with ``compiled_eval``)."""
     if torch.onnx.is_in_onnx_export():
         return EXPORT
-    if torch.jit.is_tracing() or is_compiling():
+    if torch.jit.is_tracing():
         return None
+    compiling = is_compiling()
     if torch.is_grad_enabled():
-        return TRAINING if _lean[-1] else None
-    return None if module.training else EVAL
+        return TRAINING if _lean[-1] and not compiling else None
+    if module.training or compiling and not compiled_eval:
+        return None
+    return EVAL
 
 
 @contextlib.contextmanager
@@ -128,18 +134,20 @@ def lean_training_setting(own: Union[str, bool]) -> Union[str, bool]:
 
 def with_forms(eval: Optional[Callable] = None,
                training: Optional[Callable] = None,
-               export: Optional[Callable] = None) -> Callable:
+               export: Optional[Callable] = None,
+               compiled_eval: bool = False) -> Callable:
     """Decorate a module's method with the other forms of its function: each
     ``form(module, *args)`` computes what the method computes, and runs
-    instead of it when :func:`form_now` names it. A form returns None where
-    it does not apply (say, to a norm it does not know): the method runs."""
+    instead of it when :func:`form_now` names it (``compiled_eval``: the
+    eval form in compiled graphs too). A form returns None where it does not
+    apply (say, to a norm it does not know): the method runs."""
     forms = {EVAL: eval, TRAINING: training, EXPORT: export}
 
     def decorate(method):
 
         @functools.wraps(method)
         def dispatch(self, *args):
-            form = forms.get(form_now(self))
+            form = forms.get(form_now(self, compiled_eval))
             if form is not None:
                 out = form(self, *args)
                 if out is not None:
