@@ -6,10 +6,13 @@ import sys
 
 import pytest
 import torch
-from cmt_helpers import (AMP, CP_ARCH, TINY, randomize_norms,
+from cmt_helpers import (AMP, CP_ARCH, TINY,
+                         assert_autocast_error_below_autocasts,
+                         assert_close_float64, randomize_norms,
                          same_models_with_random_norms, saved_bytes)
 
 from mmcmt.models import CMT
+from mmcmt.utils import relative_error
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -23,8 +26,9 @@ def test_lean_training_form_is_the_plain_layers(kwargs):
     instead of six, with norm2; the LPU, norm1 and the attention's
     projections; the stem's; the relative position bias computed again in
     the backward pass) compute the plain layers' outputs, every gradient
-    and the same BatchNorm running statistics (float64: to rounding), and
-    keep fewer bytes for the backward pass."""
+    and the same BatchNorm running statistics (float64, to rounding:
+    :data:`FLOAT64_TOL`; measured here: outputs 6.9e-15, gradients 3.7e-14,
+    statistics 1.1e-15), and keep fewer bytes for the backward pass."""
     torch.manual_seed(0)
     lean = CMT(
         CP_ARCH, pretrain_img_size=64, lean_training=True, **kwargs).double()
@@ -43,22 +47,13 @@ def test_lean_training_form_is_the_plain_layers(kwargs):
         loss = sum(
             (o * torch.arange(o.numel()).view_as(o).cos()).sum() for o in outs)
         loss.backward()
-        results.append((saved, outs, inp.grad, model))
-    (saved_lean, o1, gx1, _), (saved_plain, o2, gx2, _) = results
-    for a, b in zip(o1, o2):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gx1, gx2, rtol=1e-10, atol=1e-12)
-    # gradients of biases right before a training BatchNorm are 0 up to
-    # rounding: compared against the scale of all the gradients
-    scale = max(p.grad.abs().max() for p in plain.parameters()
-                if p.grad is not None)
+        grads = [inp.grad] + [p.grad for p in model.parameters()]
+        results.append((saved, (outs, grads, list(model.buffers()))))
+    (saved_lean, lean_step), (saved_plain, plain_step) = results
     for (name, a), b in zip(lean.named_parameters(), plain.parameters()):
         assert (a.grad is None) == (b.grad is None), name
-        if a.grad is not None:
-            torch.testing.assert_close(
-                a.grad, b.grad, rtol=1e-9, atol=1e-12 * scale, msg=name)
-    for (name, a), b in zip(lean.named_buffers(), plain.buffers()):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=0, msg=name)
+    assert_close_float64(*((o, [g for g in gs if g is not None], b)
+                           for o, gs, b in (lean_step, plain_step)))
     # measured: 0.36 (0.41 with frozen_stages=2); 0.49 (0.55) with the lean
     # IRFFN and the recomputed bias alone
     if not kwargs.get('with_cp'):  # with_cp keeps the blocks' inputs only
@@ -72,9 +67,19 @@ def test_lean_training_form_in_float32_is_as_accurate(kwargs):
     """In float32 the lean IRFFN folds each BatchNorm into the layer after
     it (its output never computed): outputs and gradients then round
     differently from the plain layers', and are as close to the float64
-    computation as theirs: at most 1.1x as far, outputs and gradients
-    (measured 1.00 and 1.00; 0.98 and 0.94 with norm_eval); running
-    statistics to float32's rounding."""
+    computation as theirs.
+
+    The two errors are sums of as many roundings of the same sizes (a
+    folded product rounds once where the plain layers round the product and
+    the BatchNorm's scale), so their ratio is about 1, and varies from seed
+    to seed as a ratio of two random sums does. Over 30 seeds with each
+    kernel set (module docstring of cmt_helpers.py): outputs mean 1.000 sd
+    0.002 (0.988 and 0.016 with norm_eval), gradients mean 1.002 sd 0.028
+    (0.975 and 0.091 with norm_eval, where the errors are smallest; 0.79 to
+    1.24). Bound, the mean plus five standard deviations: outputs 1.1,
+    gradients 1.5 (a fold in a lower precision would be hundreds of times
+    as far). Running statistics: ten times the largest difference measured
+    (2.7e-7): 5e-6."""
     # lean, plain, plain in float64
     models = same_models_with_random_norms([True, False, False], **kwargs)
     models[2].double()
@@ -94,11 +99,11 @@ def test_lean_training_form_in_float32_is_as_accurate(kwargs):
             for ts in (outs, grads, list(model.buffers()))
         ])
     (o1, g1, b1), (o2, g2, b2), (o64, g64, b64) = results
-    for lean, plain, exact in ((o1, o2, o64), (g1, g2, g64)):
+    for lean, plain, exact, bound in ((o1, o2, o64, 1.1), (g1, g2, g64, 1.5)):
         ratio = (lean - exact).norm() / (plain - exact).norm()
         print(f'{kwargs}: lean / plain error {ratio:.3f}', file=sys.stderr)
-        assert ratio <= 1.1, ratio
-    torch.testing.assert_close(b1, b2, rtol=1e-6, atol=1e-6)
+        assert ratio <= bound, ratio
+    assert relative_error(b1, b2) < 5e-6
 
 
 @pytest.mark.parametrize(
@@ -117,11 +122,8 @@ def test_lean_training_form_under_autocast(dtype, kwargs):
     (the same operations in the same dtypes), running statistics to the
     bit, and gradients that differ only by the rounding of the recomputed
     BatchNorm outputs (another kernel, then rounded to the low precision),
-    which stays well below autocast's own rounding: the lean form's
-    gradients (all of them, in norm) are at most half as far from the plain
-    layers' under autocast as those are from the float32 gradients
-    (measured: 0 in bfloat16, up to 0.23 in float16). It keeps fewer
-    bytes."""
+    which stays well below autocast's own rounding
+    (:data:`AUTOCAST_RATIO`). It keeps fewer bytes."""
     # lean, plain, plain in float32
     models = same_models_with_random_norms([True, False, False], **kwargs)
     x = torch.rand(2, 3, 96, 130)
@@ -146,15 +148,7 @@ def test_lean_training_form_under_autocast(dtype, kwargs):
         assert a.dtype == b.dtype == dtype and torch.equal(a, b)
     for (name, a), b in zip(lean.named_buffers(), plain.buffers()):
         assert torch.equal(a, b), name
-    # all gradients together (the input's and the parameters')
-    g1, g2, g32 = (
-        torch.cat([g.flatten() for g in gs]) for gs in (g1, g2, g32))
-    lean_error, amp_error = (g1 - g2).norm(), (g2 - g32).norm()
-    print(
-        f'{dtype} {kwargs}: lean / autocast error '
-        f'{lean_error / amp_error:.3f}',
-        file=sys.stderr)
-    assert lean_error <= 0.5 * amp_error, (lean_error, amp_error)
+    assert_autocast_error_below_autocasts(g1, g2, g32, f'{dtype} {kwargs}')
     if not kwargs.get('with_cp'):  # with_cp keeps the blocks' inputs only
         assert saved_lean < 0.7 * saved_plain, (saved_lean, saved_plain)
 
@@ -265,7 +259,8 @@ def test_lean_forms_step_aside_for_other_norms():
     """The block's and the stem's lean forms take torch's LayerNorm and
     BatchNorm2d / SyncBatchNorm; with other norms those layers train
     through their plain layers, and the model computes what it computes
-    through its plain layers."""
+    through its plain layers (float64: to rounding, :data:`FLOAT64_TOL`;
+    measured: outputs 3.2e-15, gradients 2.0e-15)."""
     from mmcmt.models.backbones import cmt_lean_training as lean
 
     class OwnLayerNorm(torch.nn.LayerNorm):
@@ -298,8 +293,6 @@ def test_lean_forms_step_aside_for_other_norms():
     for net in (model, plain):
         outs = net(x)
         sum(o.sum() for o in outs).backward()
-        results.append((outs, [p.grad for p in net.parameters()]))
-    for a, b in zip(results[0][0], results[1][0]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    for a, b in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+        results.append(
+            (outs, [p.grad for p in net.parameters()], list(net.buffers())))
+    assert_close_float64(*results)

@@ -2,11 +2,11 @@
 with half the batch each compute what one process computes on the whole
 batch through the plain layers."""
 import math
-import sys
 
 import pytest
 import torch
-from cmt_helpers import AMP, CP_ARCH, randomize_norms, saved_bytes
+from cmt_helpers import (AMP, CP_ARCH, assert_autocast_error_below_autocasts,
+                         assert_close_float64, randomize_norms, saved_bytes)
 
 from mmcmt.models import CMT
 
@@ -73,12 +73,14 @@ def test_lean_training_form_under_syncbn_two_processes():
     """SyncBN (``sync_bn`` in the configs): two gloo processes, each with
     half the batch, training through the lean form with SyncBatchNorms,
     compute what one process computes on the whole batch through the plain
-    layers with BatchNorms (float64, to rounding): the outputs, every
-    gradient (summed over the processes, as DDP reduces them) and the
-    running statistics. All of CMT's BatchNorms run as SyncBatchNorms: the
-    IRFFN's first two in the lean form, the others as torch's SyncBatchNorm
-    computes (:func:`~mmcmt.models.utils.batch_norm.sync_batch_norm`, as
-    torch's own refuses CPU tensors). A world of one is BatchNorm."""
+    layers with BatchNorms (float64, to rounding: :data:`FLOAT64_TOL`;
+    measured: outputs 1.7e-14, gradients 4.6e-14, statistics 2.6e-15): the
+    outputs, every gradient (summed over the processes, as DDP reduces
+    them) and the running statistics. All of CMT's BatchNorms run as
+    SyncBatchNorms: the IRFFN's first two in the lean form, the others as
+    torch's SyncBatchNorm computes
+    (:func:`~mmcmt.models.utils.batch_norm.sync_batch_norm`, as torch's own
+    refuses CPU tensors). A world of one is BatchNorm."""
     from mmcmt.utils.processes import run_in_processes
     torch.manual_seed(0)
     model = CMT(CP_ARCH, pretrain_img_size=64).double()
@@ -91,29 +93,17 @@ def test_lean_training_form_under_syncbn_two_processes():
         ranks = run_in_processes(_train_steps, world, state, x, steps)
         for kwargs, *parts in zip(SYNC_KWARGS, *ranks):
             whole = _train_step(state, x, kwargs, lean=False)
-            for a, *b in zip(whole['outs'], *(p['outs'] for p in parts)):
-                torch.testing.assert_close(
-                    torch.cat(b), a, rtol=1e-10, atol=1e-12)
-            # gradients of biases right before a training BatchNorm are 0 up
-            # to rounding: compared against the scale of all the gradients
-            scale = max(g.abs().max() for g in whole['grads'].values())
-            for name, g in whole['grads'].items():
+            names = list(whole['grads'])
+            outs = [torch.cat(b) for b in zip(*(p['outs'] for p in parts))]
+            grads = []  # summed over the processes, as DDP reduces them
+            for name in names:
                 got = [p['grads'][name] for p in parts]
-                got = torch.cat(got) if name == 'input' else sum(got)
-                torch.testing.assert_close(
-                    got,
-                    g,
-                    rtol=1e-8,
-                    atol=1e-11 * scale,
-                    msg=f'{name} {kwargs} world {world}')
-            for name, buffer in whole['buffers'].items():
-                for part in parts:  # every process: the whole batch's
-                    torch.testing.assert_close(
-                        part['buffers'][name],
-                        buffer,
-                        rtol=1e-10,
-                        atol=0,
-                        msg=f'{name} {kwargs} world {world}')
+                grads.append(torch.cat(got) if name == 'input' else sum(got))
+            expected = (whole['outs'], [whole['grads'][n] for n in names],
+                        list(whole['buffers'].values()))
+            for part in parts:  # every process: the whole batch's statistics
+                assert_close_float64(
+                    (outs, grads, list(part['buffers'].values())), expected)
 
 
 @pytest.mark.parametrize('dtype', AMP, ids=str)
@@ -121,8 +111,8 @@ def test_lean_training_form_under_syncbn_autocast_and_the_rest(dtype):
     """SyncBN in two processes, autocast, with_cp, frozen stages, norm_eval
     and drop path together: the lean form computes what the plain layers
     compute in the same run, as under autocast alone (outputs and running
-    statistics to the bit, gradients at most half as far from the plain
-    layers' as those are from float32's), and keeps fewer bytes."""
+    statistics to the bit, gradients within :data:`AUTOCAST_RATIO` of
+    autocast's own error; measured 0 here), and keeps fewer bytes."""
     from mmcmt.utils.processes import run_in_processes
     torch.manual_seed(0)
     model = CMT(CP_ARCH, pretrain_img_size=64)
@@ -142,14 +132,8 @@ def test_lean_training_form_under_syncbn_autocast_and_the_rest(dtype):
                 assert a.dtype == dtype and torch.equal(a, b)
             for name, buffer in plain['buffers'].items():
                 assert torch.equal(lean['buffers'][name], buffer), name
-            g1, g2, g32 = (
-                torch.cat([g.flatten() for g in r['grads'].values()])
-                for r in (lean, plain, full))
-            lean_error, amp_error = (g1 - g2).norm(), (g2 - g32).norm()
-            print(
-                f'{dtype} {steps[index][0]}: lean / autocast error '
-                f'{lean_error / amp_error:.3f}',
-                file=sys.stderr)
-            assert lean_error <= 0.5 * amp_error, (lean_error, amp_error)
+            assert_autocast_error_below_autocasts(
+                *(list(r['grads'].values()) for r in (lean, plain, full)),
+                f'{dtype} {steps[index][0]}')
             if not steps[index][0].get('with_cp'):
                 assert lean['saved'] < 0.7 * plain['saved']

@@ -9,6 +9,7 @@ from cmt_helpers import TINY
 
 from mmcmt.models import CMT
 from mmcmt.models.utils import resize_relative_position_bias
+from mmcmt.utils import relative_error
 
 
 def test_bias_used_unchanged_at_pretrain_size_and_resized_elsewhere():
@@ -119,7 +120,9 @@ def test_resized_bias_samples_the_same_function(dst_query, dst_key):
 def test_factored_bias_equals_resized_bias(dst_query, dst_key):
     """The factors of the exported graphs (rows @ cols.T, never formed)
     equal the dense resize, and attention with them as extra channels of q
-    and k equals attention with the dense bias."""
+    and k equals attention with the dense bias, to float32's rounding: ten
+    times the largest relative error measured (10 seeds, two kernel sets,
+    as cmt_helpers.py says): the product 3.7e-7, the attention 1.1e-6."""
     from mmcmt.models.utils.attention import (biased_attention,
                                               factored_biased_attention)
     from mmcmt.models.utils.relative_position import \
@@ -131,13 +134,13 @@ def test_factored_bias_equals_resized_bias(dst_query, dst_key):
     dense = resize_relative_position_bias(bias, src, src, dst_query, dst_key)
     assert rows.shape == (2, math.prod(dst_query), 49)
     assert cols.shape == (math.prod(dst_key), 49)
-    assert torch.allclose(rows @ cols.T, dense, atol=1e-5)
+    assert relative_error(rows @ cols.T, dense) < 5e-6
     q = torch.randn(3, 2, math.prod(dst_query), 8)
     k, v = torch.randn(2, 3, 2, math.prod(dst_key), 8)
     with torch.no_grad():
         expected = biased_attention(q, k, v, dense, 8**-0.5)
         got = factored_biased_attention(q, k, v, rows, cols, 8**-0.5)
-    assert torch.allclose(got, expected, atol=1e-5)
+    assert relative_error(got, expected) < 2e-5
 
 
 @pytest.mark.parametrize('dst_query, dst_key', [((10, 6), (5, 3)),
@@ -145,8 +148,9 @@ def test_factored_bias_equals_resized_bias(dst_query, dst_key):
                                                 ((12, 4), (7, 7))])
 def test_resize_backward_is_the_resize_gradient(dst_query, dst_key):
     """The resize's gradient by its transposed products (the bias's lean
-    training form) is autograd's through the resize (float64, to
-    rounding)."""
+    training form) is autograd's through the resize (float64, to rounding:
+    the same products in another order; ten times the largest relative error
+    measured, 2.8e-16)."""
     from mmcmt.models.utils.relative_position import \
         resize_relative_position_bias_backward
     src = (7, 7)
@@ -156,7 +160,7 @@ def test_resize_backward_is_the_resize_gradient(dst_query, dst_key):
     expected, = torch.autograd.grad(resized, bias, grad)
     got = resize_relative_position_bias_backward(grad, bias.detach(), src, src,
                                                  dst_query, dst_key)
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert relative_error(got, expected) < 5e-15
 
 
 def test_forward_resizes_bias_to_the_running_grid():
@@ -198,8 +202,8 @@ def test_load_state_dict_resizes_bias_saved_at_another_grid():
         expected = resize_relative_position_bias(
             s.relative_position_bias.detach(), src_q, (src_q[0] // sr, ) * 2,
             dst_q, (dst_q[0] // sr, ) * 2)
-        assert d.relative_position_bias.shape == expected.shape
-        torch.testing.assert_close(d.relative_position_bias.detach(), expected)
+        # the hook's resize is this one, of the same values: to the bit
+        assert torch.equal(d.relative_position_bias.detach(), expected)
 
 
 def test_position_biases_given_as_inputs():
@@ -217,7 +221,7 @@ def test_position_biases_given_as_inputs():
         (h, 24 * 32 >> 2 * i, (24 >> i) // r * ((32 >> i) // r))
         for i, (h, r) in enumerate(zip(TINY['num_heads'], TINY['sr_ratios']))
     ]
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b)
+    for a, b in zip(got, expected):  # the same biases: to the bit
+        assert torch.equal(a, b)
     with pytest.raises(ValueError, match='one per stage'):
         model(x, biases[:3])
