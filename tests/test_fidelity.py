@@ -2,8 +2,13 @@
 
 Compared against ``reference_cmt``, an independent re-derivation written
 from the architecture reference, with random weights in the official layout
-(random BN statistics included). Contract: relative error under 1e-5 in
-float32.
+(random BN statistics included): both round in float32, each its own way.
+
+Tolerances: ten times the largest relative error measured, over 5 seeds
+with each of two kernel sets (the rule of cmt_helpers.py). In inference the
+largest, 6.5e-6, is CMT-B's backbone outputs (32 blocks; its logits 1.3e-6,
+CMT-Ti's outputs 2.2e-6): :data:`TOL` 1e-4. A wrong layer, key or bias
+resize is off by 1e-2 and more.
 """
 import pytest
 import torch
@@ -15,7 +20,7 @@ from mmcmt.models import CMT, CMTClassifier
 from mmcmt.models.utils import resize_relative_position_bias
 from mmcmt.reference import reference_cmt
 
-TOL = 1e-5
+TOL = 1e-4
 SHAPES = official_shapes()
 SMALL_ARCH = dict(
     embed_dims=[16, 32, 48, 64],
@@ -100,17 +105,22 @@ def test_other_size_matches_reference_with_resized_bias():
         assert relative_error(out, ref) < TOL
 
 
-def test_training_mode_outputs_and_gradients_match_reference():
-    """Training mode (batch statistics in BN): same maps, and the same
-    gradients for the input and for the relative position biases. In
-    float64, so that the comparison is not limited by round-off amplified
-    through the batch statistics (float32 gives about 1e-5 on gradients)."""
+@pytest.mark.parametrize('lean_training', [True, False])
+def test_training_mode_outputs_and_gradients_match_reference(lean_training):
+    """Training mode (batch statistics in BN), through the lean forms and
+    the plain layers: same maps, and the same gradients for the input and
+    for the relative position biases. In float64, so that the comparison is
+    not limited by round-off amplified through the batch statistics
+    (float32 gives about 5e-6 on gradients): ten times the largest measured
+    (7.5e-14, gradients), 1e-12."""
     shapes = custom_arch_official_shapes(CMT, SMALL_ARCH, img_size=64)
     sd = {
         k: v.double() if v.is_floating_point() else v
         for k, v in random_official_state_dict(shapes, seed=4).items()
     }
-    model = CMT(SMALL_ARCH, pretrain_img_size=64).double().train()
+    model = CMT(
+        SMALL_ARCH, pretrain_img_size=64,
+        lean_training=lean_training).double().train()
     model.load_state_dict(sd)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64, requires_grad=True)
     outs = model(x)
@@ -135,9 +145,9 @@ def test_training_mode_outputs_and_gradients_match_reference():
         sum((o * c).sum() for o, c in zip(ref_outs, cotangents)),
         [ref_x] + [ref_sd[f'relative_pos_{s}'] for s in 'abcd'])
     for out, ref in zip(outs, ref_outs):
-        assert relative_error(out, ref) < 1e-10
+        assert relative_error(out, ref) < 1e-12
     for grad, ref in zip(grads, ref_grads):
-        assert relative_error(grad, ref) < 1e-10
+        assert relative_error(grad, ref) < 1e-12
 
 
 FUSED_ARCH = dict(
@@ -172,17 +182,20 @@ def test_fused_inference_attention_matches_reference(monkeypatch):
         assert relative_error(out, ref) < TOL
 
 
+@pytest.mark.parametrize('lean_training', [True, False])
 @pytest.mark.parametrize('norm_eval', [True, False])
-def test_training_attention_float32_matches_reference(norm_eval, monkeypatch):
+def test_training_attention_float32_matches_reference(norm_eval, lean_training,
+                                                      monkeypatch):
     """Training in float32 through the fused forward and blockwise backward
     of _CPUBiasedAttention (several blocks of queries per backward), against
     the reference computed in float64: outputs and the gradients of the
-    input and the biases. With BN on running statistics (norm_eval, as in
-    detection fine-tuning): within 1e-5 (measured: 1.2e-6 at most, as the
-    float32 reference itself). With BN on batch statistics, float32
-    round-off is amplified through the batch statistics (the float32
-    reference itself: up to 3e-6 on gradients; mmcmt: outputs 4e-6,
-    gradients 9e-6), so gradients get 2e-5 there."""
+    input and the biases, through the lean forms and the plain layers. Ten
+    times the largest relative error measured (5 seeds, two kernel sets):
+    with BN on running statistics (norm_eval, as in detection fine-tuning)
+    outputs 8.8e-7 and gradients 2.0e-6, so 1e-5 and 2e-5; with BN on batch
+    statistics, which amplify float32's round-off, outputs 2.8e-6 and
+    gradients 5.7e-6 (9e-6 once measured at this test's seed), so 5e-5 and
+    1e-4."""
     from mmcmt.models.utils import attention
     monkeypatch.setattr(attention, 'BLOCK_ELEMENTS', 1 << 14)
     calls = []
@@ -202,7 +215,11 @@ def test_training_attention_float32_matches_reference(norm_eval, monkeypatch):
 
     shapes = custom_arch_official_shapes(CMT, FUSED_ARCH, img_size=96)
     sd = random_official_state_dict(shapes, seed=7)
-    model = CMT(FUSED_ARCH, pretrain_img_size=96, norm_eval=norm_eval)
+    model = CMT(
+        FUSED_ARCH,
+        pretrain_img_size=96,
+        norm_eval=norm_eval,
+        lean_training=lean_training)
     model.load_state_dict(sd)
     model.train()
     x = torch.randn(2, 3, 96, 96, requires_grad=True)
@@ -233,10 +250,10 @@ def test_training_attention_float32_matches_reference(norm_eval, monkeypatch):
     ref_grads = torch.autograd.grad(
         sum((o * c.double()).sum() for o, c in zip(ref_outs, cotangents)),
         [ref_x] + [ref_sd[f'relative_pos_{s}'] for s in 'abcd'])
+    out_tol, grad_tol = (1e-5, 2e-5) if norm_eval else (5e-5, 1e-4)
     for out, ref in zip(outs, ref_outs):
         assert out.dtype == torch.float32
-        assert relative_error(out.double(), ref) < TOL
+        assert relative_error(out.double(), ref) < out_tol
     for grad, ref in zip(grads, ref_grads):
         assert grad.dtype == torch.float32
-        assert relative_error(grad.double(), ref) < (
-            TOL if norm_eval else 2 * TOL)
+        assert relative_error(grad.double(), ref) < grad_tol

@@ -1,6 +1,10 @@
 """The speed work keeps the function: BatchNorm folding (``fuse``), the
 fused attention with a blockwise backward, ``torch.compile``, ONNX export
-(the benchmark tool's figures: test_benchmark.py)."""
+(the benchmark tool's figures: test_benchmark.py).
+
+Each tolerance is ten times the largest error measured over 6 to 10 seeds
+with each of two kernel sets, rounded up to 1, 2 or 5 times a power of ten
+(the rule of cmt_helpers.py); each test names the largest measured."""
 import os.path as osp
 import subprocess
 import sys
@@ -14,8 +18,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmcmt.compat import HAS_CPU_FLASH_ATTENTION_MASK
 from mmcmt.models import CMT, CMTClassifier
 from mmcmt.models.utils import attention
-from mmcmt.models.utils.fuse import (fold_bn_into_consumer,
-                                     fold_bn_into_producer)
+from mmcmt.models.utils.bn_folding import (fold_bn_into_consumer,
+                                           fold_bn_into_producer)
 from mmcmt.reference import (custom_arch_official_shapes,
                              random_official_state_dict)
 
@@ -55,8 +59,8 @@ def test_fuse_keeps_outputs(arch, img_size):
                   for _ in stage.blocks)
     # per block: IRFFN norm2, norm3 and the reduction's BN; and one stem BN
     assert bns - left == 2 * blocks + with_sr + 1
-    for out, ref in zip(got, expected):
-        assert relative_error(out, ref) < 1e-5
+    for out, ref in zip(got, expected):  # measured: 3.0e-6 (CMT-S)
+        assert relative_error(out, ref) < 5e-5
     assert model.fuse() is model  # a second call changes nothing
     with pytest.raises(RuntimeError, match='fused for inference'):
         model.train()
@@ -71,6 +75,7 @@ def test_fold_bn_algebra_and_padded_conv_refused():
     bn.bias.data.uniform_(-1, 1)
     conv = nn.Conv2d(4, 6, 2, stride=2)
     x = torch.randn(1, 4, 8, 8)
+    # (differences measured: 7.2e-7 at most, on values of about 1)
     with torch.no_grad():
         expected = conv(bn(x))
         fold_bn_into_consumer(bn, conv)
@@ -93,7 +98,7 @@ def test_classifier_fuse_keeps_logits():
     with torch.no_grad():
         expected = model(x)
         got = model.fuse()(x)
-    assert relative_error(got, expected) < 1e-5
+    assert relative_error(got, expected) < 2e-5  # measured: 1.6e-6
     assert isinstance(model.head.norm, nn.Identity)
 
 
@@ -113,11 +118,14 @@ def test_blockwise_attention_backward_matches_autograd(dtype, monkeypatch):
     grads = torch.autograd.grad(out, inputs, cotangent)
     ref = torch.softmax(q @ k.transpose(-2, -1) * 0.3 + bias, -1) @ v
     ref_grads = torch.autograd.grad(ref, inputs, cotangent)
-    tol = 1e-5 if dtype == torch.float32 else 1e-12
-    assert relative_error(out, ref) < tol
+    # measured: float32 outputs 4.1e-7, gradients 1.1e-6; float64 9.3e-16
+    # and 1.4e-15
+    float32 = dtype == torch.float32
+    out_tol, grad_tol = (5e-6, 2e-5) if float32 else (2e-14, 2e-14)
+    assert relative_error(out, ref) < out_tol
     for grad, ref_grad in zip(grads, ref_grads):
         assert grad.shape == ref_grad.shape
-        assert relative_error(grad, ref_grad) < tol
+        assert relative_error(grad, ref_grad) < grad_tol
 
 
 def test_inference_attention_takes_the_fused_kernel_with_a_parameter_bias():
@@ -138,7 +146,7 @@ def test_inference_attention_takes_the_fused_kernel_with_a_parameter_bias():
         assert 'aten::_scaled_dot_product_attention_math' in ops
     with torch.no_grad():
         expected = torch.softmax(q @ k.transpose(-2, -1) * 0.25 + bias, -1) @ v
-    assert relative_error(out, expected) < 1e-6
+    assert relative_error(out, expected) < 5e-6  # measured: 4.0e-7
 
 
 def test_training_keeps_attention_matrices_out_of_autograd():
@@ -174,7 +182,7 @@ def test_export_backbone_onnx_dynamic_axes(tmp_path):
     assert osp.getsize(out) > 1e6
     assert [shape for shape, _ in results] == [(1, 3, 96, 160),
                                                (2, 3, 100, 75)]
-    for _, errors in results:
+    for _, errors in results:  # absolute; measured: 6.1e-5 (outputs to 80)
         assert len(errors) == 4 and max(errors) < 1e-3
     with pytest.raises(UsageError, match='exists'):
         export_backbone_onnx.main([out, '--arch', 'tiny'])
@@ -211,7 +219,7 @@ def test_torch_compile_matches_eager():
                             timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     error = float(result.stdout.split('max relative error')[-1])
-    assert error < 1e-5
+    assert error < 1e-5  # measured: 8.0e-7
 
 
 @pytest.mark.parametrize(
@@ -240,13 +248,13 @@ def test_irffn_computed_in_pieces_matches(monkeypatch, budget):
     """The eval path's IRFFN, a few images or a band of rows at a time
     (each band's depthwise convolution fed one row of each neighbour),
     computes what the whole map and the plain layers compute."""
-    from mmcmt.models.backbones import cmt_fast_path
-    from mmcmt.models.utils import fast_path, map_pieces
+    from mmcmt.models.backbones import cmt_inference
+    from mmcmt.models.utils import forms, map_pieces
     model = loaded_model()
     x = torch.randn(3, 3, 96, 128)  # stage 1: 24 x 32 grid, 4 KB a row
     pieces = []
     real = map_pieces.map_pieces
-    monkeypatch.setattr(cmt_fast_path, 'map_pieces',
+    monkeypatch.setattr(cmt_inference, 'map_pieces',
                         lambda *a: pieces.append(list(real(*a))) or pieces[-1])
     with torch.no_grad():
         monkeypatch.setattr(map_pieces, 'PIECE_BYTES', 1 << 40)
@@ -256,7 +264,7 @@ def test_irffn_computed_in_pieces_matches(monkeypatch, budget):
         monkeypatch.setattr(map_pieces, 'PIECE_BYTES', budget)
         got = model(x)
         with monkeypatch.context() as m:
-            m.setattr(fast_path, 'takes_fast_path', lambda module: False)
+            m.setattr(forms, 'form_now', lambda *args: None)
             plain = model(x)
     stage1 = pieces[0]
     if budget == 250_000:  # two 96 KB images at most, whole
@@ -267,33 +275,36 @@ def test_irffn_computed_in_pieces_matches(monkeypatch, budget):
         assert stage1 == [(slice(i, i + 1), slice(r, r + rows))
                           for i in range(3) for r in range(0, 24, rows)]
     for out, ref, base in zip(got, whole, plain):
+        # the pieces' rows by the same kernels: measured equal to the bit;
+        # 1e-6 (8 float32 epsilons) lets a GEMM sum a piece's rows in
+        # another order on another CPU
         assert relative_error(out, ref) < 1e-6
-        assert relative_error(out, base) < 1e-5
+        assert relative_error(out, base) < 2e-5  # measured: 1.5e-6
 
 
 def test_eval_inference_path_matches_and_follows_weight_changes(monkeypatch):
     """The eval-mode path (GELU inside the convolutions, BatchNorms folded
     or applied in place, cached) computes what the plain layers compute,
     also after the weights change under it."""
-    from mmcmt.models.backbones import cmt_fast_path
-    from mmcmt.models.utils import fast_path, fused_ops
+    from mmcmt.models.backbones import cmt_inference
+    from mmcmt.models.utils import forms, fused_ops
     model = loaded_model()
     x = torch.randn(2, 3, 72, 100)
     calls = []
     real = fused_ops.batch_norm_
-    monkeypatch.setattr(cmt_fast_path, 'batch_norm_',
+    monkeypatch.setattr(cmt_inference, 'batch_norm_',
                         lambda *a: calls.append(1) or real(*a))
 
     def plain():
         with monkeypatch.context() as m:
-            m.setattr(fast_path, 'takes_fast_path', lambda module: False)
+            m.setattr(forms, 'form_now', lambda *args: None)
             return model(x)
 
     with torch.no_grad():
         for step in range(2):
             got, expected = model(x), plain()
-            for out, ref in zip(got, expected):
-                assert relative_error(out, ref) < 1e-5
+            for out, ref in zip(got, expected):  # measured: 2.2e-6
+                assert relative_error(out, ref) < 5e-5
             # change every BatchNorm and convolution in place: the cached
             # folded weights must follow
             for module in model.modules():

@@ -10,8 +10,9 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
-from mmcmt.models.backbones.cmt import LightweightAttention, keep_bn_statistics
+from mmcmt.models.backbones.cmt import LightweightAttention
 from mmcmt.models.utils.attention import biased_attention
+from mmcmt.models.utils.grad_checkpoint import keep_bn_statistics
 
 
 def attention_calls(model: torch.nn.Module, x: torch.Tensor) -> List[tuple]:

@@ -11,7 +11,7 @@ from collections import OrderedDict
 import torch
 import torch.distributed as dist
 
-from mmcmt.models.utils.batch_norm import install_sync_batch_norm_on_cpu
+from mmcmt.engine.sync_batch_norm import install_sync_batch_norm_on_cpu
 from mmcmt.utils.processes import run_in_processes
 from .harness import MedianSpread, interleaved, make_inputs
 from .memory import peak_memory_here

@@ -60,8 +60,10 @@ VARIANTS = OrderedDict([('CMT-S fused',
 #: stage (mmdet's RetinaNet config freezes ResNet-50's stem and first stage;
 #: its BatchNorms stay in eval mode, as there and in mmdet's default);
 #: ``plain`` trains CMT through its plain layers, without the memory-lean
-#: training forms (:func:`~mmcmt.models.utils.fast_path.
-#: plain_layers_in_training`): what those are measured against.
+#: training forms (``lean_training=False`` for every CMT of the step, by
+#: :func:`~mmcmt.models.utils.forms.override_lean_training`): what those
+#: are measured against, which the rows without it train through
+#: (``lean_training=True``), whichever ``'auto'`` would pick.
 TRAIN_ONLY = ('unfrozen', 'plain')
 COMPILED = OrderedDict([('ResNet-50 compiled', ('ResNet-50', 'compiled')),
                         ('CMT-S compiled', ('CMT-S', 'compiled'))])

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from mmcmt.models.utils.fast_path import plain_layers_in_training
+from mmcmt.models.utils.forms import override_lean_training
 from mmcmt.utils import autocast, dummy_data_samples
 from .models import build_backbone, build_retinanet, retinanet_config
 
@@ -73,13 +73,13 @@ def prepare_train_step(args, base, variant, task, x):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             x = x.chunk(dist.get_world_size())[dist.get_rank()]
         step = functools.partial(train_step, model.to(device), x, args.amp)
-    if variant == 'plain':
-        return lambda: _in_plain_layers(step)
-    return step
+    # CMT's rows train through the lean training forms and its plain rows
+    # through the plain layers, whichever lean_training='auto' would pick
+    return functools.partial(_with_lean_training, variant != 'plain', step)
 
 
-def _in_plain_layers(step):
-    with plain_layers_in_training():
+def _with_lean_training(lean, step):
+    with override_lean_training(lean):
         step()
 
 

@@ -35,13 +35,13 @@ def _register_cpu_ddp():
             import torch.distributed as dist
             from mmengine.logging import print_log
 
-            from ..models.utils import batch_norm
+            from .sync_batch_norm import install_sync_batch_norm_on_cpu
             kwargs.setdefault('broadcast_buffers', False)
             norms = sum(
                 isinstance(m, torch.nn.SyncBatchNorm)
                 for m in module.modules())
             if norms:
-                batch_norm.install_sync_batch_norm_on_cpu()
+                install_sync_batch_norm_on_cpu()
                 print_log(
                     f'{norms} SyncBatchNorm layers normalise across the '
                     f'{dist.get_world_size()} CPU processes (gloo)', 'current')

@@ -8,8 +8,9 @@ from mmengine.model import BaseModule
 
 from ..checkpoint import load_checked, pop_official_cmt, read_checkpoint
 from ..compat import register_load_state_dict_pre_hook
-from .backbones.cmt import CMT, init_cmt_weights
-from .utils.fuse import fold_bn_into_producer
+from .backbones.cmt import CMT
+from .backbones.cmt_weights import init_cmt_weights
+from .utils.bn_folding import fold_bn_into_producer
 
 
 class CMTClsHead(nn.Module):

@@ -3,13 +3,12 @@
 A faithful, dense-prediction-ready implementation of the released CMT
 networks (Guo et al., CVPR 2022). The core depends only on torch and mmengine.
 
-Each module's ``forward`` is the paper's computation. The modules decorated
-with :func:`with_fast_path` run the same function faster in eval mode
-without gradients (:mod:`.cmt_fast_path`, the only place of that path) and,
-for the stem's layers and the IRFFN, keeping fewer tensors for the backward
-pass in training (:mod:`.cmt_lean_training`, whose other forms the blocks
-and stages call themselves); the IRFFN and the attention are traced for
-ONNX export as the graphs ONNX Runtime runs fastest (:mod:`.cmt_export`).
+Each module's ``forward`` is the paper's computation and reads alone. A
+module with other forms of the same function lists them above its
+``forward`` with :func:`~mmcmt.models.utils.forms.with_forms`: ``eval``,
+faster in eval mode without gradients (:mod:`.cmt_inference`); ``training``,
+keeping fewer tensors for the backward pass (:mod:`.cmt_lean_training`);
+``export``, the graph that ONNX Runtime runs fastest (:mod:`.cmt_export`).
 
 Layout: inside a stage the feature map is kept as an NHWC tensor ``(B, H, W,
 C)``, which is at once the token sequence (LayerNorm and linear layers act on
@@ -20,35 +19,33 @@ copies happen between tokens and maps.
 import contextlib
 import math
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
+from mmengine.utils import to_2tuple
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import (ArchMismatchError, is_official_cmt, load_checked,
-                           pop_official_cmt, read_checkpoint, sub_state_dict)
+                           read_checkpoint, sub_state_dict)
 from ...compat import register_load_state_dict_pre_hook
-from ..utils import fast_path
-from ..utils.attention import biased_attention, factored_biased_attention
-from ..utils.fast_path import with_fast_path
-from ..utils.fuse import assign_weights, fold_bn_into_consumer
+from ..utils import forms
+from ..utils.attention import biased_attention
+from ..utils.bn_folding import assign_weights, fold_bn_into_consumer
+from ..utils.forms import with_forms
 from ..utils.fused_ops import conv_plus_identity
+from ..utils.grad_checkpoint import maybe_checkpoint
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
-from ..utils.relative_position import (factored_relative_position_bias,
-                                       infer_square_grid,
-                                       resize_relative_position_bias)
+from ..utils.relative_position import BiasResizer
 from . import cmt_export as export
-from . import cmt_fast_path as fast
+from . import cmt_inference as inference
 from . import cmt_lean_training as lean
-from .cmt_arch import check_arch, shape_signature
-
-#: Total stride of the backbone; inputs are padded to a multiple of it.
-MAX_STRIDE = 32
+from .cmt_arch import (ARCH_KEYS, ARCH_ZOO, MAX_STRIDE, NUM_STAGES,
+                       check_loaded_arch, parse_arch, values_kept)
+from .cmt_weights import convert_official_backbone, init_cmt_weights
 
 
 def ceil_div(size, divisor: int):
@@ -64,46 +61,16 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop whole samples of a residual branch."""
+    """Stochastic depth: drop whole samples of a residual branch, as the
+    released code draws and scales them (timm's: a Bernoulli mask divided by
+    the keep rate). mmcv's ``drop_path`` is another function: it draws
+    ``floor(keep + rand)`` and divides ``x`` first, so the same seed drops
+    other samples and the kept ones round differently."""
     if rate == 0. or not training:
         return x
     keep = 1. - rate
     mask = x.new_empty((x.shape[0], ) + (1, ) * (x.dim() - 1)).bernoulli_(keep)
     return x * mask.div_(keep)
-
-
-def maybe_checkpoint(enabled: bool, module: nn.Module, *inputs):
-    """``module(*inputs)``, with gradient checkpointing when ``enabled`` and
-    autograd would keep the module's activations: for its inputs' gradients
-    or for its own parameters' (behind a frozen layer, the input of a
-    trainable one needs no gradient)."""
-    if not (enabled and torch.is_grad_enabled() and
-            (any(t.requires_grad
-                 for t in inputs) or any(p.requires_grad
-                                         for p in module.parameters()))):
-        return module(*inputs)
-    return cp.checkpoint(
-        module,
-        *inputs,
-        use_reentrant=False,
-        context_fn=lambda:
-        (contextlib.nullcontext(), keep_bn_statistics(module)))
-
-
-@contextlib.contextmanager
-def keep_bn_statistics(module: nn.Module):
-    """While a checkpointed forward is recomputed in the backward pass: its
-    training-mode BatchNorms would update their running statistics a second
-    time, so they are put back as the first forward left them."""
-    saved = [(bn, [b.clone() for b in bn.buffers()])
-             for bn in module.modules() if isinstance(bn, _BatchNorm)]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for bn, buffers in saved:
-                for buffer, value in zip(bn.buffers(), buffers):
-                    buffer.copy_(value)
 
 
 class StemLayer(nn.Module):
@@ -116,7 +83,7 @@ class StemLayer(nn.Module):
             in_channels, out_channels, 3, stride=stride, padding=1)
         self.norm = nn.BatchNorm2d(out_channels)
 
-    @with_fast_path(fast.stem_layer, training_form=lean.stem_layer)
+    @with_forms(eval=inference.stem_layer, training=lean.stem_layer)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(gelu(self.conv(x)))
 
@@ -144,7 +111,7 @@ class LocalPerceptionUnit(nn.Conv2d):
         super().__init__(
             embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
 
-    @with_fast_path(fast.local_perception)
+    @with_forms(eval=inference.local_perception)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nchw_to_nhwc(conv_plus_identity(self, nhwc_to_nchw(x)))
 
@@ -165,7 +132,7 @@ class SpatialReduction(nn.Sequential):
                     groups=embed_dims),
                 norm=nn.BatchNorm2d(embed_dims)))
 
-    @with_fast_path(fast.spatial_reduction)
+    @with_forms(eval=inference.spatial_reduction)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
 
@@ -196,37 +163,56 @@ class LightweightAttention(nn.Module):
         if sr_ratio > 1:
             self.sr = SpatialReduction(embed_dims, sr_ratio)
 
-    @with_fast_path(export_form=export.attention)
+    @with_forms(export=export.attention)
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """
         Args:
             x (Tensor): ``(B, H, W, C)`` normalised tokens.
-            bias (Tensor | tuple): ``(heads, H*W, h*w)`` relative position
-                bias for this grid, ``h, w = H // sr_ratio, W // sr_ratio``;
-                or its factors ``(rows, cols)`` (see
-                :func:`factored_relative_position_bias`).
+            bias (Tensor): ``(heads, H*W, h*w)`` relative position bias for
+                this grid, ``h, w = H // sr_ratio, W // sr_ratio``.
 
         Returns:
             Tensor: ``(B, H, W, C)``.
         """
-        q = self.q(x)
+        return self.attend(self.q(x), self.keys_values(x), bias)
+
+    def keys_values(self, x: torch.Tensor) -> torch.Tensor:
+        """The keys and values, side by side: the reduction of the tokens
+        ``x`` (none when ``sr_ratio`` is 1), then ``kv``. ``(B, H, W, C) ->
+        (B, h, w, 2C)``."""
         if self.sr_ratio > 1:
             x = nchw_to_nhwc(self.sr(nhwc_to_nchw(x)))
-        return self.attend(q, self.kv(x), bias)
+        return self.kv(x)
 
-    def attend(self, q: torch.Tensor, kv: torch.Tensor,
-               bias: torch.Tensor) -> torch.Tensor:
+    @property
+    def key_value_input_layer(self) -> nn.Module:
+        """The first layer of :meth:`keys_values`: the reduction's
+        convolution, or ``kv`` without a reduction."""
+        return self.sr.conv if self.sr_ratio > 1 else self.kv
+
+    def keys_values_from(self, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`keys_values` from the output ``y`` of its first layer
+        (:attr:`key_value_input_layer`; the convolution's is a ``(B, C, h,
+        w)`` map): the reduction's BatchNorm, then ``kv``."""
+        if self.sr_ratio == 1:
+            return y
+        return self.kv(nchw_to_nhwc(self.sr.norm(y)))
+
+    def attend(self,
+               q: torch.Tensor,
+               kv: torch.Tensor,
+               bias: torch.Tensor,
+               attention: Optional[Callable] = None) -> torch.Tensor:
         """The attention from the projections: ``q`` ``(B, H, W, C)``, the
-        keys and values ``kv`` ``(B, h, w, 2C)``; ``bias`` as in
-        :meth:`forward`. Returns ``(B, H, W, C)``."""
+        keys and values ``kv`` ``(B, h, w, 2C)``, ``bias`` as in
+        :meth:`forward`, taken by ``attention(q, k, v, bias, scale)``
+        (default :func:`biased_attention`) on split heads. Returns ``(B, H,
+        W, C)``."""
         B, H, W, C = q.shape
         heads = self.num_heads
         q = q.reshape(B, H * W, heads, -1).transpose(1, 2)
         k, v = kv.reshape(B, -1, 2, heads, C // heads).permute(2, 0, 3, 1, 4)
-        if isinstance(bias, tuple):  # factored (traced for export)
-            out = factored_biased_attention(q, k, v, *bias, self.scale)
-        else:
-            out = biased_attention(q, k, v, bias, self.scale)
+        out = (attention or biased_attention)(q, k, v, bias, self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
 
 
@@ -248,12 +234,18 @@ class IRFFN(nn.Module):
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
         self.norm3 = nn.BatchNorm2d(embed_dims)
 
-    @with_fast_path(
-        fast.irffn, training_form=lean.irffn, export_form=export.irffn)
+    @with_forms(eval=inference.irffn, training=lean.irffn, export=export.irffn)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(nhwc_to_nchw(gelu(self.fc1(x))))
-        x = self.norm2(gelu(conv_plus_identity(self.dwconv, x)))
-        x = self.fc2(nchw_to_nhwc(x))
+        return self.norm3_tokens(self.fc2(nchw_to_nhwc(self.depthwise(x))))
+
+    def depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The depthwise convolution with a residual, GELU, ``norm2``:
+        ``(B, hidden, H, W) -> (B, hidden, H, W)``."""
+        return self.norm2(gelu(conv_plus_identity(self.dwconv, x)))
+
+    def norm3_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """``norm3`` of ``fc2``'s output: ``(B, H, W, C) -> (B, H, W, C)``."""
         return nchw_to_nhwc(self.norm3(nhwc_to_nchw(x)))
 
 
@@ -277,28 +269,17 @@ class CMTBlock(nn.Module):
         self.ffn = IRFFN(embed_dims, int(embed_dims * mlp_ratio))
         self.drop_path_rate = drop_path_rate
 
+    @with_forms(training=lean.cmt_block)
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        # In training, the LPU, norm1 and the attention's projections of the
-        # normalised map, and norm2 with the IRFFN, run in memory-lean forms
-        # (:mod:`.cmt_lean_training`) where they apply.
-        lean_form = fast_path.takes_training_form(self)
-        parts = lean.attention_input(self, x) if lean_form else None
-        if parts is None:
-            x = self.lpu(x)
-            y = self.attn(self.norm1(x), bias)
-        else:
-            x, q, source = parts
-            x = nchw_to_nhwc(x)
-            attn = self.attn
-            if attn.sr_ratio > 1:  # source: the reduction's convolution
-                source = attn.kv(nchw_to_nhwc(attn.sr.norm(source)))
-            y = attn.attend(q, source, bias)
-        # The branches' outputs are fresh tensors that autograd does not
-        # keep: the residuals are added into them in place.
-        x = drop_path(y, self.drop_path_rate, self.training).add_(x)
-        y = lean.irffn(self.ffn, x, self.norm2) if lean_form else None
-        if y is None:
-            y = self.ffn(self.norm2(x))
+        """``bias``: the attention's, ``(heads, H*W, h*w)``."""
+        x = self.lpu(x)
+        x = self.add_branch(self.attn(self.norm1(x), bias), x)
+        return self.add_branch(self.ffn(self.norm2(x)), x)
+
+    def add_branch(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x`` plus the residual branch's output ``y`` (dropped per sample
+        in training): ``y`` is a fresh tensor that autograd does not keep,
+        and takes the sum in place."""
         return drop_path(y, self.drop_path_rate, self.training).add_(x)
 
 
@@ -306,7 +287,7 @@ class CMTStage(nn.Module):
     """Patch aggregation, then CMT blocks sharing one relative position bias.
 
     The bias is stored at its pre-training grid and resized to the running
-    grid once per forward (cached per grid in eval mode).
+    grid once per forward (:class:`BiasResizer`; kept per grid in eval mode).
 
     Args:
         in_channels (int): channels of the input map.
@@ -334,85 +315,28 @@ class CMTStage(nn.Module):
             CMTBlock(embed_dims, num_heads, mlp_ratio, sr_ratio, rate)
             for rate in (drop_path_rates or [0.] * depth))
         self.sr_ratio = sr_ratio
-        self.pretrain_grid = tuple(pretrain_grid)
+        self.bias_resizer = resizer = BiasResizer(pretrain_grid, sr_ratio)
         self.relative_position_bias = nn.Parameter(
-            torch.randn(num_heads, math.prod(self.pretrain_grid),
-                        math.prod(self.key_grid(self.pretrain_grid))))
+            torch.randn(num_heads, math.prod(resizer.pretrain_grid),
+                        math.prod(resizer.key_grid(resizer.pretrain_grid))))
         self.with_cp = with_cp
-        self._bias_cache = None  # (key, bias) of the last eval-mode grid
-        self._bias_memory = None  # its memory, kept for the next size
-        register_load_state_dict_pre_hook(self, self._resize_loaded_bias)
+        register_load_state_dict_pre_hook(self, resizer.resize_saved_bias)
 
-    def key_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
-        return grid[0] // self.sr_ratio, grid[1] // self.sr_ratio
-
-    def bias_for(self,
-                 grid: Tuple[int, int],
-                 factored: Optional[bool] = None) -> torch.Tensor:
-        """The relative position bias resized to a query grid,
-        ``(heads, H*W, h*w)``; the stored one at the pre-training grid.
-        ``factored`` (default: while exporting to ONNX) gives its factors
-        ``(rows, cols)`` instead (:func:`factored_relative_position_bias`).
-        """
+    @with_forms(
+        eval=inference.relative_position_bias,
+        training=lean.relative_position_bias,
+        export=export.relative_position_bias,
+        compiled_eval=True)
+    def bias_for(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """The relative position bias resized to a query grid, ``(heads,
+        H*W, h*w)``; the stored one at the pre-training grid."""
         bias = self.relative_position_bias
-        if factored is None:
-            factored = torch.onnx.is_in_onnx_export()
-        if factored:
-            # the resize follows the traced input size (one to the same
-            # grid is exact) and, factored, costs little per run
-            return factored_relative_position_bias(
-                bias, self.pretrain_grid, self.key_grid(self.pretrain_grid),
-                grid, self.key_grid(grid))
-        if grid == self.pretrain_grid:
+        if tuple(grid) == self.bias_resizer.pretrain_grid:
             return bias
-        if self.training or torch.is_grad_enabled() or \
-                torch.jit.is_tracing():
-            return self._resize(bias, grid)
-        # Eval: keyed on the parameter's version so updates invalidate it.
-        # A new size (in a COCO evaluation, most images) is written into
-        # the last one's memory when it fits: a fresh allocation of this
-        # size costs more in page faults than the resize itself.
-        key = (grid, bias.device, bias.dtype, bias._version)
-        if self._bias_cache is None or self._bias_cache[0] != key:
-            self._bias_cache = None
-            size = bias.shape[0] * math.prod(grid) * math.prod(
-                self.key_grid(grid))
-            memory = self._bias_memory
-            if memory is None or memory.numel() < size or (
-                    memory.device, memory.dtype) != (bias.device, bias.dtype):
-                self._bias_memory = memory = None  # freed before the new one
-                memory = self._bias_memory = bias.new_empty(size)
-            self._bias_cache = (key, self._resize(bias, grid, memory))
-        return self._bias_cache[1]
-
-    def _resize(self, bias, grid, out=None):
-        return resize_relative_position_bias(
-            bias,
-            self.pretrain_grid,
-            self.key_grid(self.pretrain_grid),
-            grid,
-            self.key_grid(grid),
-            out=out)
-
-    def _resize_loaded_bias(self, module, state_dict, prefix, *args):
-        """Adapt a bias saved at another grid (say, by a detector fine-tuned
-        with another ``pretrain_img_size``) to this stage's stored grid."""
-        key = prefix + 'relative_position_bias'
-        saved = state_dict.get(key)
-        target = self.relative_position_bias
-        if saved is None or saved.shape == target.shape or \
-                saved.shape[0] != target.shape[0]:
-            return  # a head-count mismatch is reported by load_state_dict
-        state_dict[key] = resize_relative_position_bias(
-            saved.to(target.dtype), infer_square_grid(saved.shape[1]),
-            infer_square_grid(saved.shape[2]), self.pretrain_grid,
-            self.key_grid(self.pretrain_grid))
-        print_log(
-            f'resized {key} from {tuple(saved.shape)} to '
-            f'{tuple(target.shape)}', 'current')
+        return self.bias_resizer.resize(bias, grid)
 
     def train(self, mode: bool = True):
-        self._bias_cache = self._bias_memory = None
+        self.bias_resizer.clear()  # the eval-mode bias, hundreds of MB
         return super().train(mode)
 
     def forward(self,
@@ -423,11 +347,7 @@ class CMTStage(nn.Module):
         already (:meth:`CMT.position_biases`)."""
         x = self.downsample(x)
         if bias is None:
-            grid = tuple(x.shape[1:3])
-            if fast_path.takes_training_form(self):
-                bias = lean.relative_position_bias(self, grid)
-            if bias is None:
-                bias = self.bias_for(grid)
+            bias = self.bias_for(tuple(x.shape[1:3]))
         for block in self.blocks:
             x = maybe_checkpoint(self.with_cp, block, x, bias)
         return nhwc_to_nchw(x)
@@ -461,6 +381,13 @@ class CMT(BaseModule):
         norm_eval (bool): keep BatchNorms in eval mode while training.
         with_cp (bool): gradient checkpointing of each block and stem
             layer: activations are recomputed in the backward pass.
+        lean_training (str | bool): the memory-lean training forms, which
+            compute the plain layers' outputs and gradients keeping two to
+            three times fewer values for the backward pass: True in every
+            training call, False never (the plain layers), ``'auto'``
+            (default) in the calls whose plain layers would keep many
+            values per parameter of the model, where memory limits a step
+            (:func:`~mmcmt.models.utils.forms.lean_forms_pay`).
         pretrained (str, optional): deprecated, use ``init_cfg=dict(
             type='Pretrained', checkpoint=...)``.
         init_cfg (dict | list[dict], optional): a ``Pretrained`` entry loads
@@ -473,27 +400,9 @@ class CMT(BaseModule):
         [(1, 64, 200, 300), (1, 128, 100, 150), (1, 256, 50, 75), \
          (1, 512, 25, 38)]
     """
-    arch_zoo = {
-        **dict.fromkeys(['ti', 'tiny'], dict(
-            embed_dims=[46, 92, 184, 368], depths=[2, 2, 10, 2],
-            num_heads=[1, 2, 4, 8], mlp_ratios=3.6, sr_ratios=[8, 4, 2, 1],
-            stem_channels=16, pretrain_img_size=160)),
-        **dict.fromkeys(['xs'], dict(
-            embed_dims=[52, 104, 208, 416], depths=[3, 3, 12, 3],
-            num_heads=[1, 2, 4, 8], mlp_ratios=3.77, sr_ratios=[8, 4, 2, 1],
-            stem_channels=16, pretrain_img_size=192)),
-        **dict.fromkeys(['s', 'small'], dict(
-            embed_dims=[64, 128, 256, 512], depths=[3, 3, 16, 3],
-            num_heads=[1, 2, 4, 8], mlp_ratios=4, sr_ratios=[8, 4, 2, 1],
-            stem_channels=32, pretrain_img_size=224)),
-        **dict.fromkeys(['b', 'base'], dict(
-            embed_dims=[76, 152, 304, 608], depths=[4, 4, 20, 4],
-            num_heads=[1, 2, 4, 8], mlp_ratios=4, sr_ratios=[8, 4, 2, 1],
-            stem_channels=38, pretrain_img_size=256)),
-    }  # yapf: disable
-    arch_keys = ('embed_dims', 'depths', 'num_heads', 'mlp_ratios',
-                 'sr_ratios', 'stem_channels')
-    num_stages = 4
+    arch_zoo = ARCH_ZOO  # (see cmt_arch.py)
+    arch_keys = ARCH_KEYS
+    num_stages = NUM_STAGES
 
     def __init__(self,
                  arch: Union[str, dict] = 'small',
@@ -504,6 +413,7 @@ class CMT(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 lean_training: Union[str, bool] = 'auto',
                  pretrained: Optional[str] = None,
                  init_cfg: Union[dict, List[dict], None] = None):
         if pretrained is not None:
@@ -527,9 +437,10 @@ class CMT(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.lean_training = forms.check_lean_training(lean_training)
         if pretrain_img_size is None:
             pretrain_img_size = settings.get('pretrain_img_size', 224)
-        self.pretrain_img_size = _pair(pretrain_img_size)
+        self.pretrain_img_size = tuple(to_2tuple(pretrain_img_size))
         if any(s % MAX_STRIDE or s <= 0 for s in self.pretrain_img_size):
             raise ValueError(f'pretrain_img_size must be a positive multiple '
                              f'of {MAX_STRIDE}, got {pretrain_img_size}')
@@ -562,58 +473,15 @@ class CMT(BaseModule):
             rates = rates[depth:]
             channels = self.embed_dims[i]
         self.fused = False
-        register_load_state_dict_pre_hook(self, _convert_official_backbone)
-        register_load_state_dict_pre_hook(self, _check_loaded_arch)
+        register_load_state_dict_pre_hook(self, convert_official_backbone)
+        register_load_state_dict_pre_hook(self, check_loaded_arch)
         self._freeze_stages()
 
     @classmethod
     def parse_arch(cls, arch: Union[str, dict]) -> dict:
-        """Settings of an arch name or dict, with per-stage lists."""
-        if isinstance(arch, str):
-            name = arch.lower()
-            if name not in cls.arch_zoo:
-                raise ValueError(
-                    f'unknown CMT arch {arch!r}; choose one of '
-                    f'{sorted(cls.arch_zoo)} or pass a dict with keys '
-                    f'{list(cls.arch_keys)}')
-            settings = dict(cls.arch_zoo[name])
-        elif isinstance(arch, dict):
-            missing = [k for k in cls.arch_keys if k not in arch]
-            extra = [
-                k for k in arch
-                if k not in cls.arch_keys and k != 'pretrain_img_size'
-            ]
-            if missing or extra:
-                raise ValueError(
-                    f'a CMT arch dict needs exactly the keys '
-                    f'{list(cls.arch_keys)}; missing {missing}, unknown '
-                    f'{extra}')
-            settings = dict(arch)
-        else:
-            raise TypeError(
-                f'arch must be a name or a dict, got {type(arch).__name__}')
-        if isinstance(settings['mlp_ratios'], (int, float)):
-            settings['mlp_ratios'] = [settings['mlp_ratios']] * cls.num_stages
-        for key in ('embed_dims', 'depths', 'num_heads', 'mlp_ratios',
-                    'sr_ratios'):
-            value = settings[key]
-            if not isinstance(value, (list, tuple)) or \
-                    len(value) != cls.num_stages:
-                raise ValueError(
-                    f'CMT arch {key!r} must list {cls.num_stages} values (one '
-                    f'per stage), got {value!r}')
-            settings[key] = list(value)
-        for dims, heads in zip(settings['embed_dims'], settings['num_heads']):
-            if dims % heads:
-                raise ValueError(f'CMT arch: embed_dims {dims} is not '
-                                 f'divisible by num_heads {heads}')
-        for i, ratio in enumerate(settings['sr_ratios']):
-            if ratio < 1 or (MAX_STRIDE // (4 * 2**i)) % ratio:
-                raise ValueError(
-                    f'CMT arch: sr_ratios[{i}]={ratio} must divide '
-                    f'{MAX_STRIDE // (4 * 2**i)} (the stage grid of a '
-                    f'{MAX_STRIDE}-multiple input)')
-        return settings
+        """Settings of an arch name or dict, with per-stage lists
+        (:func:`~.cmt_arch.parse_arch`)."""
+        return parse_arch(arch, cls.arch_zoo)
 
     def _parse_out_indices(self, out_indices):
         if isinstance(out_indices, int):
@@ -686,12 +554,13 @@ class CMT(BaseModule):
     def fuse(self) -> 'CMT':
         """Fold BatchNorms into neighbouring layers, for inference only.
 
-        Folds, where the algebra is exact (see :mod:`..utils.fuse`): the last
-        stem BatchNorm into the first patch aggregation, the key/value
-        reduction's BatchNorm into its convolution, and the IRFFN's second
-        and third BatchNorms into its projection ``fc2`` (a 1x1 convolution,
-        so no padding is involved). The others precede padded convolutions
-        and stay. Outputs equal the unfused network's up to float rounding.
+        Folds, where the algebra is exact (see :mod:`..utils.bn_folding`):
+        the last stem BatchNorm into the first patch aggregation, and the
+        eval forms' folds for good (the key/value reduction's BatchNorm into
+        its convolution, the IRFFN's second and third BatchNorms into its
+        projection ``fc2``, a 1x1 convolution that sees no padding). The
+        others precede padded convolutions and stay. Outputs equal the
+        unfused network's up to float rounding.
         Call it after loading the weights; it puts the model in eval mode
         for good (``train()`` then raises). Returns the model.
         """
@@ -701,16 +570,19 @@ class CMT(BaseModule):
         stem_out = self.stem[-1]
         fold_bn_into_consumer(stem_out.norm, self.stages[0].downsample.proj)
         stem_out.norm = nn.Identity()
-        for module in list(self.modules()):  # the fast path's folds
+        for module in list(self.modules()):  # the eval forms' folds
             if isinstance(module, SpatialReduction):
-                assign_weights(module.conv, *fast.reduction_weights(module))
+                assign_weights(module.conv,
+                               *inference.reduction_weights(module))
                 module.norm = nn.Identity()
             elif isinstance(module, IRFFN):
-                assign_weights(module.fc2, *fast.projection_weights(module))
+                assign_weights(module.fc2,
+                               *inference.projection_weights(module))
                 module.norm2, module.norm3 = nn.Identity(), nn.Identity()
         self.fused = True
         return self
 
+    @with_forms(export=export.position_biases)
     def position_biases(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """The relative position bias of each stage for ``x``'s size: a
         function of the size only, which a deployed detector computes once
@@ -724,18 +596,18 @@ class CMT(BaseModule):
             the stage's grid of the input padded to a multiple of 32 and
             ``Nk_i`` its keys' grid.
         """
+        return tuple(
+            stage.bias_for(grid)
+            for stage, grid in zip(self.stages, self.stage_grids(x)))
+
+    def stage_grids(self, x: torch.Tensor) -> List[Tuple[int, int]]:
+        """The token grid of each stage for ``x`` ``(B, C, H, W)``, padded
+        to a multiple of 32."""
         padded = [ceil_div(size, MAX_STRIDE) for size in x.shape[-2:]]
-        biases = []
-        for i, stage in enumerate(self.stages):
-            grid = tuple(p * MAX_STRIDE // (4 * 2**i) for p in padded)
-            if torch.onnx.is_in_onnx_export():
-                # from the factors: an ONNX Resize over the key grid of
-                # every query costs seconds at detection sizes
-                rows, cols = stage.bias_for(grid, factored=True)
-                biases.append(rows @ cols.T)
-            else:
-                biases.append(stage.bias_for(grid))
-        return tuple(biases)
+        return [
+            tuple(p * MAX_STRIDE // (4 * 2**i) for p in padded)
+            for i in range(len(self.stages))
+        ]
 
     def forward(
         self,
@@ -772,6 +644,36 @@ class CMT(BaseModule):
                 f'CMT needs inputs of at least {MAX_STRIDE}x{MAX_STRIDE} '
                 f'pixels (its coarsest stage has stride {MAX_STRIDE}), got '
                 f'{H}x{W}; resize or pad the images')
+        if position_biases is not None and \
+                len(position_biases) != len(self.stages):
+            raise ValueError(
+                f'position_biases: expected one per stage '
+                f'({len(self.stages)}), got {len(position_biases)}; pass '
+                f'CMT.position_biases(x)')
+        lean_forms = self.takes_lean_forms(x) \
+            if torch.is_grad_enabled() else None
+        with (contextlib.nullcontext()
+              if lean_forms is None else forms.lean_training(lean_forms)):
+            return self._features(x, position_biases
+                                  or [None] * len(self.stages))
+
+    def takes_lean_forms(self, x: torch.Tensor) -> bool:
+        """Whether a training call on ``x`` takes the lean training forms:
+        ``lean_training``, and for ``'auto'`` :func:`lean_forms_pay` for the
+        values the plain layers would keep at ``x``'s size
+        (:func:`~.cmt_arch.values_kept`)."""
+        setting = forms.lean_training_setting(self.lean_training)
+        if setting != 'auto':
+            return setting
+        B, _, H, W = x.shape
+        return forms.lean_forms_pay(
+            values_kept(self.arch, B, H, W),
+            sum(p.numel() for p in self.parameters()))
+
+    def _features(self, x: torch.Tensor,
+                  biases: Sequence[Optional[torch.Tensor]]):
+        """:meth:`forward` of a checked input."""
+        H, W = x.shape[-2:]
         # Pad by the most that can be needed, then crop to the next multiple
         # of 32: the same result as padding by just enough, and in a traced
         # (ONNX) graph the amount follows the input size.
@@ -783,14 +685,6 @@ class CMT(BaseModule):
             # At stride 2 the stem's maps are the largest of the network.
             x = maybe_checkpoint(self.with_cp, layer, x)
         outs = []
-        biases = [None] * len(self.stages)
-        if position_biases is not None:
-            if len(position_biases) != len(self.stages):
-                raise ValueError(
-                    f'position_biases: expected one per stage '
-                    f'({len(self.stages)}), got {len(position_biases)}; '
-                    f'pass CMT.position_biases(x)')
-            biases = position_biases
         for i, (stage, bias) in enumerate(zip(self.stages, biases)):
             x = stage(x, bias)
             if i in self.out_indices:
@@ -798,45 +692,3 @@ class CMT(BaseModule):
                 outs.append(x[..., :ceil_div(H, stride), :ceil_div(W, stride)].
                             contiguous())
         return tuple(outs)
-
-
-def init_cmt_weights(module: nn.Module) -> None:
-    """The released code's initialisation (relative position biases keep
-    their standard normal draw)."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=.02)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.LayerNorm, _BatchNorm)):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
-        fan_out = math.prod(module.kernel_size) * module.out_channels
-        nn.init.normal_(module.weight, 0,
-                        math.sqrt(2. / (fan_out // module.groups)))
-        nn.init.zeros_(module.bias)
-
-
-def _convert_official_backbone(module, state_dict, prefix, *args):
-    """Load-state-dict pre-hook: accept a released checkpoint's layout,
-    without its classification head."""
-    converted = pop_official_cmt(state_dict, prefix)
-    if converted is None:
-        return
-    # the backbone's tensors, and keys that are not CMT's (to be reported)
-    kept = sub_state_dict(converted, 'backbone.')
-    kept.update((k, v) for k, v in converted.items()
-                if not k.startswith(('backbone.', 'head.')))
-    state_dict.update((prefix + k, v) for k, v in kept.items())
-
-
-def _check_loaded_arch(module, state_dict, prefix, *args):
-    """Load-state-dict pre-hook (after the layout conversion, before the
-    stages resize their biases): a checkpoint of another arch fails with one
-    line that names both archs."""
-    check_arch(
-        shape_signature(module.arch), state_dict, prefix, CMT.arch_zoo,
-        module.embed_dims)
-
-
-def _pair(size) -> Tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)

@@ -1,5 +1,6 @@
-"""CMT's memory-lean training forms: the functions of modules in :mod:`.cmt`
-with gradients, keeping fewer tensors for the backward pass.
+"""CMT's training forms: the functions of modules in :mod:`.cmt` with
+gradients, keeping fewer tensors for the backward pass (see
+:func:`~mmcmt.models.utils.forms.with_forms`).
 
 Autograd keeps, for the IRFFN, every intermediate map that a later gradient
 needs: six maps four times as wide as the block's input (the 1x1
@@ -40,7 +41,7 @@ that are cheap to compute again from another kept one:
   query projection and the key/value reduction's convolution):
   :func:`attention_input` keeps the LPU's input alone (kept by the LPU
   anyway) and computes both again (a depthwise convolution and a
-  LayerNorm);
+  LayerNorm). :func:`cmt_block` is the block with both;
 - in the stem, at half the input's resolution, each GELU's output (kept by
   the BatchNorm after it): :func:`stem_layer` keeps the convolution's
   output alone.
@@ -74,9 +75,8 @@ from ...compat import autocast_dtype, autocast_enabled
 from ..utils.attention import BiasRecomputation
 from ..utils.batch_norm import (affine, apply_batch_norm, batch_norm,
                                 batch_norm_backward, batch_statistics)
-from ..utils.fused_ops import plus_identity
+from ..utils.fused_ops import convolve, plus_identity
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
-from ..utils.relative_position import resize_relative_position_bias_backward
 
 
 def irffn(ffn, x: torch.Tensor, norm=None) -> torch.Tensor:
@@ -100,7 +100,7 @@ def irffn(ffn, x: torch.Tensor, norm=None) -> torch.Tensor:
                          ffn.dwconv.bias, ffn.norm2.weight, ffn.norm2.bias,
                          ffn.fc2.weight, ffn.fc2.bias,
                          *((norm.weight, norm.bias) if norm else ()))
-    return nchw_to_nhwc(ffn.norm3(nhwc_to_nchw(y)))
+    return ffn.norm3_tokens(y)
 
 
 def _layer_norm(norm, x):
@@ -148,7 +148,7 @@ class _LeanIRFFN(torch.autograd.Function):
                     if fc2.bias is not None else fc2.weight @ shift)
             else:  # as the plain layers round (the BatchNorms in place)
                 h, stats1 = batch_norm(ffn.norm1, g1, inplace=True)
-                d = dwconv._conv_forward(h, kernel, dwconv.bias)
+                d = convolve(dwconv, h, kernel, dwconv.bias)
                 del h, g1
                 h, stats2 = batch_norm(
                     ffn.norm2, torch.ops.aten.gelu_(d), inplace=True)
@@ -204,7 +204,7 @@ class _LeanIRFFN(torch.autograd.Function):
             d = _affine_depthwise_conv(dwconv, kernel, g1, scale1, shift1)
         else:
             h1 = apply_batch_norm(norm1, g1, stats1)
-            d = dwconv._conv_forward(h1, dw_weight, dwconv.bias)
+            d = convolve(dwconv, h1, dw_weight, dwconv.bias)
 
         # fc2, of h2 = norm2(g) = g * scale + shift: folded, its weight's
         # gradient dy^T h2 = (dy^T g) * scale + sum(dy) shift^T
@@ -295,7 +295,7 @@ def _affine_depthwise_conv(conv, kernel, x, scale, shift):
     bias = shift * kernel.sum((1, 2, 3))
     if conv.bias is not None:
         bias = bias + conv.bias
-    y = conv._conv_forward(x, weight, bias)
+    y = convolve(conv, x, weight, bias)
     kernel = kernel[:, 0] * shift.view(-1, 1, 1)  # (C, kh, kw)
     rows, cols = _padded_taps(conv, x)
     for i, taps in rows.items():
@@ -346,20 +346,22 @@ def _affine_depthwise_conv_backward(conv, weight, grad, x, scale, shift,
 
 
 def relative_position_bias(stage, grid):
-    """``stage.bias_for(grid)`` in training, where it is resized: the same
+    """:meth:`CMTStage.bias_for` in training, where it is resized: the same
     bias and gradient, not kept for the backward pass (computed again
     there, once for all the stage's blocks). None where it does not apply:
     the stored bias used as it is, a stored bias that needs no gradient,
     and with ``with_cp`` (the checkpoints keep their inputs, the bias
     among them)."""
     param = stage.relative_position_bias
-    if tuple(grid) == stage.pretrain_grid or not param.requires_grad or \
-            stage.with_cp:
+    if tuple(grid) == stage.bias_resizer.pretrain_grid or \
+            not param.requires_grad or stage.with_cp:
         return None
     device = param.device.type
     amp = (device, autocast_dtype(device)) if autocast_enabled(device) else \
         None
     version = param._version
+
+    resizer = stage.bias_resizer
 
     def compute():
         """The forward pass's bias again, under its autocast."""
@@ -369,23 +371,24 @@ def relative_position_bias(stage, grid):
                 'has been modified by an inplace operation (between the '
                 'forward and the backward pass)')
         with (torch.autocast(*amp) if amp else contextlib.nullcontext()):
-            return stage._resize(param.detach(), tuple(grid))
+            return resizer.resize(param.detach(), grid)
 
     recomputation = BiasRecomputation(compute)
     return recomputation.attach(
-        _ResizedBias.apply(param, (stage, tuple(grid), recomputation)))
+        _ResizedBias.apply(param, (resizer, tuple(grid), recomputation)))
 
 
 class _ResizedBias(torch.autograd.Function):
-    """The stored bias resized to a grid (:meth:`CMTStage._resize`), keeping
-    no map: the backward pass takes the resize's transposed products."""
+    """The stored bias resized to a grid (:meth:`BiasResizer.resize`),
+    keeping no map: the backward pass takes the resize's transposed
+    products."""
 
     @staticmethod
     def forward(ctx, param, form):
-        stage, grid, recomputation = form
-        ctx.stage, ctx.grid, ctx.recomputation = stage, grid, recomputation
+        resizer, grid, recomputation = form
+        ctx.resizer, ctx.grid, ctx.recomputation = resizer, grid, recomputation
         with torch.no_grad():
-            bias = stage._resize(param, grid)
+            bias = resizer.resize(param, grid)
         ctx.save_for_backward(param)
         return bias
 
@@ -393,20 +396,37 @@ class _ResizedBias(torch.autograd.Function):
     def backward(ctx, grad):
         ctx.recomputation.release()  # every block's backward has run
         param, = ctx.saved_tensors
-        stage = ctx.stage
-        return resize_relative_position_bias_backward(
-            grad, param, stage.pretrain_grid,
-            stage.key_grid(stage.pretrain_grid), ctx.grid,
-            stage.key_grid(ctx.grid)), None
+        return ctx.resizer.resize_backward(grad, param, ctx.grid), None
+
+
+def cmt_block(block, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """:class:`CMTBlock` in training: the LPU, ``norm1`` and the attention's
+    projections by :func:`attention_input`, ``norm2`` and the IRFFN by
+    :func:`irffn`, each where it applies (else through the plain
+    layers)."""
+    attn = block.attn
+    parts = attention_input(block, x)
+    if parts is None:
+        x = block.lpu(x)
+        y = attn(block.norm1(x), bias)
+    else:
+        x, q, source = parts
+        x = nchw_to_nhwc(x)
+        y = attn.attend(q, attn.keys_values_from(source), bias)
+    x = block.add_branch(y, x)
+    y = irffn(block.ffn, x, block.norm2)
+    if y is None:
+        y = block.ffn(block.norm2(x))
+    return block.add_branch(y, x)
 
 
 def attention_input(block, x: torch.Tensor):
     """The LPU, ``norm1`` and the attention's projections of the normalised
     map in training, also under autocast: ``(x1, q, source)``, ``x1 =
     lpu(x)`` (a channels-last ``(B, C, H, W)`` map), ``q =
-    attn.q(norm1(x1))`` and ``source`` the reduction's convolution of
-    ``norm1(x1)`` (before its BatchNorm; ``attn.kv`` of it without a
-    reduction). Keeps ``x`` alone (which the plain LPU keeps too), where
+    attn.q(norm1(x1))`` and ``source`` the output of the attention's first
+    key/value layer (:attr:`LightweightAttention.key_value_input_layer`) on
+    ``norm1(x1)``. Keeps ``x`` alone (which the plain LPU keeps too), where
     the plain layers also keep ``x1`` and ``norm1(x1)``: both are computed
     again in the backward pass (a depthwise convolution and a LayerNorm).
 
@@ -417,7 +437,7 @@ def attention_input(block, x: torch.Tensor):
     device = x.device.type
     amp = (device, autocast_dtype(device)) if autocast_enabled(device) else \
         None
-    source = attn.sr.conv if attn.sr_ratio > 1 else attn.kv
+    source = attn.key_value_input_layer
     return _LeanAttentionInput.apply(x, (block, amp), block.lpu.weight,
                                      block.lpu.bias, norm.weight, norm.bias,
                                      attn.q.weight, attn.q.bias, source.weight,
@@ -436,16 +456,15 @@ class _LeanAttentionInput(torch.autograd.Function):
         with torch.no_grad():
             if amp is not None:  # what autocast gives the plain LPU
                 x = x.to(amp[1])
-            x1 = lpu._conv_forward(
-                nhwc_to_nchw(x), plus_identity(lpu), lpu.bias)
+            x1 = convolve(lpu, nhwc_to_nchw(x), plus_identity(lpu), lpu.bias)
             u = _layer_norm(norm, nchw_to_nhwc(x1))
             q = F.linear(u, attn.q.weight, attn.q.bias)
-            if attn.sr_ratio > 1:
-                conv = attn.sr.conv
-                source = conv._conv_forward(
-                    nhwc_to_nchw(u), conv.weight, conv.bias)
+            layer = attn.key_value_input_layer
+            if isinstance(layer, nn.Conv2d):
+                source = convolve(layer, nhwc_to_nchw(u), layer.weight,
+                                  layer.bias)
             else:
-                source = F.linear(u, attn.kv.weight, attn.kv.bias)
+                source = F.linear(u, layer.weight, layer.bias)
         ctx.block, ctx.amp = block, amp
         ctx.save_for_backward(x)
         return x1, q, source
@@ -469,7 +488,7 @@ class _LeanAttentionInput(torch.autograd.Function):
         lpu_weight = plus_identity(lpu).to(x.dtype)  # as autocast casts
 
         # norm1's input and output again, the output differentiable
-        x1 = lpu._conv_forward(nhwc_to_nchw(x), lpu_weight, lpu.bias)
+        x1 = convolve(lpu, nhwc_to_nchw(x), lpu_weight, lpu.bias)
         with torch.enable_grad():
             leaves = [
                 t.detach().requires_grad_(need)
@@ -492,12 +511,12 @@ class _LeanAttentionInput(torch.autograd.Function):
             grads[7] = grad_q.sum(0)
         grad_u = grad_q.mm(attn.q.weight).view(u.shape).to(x_norm.dtype)
         del grad_q
-        if attn.sr_ratio > 1:
-            conv = attn.sr.conv
+        layer = attn.key_value_input_layer
+        if isinstance(layer, nn.Conv2d):
             grad, grads[8], grads[9] = torch.ops.aten.convolution_backward(
-                grad_source, nhwc_to_nchw(u), conv.weight.to(u.dtype), [C],
-                conv.stride, conv.padding, conv.dilation, False, [0, 0],
-                conv.groups, [True, needs[8], needs[9]])
+                grad_source, nhwc_to_nchw(u), layer.weight.to(u.dtype), [C],
+                layer.stride, layer.padding, layer.dilation, False, [0, 0],
+                layer.groups, [True, needs[8], needs[9]])
             grad = nchw_to_nhwc(grad)
         else:
             grad_source = grad_source.reshape(-1, grad_source.shape[-1])
@@ -505,7 +524,7 @@ class _LeanAttentionInput(torch.autograd.Function):
                 grads[8] = grad_source.t().mm(flat)
             if needs[9]:
                 grads[9] = grad_source.sum(0)
-            grad = grad_source.mm(attn.kv.weight).view(u.shape)
+            grad = grad_source.mm(layer.weight).view(u.shape)
         grad_u = grad_u.add_(grad)
         del grad, flat, u
 

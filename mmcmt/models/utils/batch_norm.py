@@ -22,12 +22,10 @@ A world of one, eval mode, running statistics in use: it is BatchNorm2d.
 the scale and shift they make, for a BatchNorm folded into the layer after
 it. :func:`sync_batch_norm` is the whole module as one autograd function
 (input, mean and inverse standard deviation kept, as torch's SyncBatchNorm
-keeps them); :func:`install_sync_batch_norm_on_cpu` lets torch's SyncBatchNorm
-modules run it on CPU tensors: how distributed runs on CPUs (gloo,
-:mod:`mmcmt.engine.distributed`), the tests and ``tools/benchmark.py`` train
-CMT under SyncBN.
+keeps them), which torch's SyncBatchNorm modules compute for CPU tensors
+once :func:`mmcmt.engine.sync_batch_norm.install_sync_batch_norm_on_cpu`
+is installed.
 """
-import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -280,33 +278,3 @@ def sync_batch_norm(bn: nn.SyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
     if sync_group(bn) is None:
         return nn.BatchNorm2d.forward(bn, x)
     return _SyncBatchNorm.apply(x, bn, bn.weight, bn.bias)
-
-
-_TORCH_FORWARD = nn.SyncBatchNorm.forward
-
-
-def _forward(bn, x):
-    """:meth:`torch.nn.SyncBatchNorm.forward`, also for CPU tensors."""
-    if x.device.type == 'cpu':
-        return sync_batch_norm(bn, x)
-    return _TORCH_FORWARD(bn, x)
-
-
-def install_sync_batch_norm_on_cpu():
-    """From now on in this process, torch's SyncBatchNorm modules given CPU
-    tensors compute :func:`sync_batch_norm` (torch's own refuses them), so a
-    model converted by :meth:`~torch.nn.SyncBatchNorm.convert_sync_batchnorm`
-    (``sync_bn``) trains in gloo processes on a CPU as it does on GPUs.
-    CUDA tensors keep torch's kernels."""
-    nn.SyncBatchNorm.forward = _forward
-
-
-@contextlib.contextmanager
-def sync_batch_norm_on_cpu():
-    """:func:`install_sync_batch_norm_on_cpu` within, as before after."""
-    before = nn.SyncBatchNorm.forward
-    install_sync_batch_norm_on_cpu()
-    try:
-        yield
-    finally:
-        nn.SyncBatchNorm.forward = before

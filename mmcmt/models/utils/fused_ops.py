@@ -2,13 +2,15 @@
 produces its input, an eval-mode BatchNorm applied in place, a depthwise
 convolution plus its input as one convolution. Each computes exactly what
 the plain layers compute."""
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...compat import autocast_enabled
-from .fuse import bn_affine
+from .bn_folding import bn_affine
 from .weight_cache import derived
 
 
@@ -29,9 +31,17 @@ def plus_identity(conv: nn.Conv2d) -> torch.Tensor:
     return weight
 
 
+def convolve(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
+             bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``conv``'s convolution of ``x`` (stride, zero padding, groups) with
+    another ``weight`` and ``bias``: a kernel derived from its own."""
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
+
+
 def conv_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x) + x`` for a depthwise convolution, as one convolution."""
-    return conv._conv_forward(x, plus_identity(conv), conv.bias)
+    return convolve(conv, x, plus_identity(conv), conv.bias)
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor,

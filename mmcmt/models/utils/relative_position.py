@@ -4,6 +4,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 
 Grid = Tuple[int, int]
 
@@ -185,3 +186,99 @@ def infer_square_grid(num_tokens: int) -> Grid:
             f'mmcmt.models.utils.resize_relative_position_bias before '
             f'loading.')
     return side, side
+
+
+class BiasResizer:
+    """A stage's relative position bias, stored for its pre-training query
+    grid, resized to the running grid (:func:`resize_relative_position_bias`
+    and its backward pass, :func:`factored_relative_position_bias`).
+
+    In eval mode the last resize is kept (:meth:`resized_and_kept`); and a
+    saved bias of another grid is resized as it is loaded
+    (:meth:`resize_saved_bias`).
+
+    Args:
+        pretrain_grid (tuple[int, int]): the stored query grid.
+        sr_ratio (int): the keys' grid is the query grid's divided by it.
+    """
+
+    def __init__(self, pretrain_grid: Grid, sr_ratio: int):
+        self.pretrain_grid = tuple(pretrain_grid)
+        self.sr_ratio = sr_ratio
+        self._kept = None  # (key, bias) of the last eval-mode grid
+        self._memory = None  # its memory, kept for the next size
+
+    def key_grid(self, grid: Grid) -> Grid:
+        return grid[0] // self.sr_ratio, grid[1] // self.sr_ratio
+
+    def _grids(self, grid: Grid):
+        """The stored and the running query and key grids, as the resize
+        functions take them."""
+        grid = tuple(grid)
+        return (self.pretrain_grid, self.key_grid(self.pretrain_grid), grid,
+                self.key_grid(grid))
+
+    def resize(self,
+               bias: torch.Tensor,
+               grid: Grid,
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The stored ``bias`` resized to the query ``grid``."""
+        return resize_relative_position_bias(bias, *self._grids(grid), out=out)
+
+    def resize_backward(self, grad: torch.Tensor, bias: torch.Tensor,
+                        grid: Grid) -> torch.Tensor:
+        """The gradient of :meth:`resize`'s result with respect to ``bias``,
+        from the result's gradient ``grad``."""
+        return resize_relative_position_bias_backward(grad, bias,
+                                                      *self._grids(grid))
+
+    def factors(self, bias: torch.Tensor,
+                grid: Grid) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`resize`'s result as the factors ``(rows, cols)``."""
+        return factored_relative_position_bias(bias, *self._grids(grid))
+
+    def resized_and_kept(self, bias: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """:meth:`resize` (``bias`` itself at the stored grid), kept until
+        the grid, ``bias`` or its version changes (so that an update in
+        place is never missed). A new size (in a COCO evaluation, most
+        images) is written into the last one's memory when it fits: a fresh
+        allocation of this size costs more in page faults than the resize
+        itself."""
+        grid = tuple(grid)
+        if grid == self.pretrain_grid:
+            return bias
+        key = (grid, bias.device, bias.dtype, bias._version)
+        if self._kept is None or self._kept[0] != key:
+            self._kept = None
+            size = bias.shape[0] * math.prod(grid) * math.prod(
+                self.key_grid(grid))
+            memory = self._memory
+            if memory is None or memory.numel() < size or (
+                    memory.device, memory.dtype) != (bias.device, bias.dtype):
+                self._memory = memory = None  # freed before the new one
+                memory = self._memory = bias.new_empty(size)
+            self._kept = (key, self.resize(bias, grid, memory))
+        return self._kept[1]
+
+    def clear(self) -> None:
+        """Free what :meth:`resized_and_kept` keeps."""
+        self._kept = self._memory = None
+
+    def resize_saved_bias(self, module, state_dict, prefix, *args) -> None:
+        """Load-state-dict pre-hook of the module whose parameter
+        ``relative_position_bias`` this resizes: a bias saved at another
+        grid (say, by a detector fine-tuned with another
+        ``pretrain_img_size``) is resized to the stored grid."""
+        key = prefix + 'relative_position_bias'
+        saved = state_dict.get(key)
+        target = module.relative_position_bias
+        if saved is None or saved.shape == target.shape or \
+                saved.shape[0] != target.shape[0]:
+            return  # a head-count mismatch is reported by load_state_dict
+        state_dict[key] = resize_relative_position_bias(
+            saved.to(target.dtype), infer_square_grid(saved.shape[1]),
+            infer_square_grid(saved.shape[2]), self.pretrain_grid,
+            self.key_grid(self.pretrain_grid))
+        print_log(
+            f'resized {key} from {tuple(saved.shape)} to '
+            f'{tuple(target.shape)}', 'current')

@@ -1,30 +1,32 @@
-"""CMT's eval-mode inference path: the functions of the modules in
-:mod:`.cmt`, computed with fewer passes over memory.
+"""CMT's eval forms: the functions of the modules in :mod:`.cmt`, computed
+for inference with fewer passes over memory.
 
-Each function here is the fast form of one module's ``forward`` (see
-:func:`~mmcmt.models.utils.fast_path.with_fast_path`), taken in eval mode
-without gradients. What makes it faster without changing the function:
+Each function here is the ``eval`` form of one module's method (see
+:func:`~mmcmt.models.utils.forms.with_forms`), taken in eval mode without
+gradients. What makes it faster without changing the function:
 
 - **GELU inside the producing kernel** (:func:`conv_gelu`,
   :func:`linear_gelu`): applied while the output is still in cache instead
   of in a second pass.
 - **Eval-mode BatchNorms folded** into neighbouring layers (see
-  :mod:`~mmcmt.models.utils.fuse`), derived once and kept until a parameter
-  changes (:func:`derived`). :meth:`CMT.fuse` writes the same folds
+  :mod:`~mmcmt.models.utils.bn_folding`), derived once and kept until a
+  parameter changes (:func:`derived`). :meth:`CMT.fuse` writes the same folds
   (:func:`reduction_weights`, :func:`projection_weights`) into the layers
   for good. The BatchNorms in front of padded convolutions cannot fold and
   are applied in place to their producer's fresh output
   (:func:`batch_norm_`).
 - **The IRFFN's hidden map in pieces** on a CPU (:func:`map_pieces`): four
   times as wide as its input, it is computed a few megabytes at a time.
+- **The resized relative position bias kept** for the next input of the
+  same size (:meth:`BiasResizer.resized_and_kept`).
 
 Measurements: docs/advanced_guides/speed_and_memory.md.
 """
 import torch
 import torch.nn.functional as F
 
-from ..utils.fuse import folded_weights
-from ..utils.fused_ops import (batch_norm_, conv_gelu, linear_gelu,
+from ..utils.bn_folding import folded_weights
+from ..utils.fused_ops import (batch_norm_, conv_gelu, convolve, linear_gelu,
                                plus_identity, runs_on_onednn)
 from ..utils.layout import nchw_to_nhwc, nhwc_to_nchw
 from ..utils.map_pieces import map_pieces
@@ -43,7 +45,7 @@ def stem_layer(layer, x: torch.Tensor) -> torch.Tensor:
 def local_perception(lpu, x: torch.Tensor) -> torch.Tensor:
     """:class:`LocalPerceptionUnit`: its kernel plus the identity, kept."""
     weight = derived(lpu, plus_identity)
-    return nchw_to_nhwc(lpu._conv_forward(nhwc_to_nchw(x), weight, lpu.bias))
+    return nchw_to_nhwc(convolve(lpu, nhwc_to_nchw(x), weight, lpu.bias))
 
 
 def reduction_weights(sr):
@@ -53,9 +55,7 @@ def reduction_weights(sr):
 
 def spatial_reduction(sr, x: torch.Tensor) -> torch.Tensor:
     """:class:`SpatialReduction`: one convolution, the BatchNorm folded."""
-    weight, bias = derived(sr, reduction_weights)
-    conv = sr.conv
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, 1, conv.groups)
+    return convolve(sr.conv, x, *derived(sr, reduction_weights))
 
 
 def projection_weights(ffn):
@@ -96,3 +96,10 @@ def _hidden(ffn, x: torch.Tensor, dw_weight: torch.Tensor) -> torch.Tensor:
     return nchw_to_nhwc(
         conv_gelu(x, dw_weight, dwconv.bias, 1, dwconv.padding[0],
                   dwconv.groups))
+
+
+def relative_position_bias(stage, grid) -> torch.Tensor:
+    """:meth:`CMTStage.bias_for`, kept for the next call at the same grid
+    until the stored bias changes."""
+    return stage.bias_resizer.resized_and_kept(stage.relative_position_bias,
+                                               grid)
