@@ -28,9 +28,9 @@ def test_benchmark_figures(tmp_path):
         '--models', 'CMT-Ti', 'CMT-S', 'CMT-S fused', 'CMT-S naive',
         'ResNet-50 unfrozen', '--det-shape', '1', '64', '96', '--cls-shape',
         '2', '32', '32', '--cls64-shape', '3', '32', '32', '--train-shape',
-        '2', '64', '64', '--stream-scale', '0.05', '--rounds', '2',
-        '--train-rounds', '1', '--warmup', '0', '--heap', 'default', '--out',
-        out
+        '2', '64', '64', '--demo-shape', '2', '64', '64', '--stream-scale',
+        '0.05', '--rounds', '2', '--train-rounds', '1', '--warmup', '0',
+        '--heap', 'default', '--out', out
     ])
     assert list(results) == [
         'ResNet-50', 'CMT-Ti', 'CMT-S', 'CMT-S fused', 'CMT-S naive',
@@ -49,10 +49,12 @@ def test_benchmark_figures(tmp_path):
         stream_same=2,
         cls=2,
         cls64=2,
+        demo=2,
         retinanet=2,
         retinanet_stream=2,
         train=1,
         train_cp=1,
+        demo_train=1,
         train_syncbn=1,
         retinanet_train=1,
         train_attention=1,
@@ -68,13 +70,14 @@ def test_benchmark_figures(tmp_path):
     for key, count in rounds.items():
         assert len(ti[key].values) == count and min(ti[key].values) > 0
     assert ti['train_mem'] > 0 and ti['train_cp_mem'] > 0
+    assert ti['demo_train_mem'] > 0
     assert ti['retinanet_train_mem'] > ti['train_mem']
     # the training tasks only for the unfrozen ResNet-50; it keeps more
     # for backward than the config's frozen one
     unfrozen, r50 = results['ResNet-50 unfrozen'], results['ResNet-50']
     assert set(unfrozen) == {
-        'train', 'train_mem', 'train_syncbn', 'train_syncbn_mem',
-        'retinanet_train', 'retinanet_train_mem'
+        'train', 'train_mem', 'demo_train', 'demo_train_mem', 'train_syncbn',
+        'train_syncbn_mem', 'retinanet_train', 'retinanet_train_mem'
     }
     assert unfrozen['train_mem'] > r50['train_mem']
     assert 'retinanet_train' not in results['CMT-S naive']

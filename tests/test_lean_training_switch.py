@@ -77,6 +77,29 @@ def test_auto_decides_each_call_by_values_kept_per_parameter(monkeypatch):
     assert model.takes_lean_forms(small)
 
 
+@pytest.mark.parametrize(
+    'arch, size, per_param, lean',
+    [
+        ('tiny', (2, 320, 320), 15, False),  # the detection demo's batch
+        ('small', (8, 224, 224), 21, False),  # the benchmark's cls input
+        ('small', (2, 512, 512), 28, False),  # an ADE20K batch per GPU
+        ('small', (1, 800, 1216), 56, True),
+        ('small', (2, 800, 1216), 107, True),  # a COCO batch per GPU
+    ])
+def test_auto_picks_as_documented(arch, size, per_param, lean):
+    """The values per parameter that forms.AUTO_LEAN_VALUES_PER_PARAMETER's
+    comment and the docs quote, and the side of the threshold each falls:
+    the plain layers at the demo's and classification sizes, the lean
+    forms at detection sizes."""
+    model = CMT(arch).train()
+    params = sum(p.numel() for p in model.parameters())
+    batch, height, width = size
+    assert values_kept(model.arch, batch, height, width) / params == \
+        pytest.approx(per_param, abs=0.5)
+    x = torch.empty(batch, 3, height, width, device='meta')
+    assert model.takes_lean_forms(x) == lean
+
+
 @pytest.mark.parametrize('arch, size', [(CP_ARCH, (2, 128, 128)),
                                         (TINY, (2, 96, 64)),
                                         ('tiny', (1, 192, 224))])

@@ -85,6 +85,11 @@ class MedianSpread:
                 f'[{fmt.format(self.low)}-{fmt.format(self.high)}]')
 
 
+#: The tasks' input shapes: ``args.<name>_shape`` (the order fixes the
+#: random inputs: a new one goes last).
+INPUT_SHAPES = ('det', 'cls', 'cls64', 'train', 'demo')
+
+
 def make_inputs(args, device):
     """The random inputs of the tasks, the same in every process (so that a
     process measuring memory gets the main process's tensors): one tensor
@@ -96,7 +101,7 @@ def make_inputs(args, device):
 
     inputs = {
         task: randn(batch, 3, height, width)
-        for task in ('det', 'cls', 'cls64', 'train')
+        for task in INPUT_SHAPES
         for batch, height, width in [getattr(args, f'{task}_shape')]
     }
     inputs['stream'] = [randn(1, 3, *size) for size in args.stream]

@@ -10,7 +10,7 @@ import platform
 import torch
 import yaml
 
-from .harness import MedianSpread
+from .harness import INPUT_SHAPES, MedianSpread
 from .models import BASELINE
 from .tasks import train_rounds
 
@@ -26,6 +26,9 @@ COLUMNS = [
     ('cls_macs', 'GMACs {cls} (per image)', '{:.2f}', False),
     ('cls', 'infer {cls} (s)', '{:.3f}', True),
     ('cls64', 'infer {cls64} (s)', '{:.2f}', True),
+    ('demo', 'infer {demo} (s)', '{:.3f}', True),
+    ('demo_train', 'train step {demo} (s)', '{:.3f}', True),
+    ('demo_train_mem', 'peak memory {demo} (GiB)', '{:.2f}', False),
     ('retinanet', 'RetinaNet infer {det} (s)', '{:.3f}', True),
     ('retinanet_stream', 'RetinaNet COCO stream (s)', '{:.2f}', True),
     ('train', 'train step {train} (s)', '{:.2f}', True),
@@ -67,7 +70,7 @@ def format_table(results, args):
     measured columns, then its notes."""
     names = {
         task: '{}x{}x{}'.format(*getattr(args, f'{task}_shape'))
-        for task in ('det', 'cls', 'cls64', 'train')
+        for task in INPUT_SHAPES
     }
     names.update(amp=args.amp or '', n=len(args.stream))
     used = [

@@ -34,6 +34,8 @@ TASKS = OrderedDict([
      'time right after, those second runs summed'),
     ('cls', 'backbone inference at --cls-shape'),
     ('cls64', 'backbone inference at --cls64-shape'),
+    ('demo', 'backbone inference at --demo-shape (the detection demo\'s '
+     'batch)'),
     ('retinanet', 'the whole RetinaNet of each backbone\'s COCO config '
      '(backbone, FPN, head, post-processing) at --det-shape'),
     ('retinanet_stream', 'the same over the COCO-like stream'),
@@ -41,6 +43,7 @@ TASKS = OrderedDict([
      'trains it (forward, then backward of the mean of its outputs) at '
      '--train-shape, and its peak memory'),
     ('train_cp', 'the same with with_cp=True (gradient checkpointing)'),
+    ('demo_train', 'the train task at --demo-shape'),
     ('train_attention', 'with train, in its rounds: every CMT block\'s '
      'attention alone, forward and backward on the shapes of its training '
      'step, as mmcmt computes it (the bias\'s gradient included) and, as '
@@ -63,10 +66,13 @@ TASKS = OrderedDict([
      'computed for every image, in both)'),
 ])
 DEPLOY_TASKS = ('deploy', 'deploy_stream')
-INFER_TASKS = ('det', 'stream', 'cls', 'cls64')
+INFER_TASKS = ('det', 'stream', 'cls', 'cls64', 'demo')
 DETECTOR_TASKS = ('retinanet', 'retinanet_stream')
-TRAIN_TASKS = ('train', 'train_cp', 'train_attention', 'train_syncbn',
-               'retinanet_train')
+TRAIN_TASKS = ('train', 'train_cp', 'demo_train', 'train_attention',
+               'train_syncbn', 'retinanet_train')
+#: The input of each training task (``bench.inputs`` key): ``train``'s but
+#: for those listed.
+TRAIN_INPUTS = dict(demo_train='demo')
 #: A CMT row's attention run in the train task: '<row>' + this.
 ATTENTION_RUN = ' attention'
 
@@ -173,8 +179,14 @@ def _child_train_step(args, base, variant, task):
     if args.threads:
         torch.set_num_threads(args.threads)
     setup_process()
+    inputs = make_inputs(args, torch.device('cpu'))
     return prepare_train_step(args, base, variant, task,
-                              make_inputs(args, torch.device('cpu'))['train'])
+                              inputs[train_input(task)])
+
+
+def train_input(task):
+    """The ``bench.inputs`` key of a training task's input."""
+    return TRAIN_INPUTS.get(task, 'train')
 
 
 def training_tasks(bench, rows, tasks, results):
@@ -206,10 +218,10 @@ def training_tasks(bench, rows, tasks, results):
                                 name) if bench.device.type == 'cpu' else None)
         runs = OrderedDict()
         if bench.device.type == 'cuda' or train_rounds(args):
-            runs = OrderedDict((name,
-                                prepare_train_step(args, *rows[name], task,
-                                                   bench.inputs['train']))
-                               for name in names)
+            x = bench.inputs[train_input(task)]
+            runs = OrderedDict(
+                (name, prepare_train_step(args, *rows[name], task, x))
+                for name in names)
         if bench.device.type == 'cuda':
             for name, run in runs.items():
                 results[name][f'{task}_mem'] = cuda_peak_memory(

@@ -50,10 +50,10 @@ def training_samples(x, num_boxes=8):
 
 def prepare_train_step(args, base, variant, task, x):
     """The step of a training task (``train``, ``train_cp``,
-    ``train_syncbn``, ``retinanet_train``) of a row on ``x``, its model
-    built the same way in the main process and in a memory-measuring one,
-    on ``x``'s device (``train_syncbn``: in a rank of a process group, on its
-    part of ``x``)."""
+    ``demo_train``, ``train_syncbn``, ``retinanet_train``) of a row on
+    ``x``, its model built the same way in the main process and in a
+    memory-measuring one, on ``x``'s device (``train_syncbn``: in a rank of
+    a process group, on its part of ``x``)."""
     device = x.device
     if task == 'retinanet_train':
         from mmengine.optim import build_optim_wrapper
