@@ -33,7 +33,7 @@ SHAPES = dict(  # task -> default input (B, H, W), the tasks using it, note
     cls64=((64, 224, 224), 'cls64', ''),
     train=((2, 800, 1216), 'train, train_cp, train_attention, retinanet_train',
            ''),
-    demo=((2, 320, 320), 'demo, demo_train',
+    demo=((2, 256, 256), 'demo, demo_train',
           ': the batch of the detection demo, tools/demo.sh'))
 
 

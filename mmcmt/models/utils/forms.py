@@ -34,10 +34,15 @@ EVAL, TRAINING, EXPORT = 'eval', 'training', 'export'
 
 #: ``lean_training='auto'`` takes the lean training forms for a call whose
 #: plain layers would keep at least this many values for the backward pass
-#: per parameter of the model (:func:`lean_forms_pay`). For reference, by
-#: :func:`~..backbones.cmt_arch.values_kept`: CMT-Ti at 2x3x320x320 (the
-#: detection demo) 15, CMT-S at 8x3x224x224 21, at 2x3x512x512 28, at
-#: 1x3x800x1216 56 and at 2x3x800x1216 107.
+#: per parameter of the model (:func:`lean_forms_pay`). By
+#: :func:`~..backbones.cmt_arch.values_kept`: CMT-Ti at 2x3x256x256 (the
+#: detection demo) 10, at 2x3x320x320 15; CMT-S at 8x3x224x224 21, at
+#: 2x3x512x512 28, at 1x3x800x1216 56, at 2x3x800x1216 107. Measured on a
+#: 2-core AVX2 CPU (docs/advanced_guides/speed_and_memory.md), the lean
+#: forms took 1.2-1.3x the plain layers' step time at the demo's sizes and
+#: 1.04-1.10x at 2x512x512 (0.9 against 2.5 GiB), 1.06x at 1x800x1216 (1.7
+#: against 5.0 GiB) and 1.03-1.04x at 2x800x1216 (4.5 against 9.6 GiB):
+#: the line is drawn where the plain layers' memory reaches several GiB.
 AUTO_LEAN_VALUES_PER_PARAMETER = 40
 
 #: Whether modules take their training forms now: the innermost
