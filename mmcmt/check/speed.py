@@ -46,6 +46,7 @@ def run(report, setup) -> None:
         train_shape=list(plan.step),
         cls_shape=[1, 32, 32],  # (unused here, but made by the harness)
         cls64_shape=[1, 32, 32],
+        demo_shape=[1, 32, 32],
         stream=[])
     report.info('heap', set_heap('steady'))
     setup_process()
