@@ -237,7 +237,8 @@ def test_classifier_loads_released_file_with_head(tmp_path, official_tiny):
                        official_tiny['_bn.running_var'])
 
 
-def test_missing_file_error():
+def test_missing_file_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a checkout may hold checkpoints/ itself
     model = CMT(
         'small',
         init_cfg=dict(
